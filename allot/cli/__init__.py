@@ -1,0 +1,39 @@
+"""The ``allot`` command line (typer + rich).
+
+Commands build objects, call the domain and print; no business logic lives here. Every read
+command has ``--format json``. Errors a user can cause print one line on standard error and
+exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from allot.cli import db, tables
+from allot.cli._common import err_console
+from allot.errors import AllotError
+
+app = typer.Typer(
+    name="allot",
+    help="Shard a catalog of tables across worker nodes through fixed buckets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db.app, name="db")
+app.add_typer(tables.app, name="tables")
+app.command("mapping")(tables.mapping)
+
+
+def main() -> None:
+    """Entry point of the ``allot`` console script."""
+    try:
+        app()
+    except AllotError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

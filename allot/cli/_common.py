@@ -1,0 +1,33 @@
+"""Helpers shared by the CLI commands: output format, consoles, printing."""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class OutputFormat(str, enum.Enum):
+    """How a read command prints: a table for people or JSON for scripts."""
+
+    table = "table"
+    json = "json"
+
+
+FormatOption = Annotated[
+    OutputFormat,
+    typer.Option("--format", "-f", help="Output format: a table for people or JSON for scripts."),
+]
+
+
+def print_json(data: Any) -> None:
+    """Print ``data`` as JSON on standard output (no colour, no wrapping)."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()

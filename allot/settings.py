@@ -1,0 +1,153 @@
+"""Settings: the one place where allot's configuration, its defaults and their meaning live.
+
+Every setting is read from the environment with the prefix ``ALLOT_`` (``ALLOT_ZK_HOSTS`` sets
+``zk_hosts``), is typed, has a default and a one-line description. The README's settings table
+is generated from this class (``python -m allot.settings``) and a test keeps the two in step.
+Durations are seconds and accept fractions (``ALLOT_NODE_OFFLINE_TIMEOUT=2.5``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from allot.errors import ConfigurationError
+from allot.names import validate_node_key
+
+
+class Settings(BaseSettings):
+    """allot's configuration, read from ``ALLOT_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="ALLOT_", extra="ignore", frozen=True)
+
+    cluster: str = Field(
+        "default",
+        description="Cluster name; used in the default ZooKeeper root.",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+    )
+    zk_hosts: str = Field(
+        "127.0.0.1:2181", description="ZooKeeper connection string (host:port[,host:port...])."
+    )
+    zk_root: str = Field(
+        "",
+        description="ZooKeeper root of allot's znodes; empty means `/{cluster}/allot`.",
+    )
+    zk_session_timeout: float = Field(
+        10.0, gt=0, description="ZooKeeper session timeout in seconds."
+    )
+    zk_auth: str | None = Field(
+        None,
+        description="`user:password` for digest ACLs on allot's znodes; unset means open ACLs.",
+    )
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Celery broker URL (Redis)."
+    )
+    result_backend: str | None = Field(
+        None, description="Celery result backend URL; unset means the broker URL."
+    )
+    database_url: str = Field(
+        "sqlite:///var/allot.db",
+        description="SQLAlchemy URL of the SQL database (SQLite or PostgreSQL).",
+    )
+    bucket_count: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="Number of buckets, ids 1..N; fixed once the database exists.",
+    )
+    assign_interval: float = Field(
+        30.0, gt=0, description="Seconds between scheduled assignment cycles (Celery beat)."
+    )
+    node_offline_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds a departed node keeps its buckets (suspect) before they move.",
+    )
+    node_key: str | None = Field(
+        None, description="This worker's node key; unset means the Celery worker hostname."
+    )
+    node_weight: float = Field(
+        1.0, gt=0, description="This worker's capacity weight; buckets are shared in proportion."
+    )
+    strategy: str = Field(
+        "balanced", description="Planner strategy: `balanced`, `amoro` or `hrw`."
+    )
+
+    @field_validator("node_key")
+    @classmethod
+    def _check_node_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            validate_node_key(value)
+        return value
+
+    @field_validator("zk_auth")
+    @classmethod
+    def _check_zk_auth(cls, value: str | None) -> str | None:
+        if value is not None and (":" not in value or value.startswith(":")):
+            raise ValueError("expected user:password")
+        return value
+
+    @field_validator("zk_root")
+    @classmethod
+    def _check_zk_root(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.endswith("/") or "//" in value):
+            raise ValueError("expected an absolute ZooKeeper path without a trailing slash")
+        return value
+
+    @model_validator(mode="after")
+    def _default_zk_root(self) -> Settings:
+        if not self.zk_root:
+            object.__setattr__(self, "zk_root", f"/{self.cluster}/allot")
+        return self
+
+    @property
+    def celery_result_backend(self) -> str:
+        """The result backend Celery uses: ``result_backend`` or else the broker URL."""
+        return self.result_backend or self.broker_url
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment.
+
+    Raises:
+        ConfigurationError: a variable is set to a value of the wrong type or out of range; the
+            message names the variable.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "ALLOT_" + str(first["loc"][0]).upper() if first["loc"] else "ALLOT_*"
+        raise ConfigurationError(f"invalid setting {name}: {first['msg']}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (long-running processes: workers, beat)."""
+    return load_settings()
+
+
+def settings_table() -> str:
+    """The README's settings table, as Markdown, generated from :class:`Settings`."""
+    rows = ["| Variable | Type | Default | Description |", "| --- | --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        type_name = getattr(annotation, "__name__", None) or str(annotation)
+        if type_name not in ("str", "int", "float"):
+            type_name = str(annotation).replace("typing.", "").replace(" | None", "")
+            type_name = type_name.replace("Optional[", "").rstrip("]") + " (optional)"
+        default = field.default
+        if name == "zk_root":
+            shown = "`/{cluster}/allot`"
+        elif default is None:
+            shown = "unset"
+        else:
+            shown = f"`{default}`"
+        rows.append(f"| `ALLOT_{name.upper()}` | {type_name} | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())
