@@ -12,24 +12,31 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, func, insert, inspect, select
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, Engine, func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoSuchTableError, OperationalError, ProgrammingError
 
 import migrations
 from allot.errors import BucketCountMismatch, DatabaseNotReady, DatabaseUnavailable
 from models.base import utcnow
-from models.schema import Bucket
+from models.schema import SCHEMA_REVISION, Bucket
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
-    """An Alembic configuration for allot's migrations, optionally bound to ``connection``."""
+    """An Alembic configuration for allot's migrations, optionally bound to ``connection``.
+
+    Alembic is imported here, not at module level: only schema changes need it, and every other
+    command starts faster without it.
+    """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -38,15 +45,18 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    """The newest migration revision this version of allot knows."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+    """The newest migration revision this version of allot knows.
+
+    This is :data:`models.schema.SCHEMA_REVISION`; a test checks it against Alembic's head.
+    """
+    return SCHEMA_REVISION
 
 
 def current_revision(connection: Connection) -> str | None:
     """The revision the database is at, or None for an empty database."""
-    return MigrationContext.configure(connection).get_current_revision()
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 @contextlib.contextmanager
@@ -143,6 +153,8 @@ def upgrade(engine: Engine, bucket_count: int) -> UpgradeResult:
     with engine.begin() as connection:
         check_bucket_count(connection, bucket_count)
         before = current_revision(connection)
+        from alembic import command
+
         command.upgrade(alembic_config(connection), "head")
         existing = stored_bucket_count(connection) or 0
         created = 0
@@ -163,5 +175,7 @@ def upgrade(engine: Engine, bucket_count: int) -> UpgradeResult:
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
     """Migrate the database down to ``revision`` (``base`` removes allot's schema entirely)."""
+    from alembic import command
+
     with engine.begin() as connection:
         command.downgrade(alembic_config(connection), revision)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, utcnow
 
+# The Alembic revision these models describe (the newest migration; a test keeps them equal).
+SCHEMA_REVISION = "0001"
 NAME_LENGTH = 128
 NODE_KEY_LENGTH = 128
 PLAN_STATUSES = ("generated", "applying", "applied", "rejected", "failed")
@@ -58,7 +60,7 @@ class Node(Base):
     __tablename__ = "node"
 
     node_key: Mapped[str] = mapped_column(String(NODE_KEY_LENGTH), primary_key=True)
-    weight: Mapped[float] = mapped_column(default=1.0)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
     state: Mapped[str] = mapped_column(String(16))
     host: Mapped[str | None] = mapped_column(String(255))
     first_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -85,8 +87,8 @@ class Plan(Base):
     max_moves: Mapped[int | None]
     moves: Mapped[int] = mapped_column(default=0)
     min_moves: Mapped[int] = mapped_column(default=0)
-    spread_before: Mapped[float] = mapped_column(default=0)
-    spread_after: Mapped[float] = mapped_column(default=0)
+    spread_before: Mapped[float] = mapped_column(Float, default=0)
+    spread_after: Mapped[float] = mapped_column(Float, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     applied_at: Mapped[dt.datetime | None]
     error: Mapped[str | None] = mapped_column(String(2000))

@@ -1,0 +1,76 @@
+"""The Alembic migrations: up, down, up again; models in step; the bucket count is fixed."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, select
+
+from allot import database
+from allot.errors import BucketCountMismatch, DatabaseNotReady
+from models import Base, Bucket
+
+SCHEMA_TABLES = {"bucket", "node", "plan", "plan_move", "table_identifier"}
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names()) - {"alembic_version"}
+
+
+def test_upgrade_creates_the_schema_the_view_and_the_buckets(engine: Engine) -> None:
+    result = database.upgrade(engine, bucket_count=64)
+
+    assert (result.revision_before, result.revision_after) == (None, database.head_revision())
+    assert result.buckets_created == 64
+    assert table_names(engine) == SCHEMA_TABLES
+    assert "table_assignment" in inspect(engine).get_view_names()
+    with engine.connect() as connection:
+        ids = connection.execute(select(Bucket.bucket_id).order_by(Bucket.bucket_id)).scalars()
+        assert list(ids) == list(range(1, 65))
+
+
+def test_upgrade_is_safe_to_repeat(engine: Engine) -> None:
+    database.upgrade(engine, bucket_count=10)
+    again = database.upgrade(engine, bucket_count=10)
+    assert again.revision_before == again.revision_after == database.head_revision()
+    assert again.buckets_created == 0
+
+
+def test_downgrade_to_base_removes_everything_and_upgrade_restores_it(engine: Engine) -> None:
+    database.upgrade(engine, bucket_count=10)
+    database.downgrade(engine, "base")
+    assert table_names(engine) == set()
+    assert inspect(engine).get_view_names() == []
+
+    database.upgrade(engine, bucket_count=10)
+    assert table_names(engine) == SCHEMA_TABLES
+
+
+def test_models_match_the_newest_migration(migrated: Engine) -> None:
+    with migrated.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
+
+
+def test_a_changed_bucket_count_is_refused_and_changes_nothing(migrated: Engine) -> None:
+    with pytest.raises(BucketCountMismatch, match="has 100 buckets but ALLOT_BUCKET_COUNT is 64"):
+        database.upgrade(migrated, bucket_count=64)
+    with migrated.connect() as connection:
+        assert database.stored_bucket_count(connection) == 100
+        with pytest.raises(BucketCountMismatch):
+            database.check_schema(connection, bucket_count=101)
+        database.check_schema(connection, bucket_count=100)
+
+
+def test_an_empty_database_is_reported_as_not_ready(engine: Engine) -> None:
+    with engine.connect() as connection, pytest.raises(DatabaseNotReady, match="allot db upgrade"):
+        database.check_schema(connection, bucket_count=100)
+
+
+def test_the_schema_revision_constant_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(database.alembic_config()).get_heads() == [
+        database.head_revision()
+    ]
