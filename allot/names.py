@@ -16,7 +16,7 @@ from typing import NamedTuple
 from allot.errors import InvalidNodeKey, InvalidTableName
 
 TABLE_PART_MAX = 128
-_TABLE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_$-]{0,%d}" % (TABLE_PART_MAX - 1))
+_TABLE_PART = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_$-]{{0,{TABLE_PART_MAX - 1}}}")
 _NODE_KEY = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
 
 

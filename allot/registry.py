@@ -181,7 +181,7 @@ def drop_table(session: Session, name: TableName) -> int:
 
 def list_tables(
     session: Session, limit: int | None = None, bucket_id: int | None = None
-) -> list[Row[tuple[int, str, str, str, int]]]:
+) -> list[Row[int, str, str, str, int]]:
     """Registered tables ordered by name: ``(table_id, catalog, db, table, bucket_id)`` rows."""
     query = select(
         TableIdentifier.table_id,
@@ -207,7 +207,7 @@ def mapping(
     table: TableName | None = None,
     node_key: str | None = None,
     limit: int | None = None,
-) -> list[Row[tuple[str, str, str, int, str | None, int]]]:
+) -> list[Row[str, str, str, int, str | None, int]]:
     """Rows of ``table_assignment``: ``(catalog, db, table, bucket_id, node_key, epoch)``.
 
     Filter by one table and/or by the owning node; ordered by name.

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from allot.errors import ConfigurationError
+from allot.errors import ConfigurationError, InvalidNodeKey
 from allot.names import validate_node_key
 
 
@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     )
     zk_root: str = Field(
         "",
-        description="ZooKeeper root of allot's znodes; empty means `/{cluster}/allot`.",
+        description="ZooKeeper root of allot's znodes (Amoro's is `/{cluster}/amoro/ams`).",
     )
     zk_session_timeout: float = Field(
         10.0, gt=0, description="ZooKeeper session timeout in seconds."
@@ -41,9 +41,7 @@ class Settings(BaseSettings):
         None,
         description="`user:password` for digest ACLs on allot's znodes; unset means open ACLs.",
     )
-    broker_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Celery broker URL (Redis)."
-    )
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL (Redis).")
     result_backend: str | None = Field(
         None, description="Celery result backend URL; unset means the broker URL."
     )
@@ -71,15 +69,16 @@ class Settings(BaseSettings):
     node_weight: float = Field(
         1.0, gt=0, description="This worker's capacity weight; buckets are shared in proportion."
     )
-    strategy: str = Field(
-        "balanced", description="Planner strategy: `balanced`, `amoro` or `hrw`."
-    )
+    strategy: str = Field("balanced", description="Planner strategy: `balanced`, `amoro` or `hrw`.")
 
     @field_validator("node_key")
     @classmethod
     def _check_node_key(cls, value: str | None) -> str | None:
         if value is not None:
-            validate_node_key(value)
+            try:
+                validate_node_key(value)
+            except InvalidNodeKey as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("zk_auth")

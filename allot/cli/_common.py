@@ -14,7 +14,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-class OutputFormat(str, enum.Enum):
+class OutputFormat(enum.StrEnum):
     """How a read command prints: a table for people or JSON for scripts."""
 
     table = "table"

@@ -50,7 +50,9 @@ def downgrade(
 ) -> None:
     """Migrate the schema down to REVISION."""
     if not yes:
-        typer.confirm(f"Downgrade the schema to {revision}? Data in dropped tables is lost", abort=True)
+        typer.confirm(
+            f"Downgrade the schema to {revision}? Data in dropped tables is lost", abort=True
+        )
     with open_database(check=False) as db:
         database.downgrade(db.engine, revision)
     console.print(f"schema at revision {revision}")

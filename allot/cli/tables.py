@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -34,19 +34,24 @@ def _read_names(names: list[str], file: str | None) -> list[TableName]:
     parsed = [parse_table_name(name) for name in names]
     if file is None:
         return parsed
-    try:
-        lines: Iterable[str] = sys.stdin if file == "-" else Path(file).open(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
     source = "standard input" if file == "-" else file
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        try:
-            parsed.append(parse_table_name(text))
-        except InvalidTableName as exc:
-            raise InvalidTableName(f"{source}, line {number}: {exc}") from None
+    try:
+        with contextlib.ExitStack() as stack:
+            lines: Iterable[str] = (
+                sys.stdin if file == "-" else stack.enter_context(open(file, encoding="utf-8"))
+            )
+            for number, line in enumerate(lines, start=1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                try:
+                    parsed.append(parse_table_name(text))
+                except InvalidTableName as exc:
+                    raise InvalidTableName(f"{source}, line {number}: {exc}") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {source}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"cannot read {source}: it is not UTF-8 text") from None
     return parsed
 
 
@@ -108,9 +113,7 @@ def register(
                 "registered" if result.created else "already registered",
             )
         console.print(table)
-    console.print(
-        f"{created:,} table(s) registered, {len(results) - created:,} already registered"
-    )
+    console.print(f"{created:,} table(s) registered, {len(results) - created:,} already registered")
 
 
 @app.command("list")
@@ -153,7 +156,9 @@ def mapping(
     table: Annotated[
         str | None, typer.Option("--table", help="Only this table (catalog.database.table).")
     ] = None,
-    node: Annotated[str | None, typer.Option("--node", help="Only tables owned by this node.")] = None,
+    node: Annotated[
+        str | None, typer.Option("--node", help="Only tables owned by this node.")
+    ] = None,
     limit: LimitOption = DEFAULT_LIMIT,
     output: FormatOption = OutputFormat.table,
 ) -> None:

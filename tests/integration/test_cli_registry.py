@@ -14,7 +14,9 @@ def test_db_upgrade_then_register_list_map_and_drop(database_url: str) -> None:
     assert upgraded.returncode == 0, upgraded.stderr
     assert "created buckets 1..100" in upgraded.stdout
 
-    registered = allot("tables", "register", "hive.sales.orders", "hive.sales.items", "-f", "json", env=env)
+    registered = allot(
+        "tables", "register", "hive.sales.orders", "hive.sales.items", "-f", "json", env=env
+    )
     assert registered.returncode == 0, registered.stderr
     assert json.loads(registered.stdout)["tables"] == [
         {"name": "hive.sales.orders", "bucket_id": 1, "created": True},
@@ -26,14 +28,17 @@ def test_db_upgrade_then_register_list_map_and_drop(database_url: str) -> None:
         {"name": "hive.sales.items", "bucket_id": 2, "node_key": None, "epoch": 0}
     ]
     listed = allot("tables", "list", "-f", "json", env=env)
-    assert [t["name"] for t in json.loads(listed.stdout)] == ["hive.sales.items", "hive.sales.orders"]
+    assert [t["name"] for t in json.loads(listed.stdout)] == [
+        "hive.sales.items",
+        "hive.sales.orders",
+    ]
 
     dropped = allot("tables", "drop", "hive.sales.orders", env=env)
     assert dropped.returncode == 0
     assert "bucket 1" in dropped.stdout
-    assert [t["name"] for t in json.loads(allot("tables", "list", "-f", "json", env=env).stdout)] == [
-        "hive.sales.items"
-    ]
+    assert [
+        t["name"] for t in json.loads(allot("tables", "list", "-f", "json", env=env).stdout)
+    ] == ["hive.sales.items"]
 
 
 def test_register_from_a_file_and_from_stdin(database_url: str, tmp_path: Path) -> None:
@@ -43,7 +48,9 @@ def test_register_from_a_file_and_from_stdin(database_url: str, tmp_path: Path) 
     listing.write_text("# catalog tables\nc.d.t1\n\nc.d.t2\n")
 
     from_file = allot("tables", "register", "--file", str(listing), "-f", "json", env=env)
-    from_stdin = allot("tables", "register", "--file", "-", "-f", "json", env=env, input="c.d.t2\nc.d.t3\n")
+    from_stdin = allot(
+        "tables", "register", "--file", "-", "-f", "json", env=env, input="c.d.t2\nc.d.t3\n"
+    )
 
     assert json.loads(from_file.stdout)["registered"] == 2
     assert json.loads(from_stdin.stdout) | {"tables": None} == {
@@ -93,7 +100,11 @@ def test_user_mistakes_print_one_line_and_exit_non_zero(database_url: str) -> No
 
 
 def test_an_unreachable_database_is_one_clear_line() -> None:
-    result = allot("tables", "list", env={"ALLOT_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/x"})
+    result = allot(
+        "tables", "list", env={"ALLOT_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/x"}
+    )
     assert result.returncode == 1
-    assert result.stderr.startswith("error: cannot use the database at postgresql://nobody@127.0.0.1:9/x")
+    assert result.stderr.startswith(
+        "error: cannot use the database at postgresql://nobody@127.0.0.1:9/x"
+    )
     assert "Traceback" not in result.stderr

@@ -61,7 +61,12 @@ def test_concurrent_registrations_never_pick_inconsistently_or_lose_a_count(
     # Then every table exists once, and every process saw the same bucket for a shared table
     with engine.connect() as connection:
         rows = connection.execute(
-            select(TableIdentifier.catalog_name, TableIdentifier.db_name, TableIdentifier.table_name, TableIdentifier.bucket_id).order_by(TableIdentifier.table_id)
+            select(
+                TableIdentifier.catalog_name,
+                TableIdentifier.db_name,
+                TableIdentifier.table_name,
+                TableIdentifier.bucket_id,
+            ).order_by(TableIdentifier.table_id)
         ).all()
         counts = dict(connection.execute(select(Bucket.bucket_id, Bucket.table_count)).all())
     stored = {f"{c}.{d}.{t}": bucket for c, d, t, bucket in rows}

@@ -47,7 +47,11 @@ def test_new_tables_go_to_the_emptiest_bucket_with_ties_to_the_lowest_id(
     # Filling every bucket once, then dropping a table from bucket 42, makes 42 the emptiest
     registry.register_in_batches(sessions, names(97, prefix="fill"))
     with sessions.begin() as session:
-        victim = next(r.name for r in registry.register_tables(session, names(100, "fill")) if r.bucket_id == 42)
+        victim = next(
+            r.name
+            for r in registry.register_tables(session, names(100, "fill"))
+            if r.bucket_id == 42
+        )
         assert registry.drop_table(session, victim) == 42
     with sessions.begin() as session:
         [again] = registry.register_tables(session, [TableName("hive", "db", "next")])
@@ -86,7 +90,10 @@ def test_drop_of_an_unknown_table_is_refused_and_changes_nothing(migrated: Engin
     sessions = session_factory(migrated)
     registry.register_in_batches(sessions, names(5))
     before = bucket_counts(migrated)
-    with pytest.raises(NotFound, match=r"table x\.y\.z is not registered"), sessions.begin() as session:
+    with (
+        pytest.raises(NotFound, match=r"table x\.y\.z is not registered"),
+        sessions.begin() as session,
+    ):
         registry.drop_table(session, TableName("x", "y", "z"))
     assert bucket_counts(migrated) == before
 

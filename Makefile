@@ -1,0 +1,48 @@
+# allot: the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help venv services lint typecheck pytest test run bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP) ## Create .venv and install allot with its dev tools
+
+services: ## Install ZooKeeper, Redis and PostgreSQL when missing; start PostgreSQL when down
+	@scripts/ensure-services.sh
+
+lint: venv ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv ## mypy (strict) on the packages, the tests and the benchmarks
+	$(BIN)/mypy
+
+pytest: venv services ## Run the test suite (real servers); PYTEST_ARGS passes options
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; \
+	exit $$status
+
+test: lint typecheck pytest ## Everything CI runs: lint, type check, tests
+
+run: venv services ## Set up the environment and the database, then say what to try
+	@scripts/run.sh
+
+bench: venv services ## Run the benchmarks (prints tables; see bench/RESULTS.md)
+	$(BIN)/python bench/registry.py
+
+clean: ## Remove the venv, caches and local data under var/
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
