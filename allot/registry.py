@@ -13,16 +13,31 @@ of names never holds the lock for long.
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select, tuple_, update
+from sqlalchemy import (
+    Integer,
+    Row,
+    String,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from allot.errors import NotFound
-
-__all__ = ["NotFound", "Registration", "register_tables"]
 from allot.names import TableName
 from models.base import utcnow
 from models.schema import Bucket, TableIdentifier
@@ -51,7 +66,7 @@ def lock_registry(session: Session) -> None:
     write lock now (a write statement that changes nothing), so the counts read next cannot go
     stale before this transaction writes.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if _is_postgresql(session):
         session.execute(select(func.pg_advisory_xact_lock(REGISTRY_LOCK_KEY)))
     else:
         session.execute(
@@ -59,19 +74,87 @@ def lock_registry(session: Session) -> None:
         )
 
 
+def _is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _unnest_names(names: Iterable[TableName], buckets: list[int] | None = None) -> TableValuedAlias:
+    """A PostgreSQL ``unnest`` of the names (columns ``c``, ``d``, ``t``; ``b`` for buckets),
+    passed as one array parameter per column so any number of rows costs one statement."""
+    names = list(names)
+    text_array = postgresql.ARRAY(String)
+    arrays: list[BindParameter[Any]] = [
+        bindparam("catalogs", [n.catalog for n in names], type_=text_array),
+        bindparam("databases", [n.database for n in names], type_=text_array),
+        bindparam("tables", [n.table for n in names], type_=text_array),
+    ]
+    columns = ["c", "d", "t"]
+    if buckets is not None:
+        arrays.append(bindparam("buckets", buckets, type_=postgresql.ARRAY(Integer)))
+        columns.append("b")
+    return func.unnest(*arrays).table_valued(*columns).render_derived()
+
+
 def _existing_buckets(session: Session, names: Sequence[TableName]) -> dict[TableName, int]:
-    found: dict[TableName, int] = {}
+    """The buckets of those ``names`` already registered.
+
+    PostgreSQL joins the unique index against the ``unnest``-ed names in one statement; SQLite
+    matches row values in chunks of :data:`LOOKUP_CHUNK` names.
+    """
     columns = (TableIdentifier.catalog_name, TableIdentifier.db_name, TableIdentifier.table_name)
-    for start in range(0, len(names), LOOKUP_CHUNK):
-        chunk = names[start : start + LOOKUP_CHUNK]
-        rows = session.execute(
-            select(*columns, TableIdentifier.bucket_id).where(
-                tuple_(*columns).in_([tuple(name) for name in chunk])
+    if _is_postgresql(session):
+        wanted = _unnest_names(names)
+        queries = [
+            select(*columns, TableIdentifier.bucket_id).join(
+                wanted,
+                and_(
+                    TableIdentifier.catalog_name == wanted.c.c,
+                    TableIdentifier.db_name == wanted.c.d,
+                    TableIdentifier.table_name == wanted.c.t,
+                ),
             )
-        )
-        for catalog, database, table, bucket_id in rows:
+        ]
+    else:
+        queries = [
+            select(*columns, TableIdentifier.bucket_id).where(
+                tuple_(*columns).in_([tuple(name) for name in names[start : start + LOOKUP_CHUNK]])
+            )
+            for start in range(0, len(names), LOOKUP_CHUNK)
+        ]
+    found: dict[TableName, int] = {}
+    for query in queries:
+        for catalog, database, table, bucket_id in session.execute(query):
             found[TableName(catalog, database, table)] = bucket_id
     return found
+
+
+def _insert_tables(session: Session, assigned: dict[TableName, int], now: dt.datetime) -> None:
+    """Insert the new rows: one ``INSERT ... SELECT FROM unnest(...)`` on PostgreSQL, a
+    driver-level ``executemany`` on SQLite."""
+    table = TableIdentifier.__table__
+    assert isinstance(table, Table)
+    if _is_postgresql(session):
+        rows = _unnest_names(assigned, list(assigned.values()))
+        session.execute(
+            table.insert().from_select(
+                ["catalog_name", "db_name", "table_name", "bucket_id", "created_at"],
+                select(rows.c.c, rows.c.d, rows.c.t, rows.c.b, bindparam("now", now)),
+            )
+        )
+        return
+    session.execute(
+        table.insert(),
+        [
+            {
+                "catalog_name": name.catalog,
+                "db_name": name.database,
+                "table_name": name.table,
+                "bucket_id": bucket_id,
+                "created_at": now,
+            }
+            for name, bucket_id in assigned.items()
+        ],
+    )
 
 
 def register_tables(session: Session, names: Iterable[TableName]) -> list[Registration]:
@@ -102,19 +185,7 @@ def register_tables(session: Session, names: Iterable[TableName]) -> list[Regist
             heapq.heapreplace(heap, (count + 1, bucket_id))
             assigned[name] = bucket_id
         now = utcnow()
-        session.execute(
-            insert(TableIdentifier),
-            [
-                {
-                    "catalog_name": name.catalog,
-                    "db_name": name.database,
-                    "table_name": name.table,
-                    "bucket_id": bucket_id,
-                    "created_at": now,
-                }
-                for name, bucket_id in assigned.items()
-            ],
-        )
+        _insert_tables(session, assigned, now)
         before = dict(counts)
         session.execute(
             update(Bucket),

@@ -14,7 +14,7 @@ from rich.table import Table
 from allot import registry
 from allot.cli._common import FormatOption, OutputFormat, console, print_json
 from allot.cli._context import open_database
-from allot.errors import InvalidInput, InvalidTableName
+from allot.errors import InvalidInput, InvalidTableName, NotFound
 from allot.names import TableName, parse_table_name, validate_node_key
 
 app = typer.Typer(help="Register, list and drop tables.", no_args_is_help=True)
@@ -168,7 +168,7 @@ def mapping(
     with open_database() as db, db.sessions() as session:
         rows = registry.mapping(session, table=table_name, node_key=node_key, limit=limit or None)
     if table_name is not None and not rows:
-        raise registry.NotFound(f"table {table_name} is not registered")
+        raise NotFound(f"table {table_name} is not registered")
     if output is OutputFormat.json:
         print_json(
             [
