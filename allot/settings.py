@@ -81,6 +81,17 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("strategy")
+    @classmethod
+    def _check_strategy(cls, value: str) -> str:
+        from allot.planner.strategies import strategy_names
+
+        if value not in strategy_names():
+            raise ValueError(
+                f"unknown strategy {value!r}; choose one of {', '.join(strategy_names())}"
+            )
+        return value
+
     @field_validator("zk_auth")
     @classmethod
     def _check_zk_auth(cls, value: str | None) -> str | None:
@@ -119,7 +130,8 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "ALLOT_" + str(first["loc"][0]).upper() if first["loc"] else "ALLOT_*"
-        raise ConfigurationError(f"invalid setting {name}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigurationError(f"invalid setting {name}: {message}") from None
 
 
 @lru_cache(maxsize=1)

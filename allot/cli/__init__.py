@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from allot.cli import db, tables
+from allot.cli import db, plan, tables
 from allot.cli._common import err_console
 from allot.errors import AllotError
 
@@ -25,6 +25,7 @@ app = typer.Typer(
 app.add_typer(db.app, name="db")
 app.add_typer(tables.app, name="tables")
 app.command("mapping")(tables.mapping)
+app.command("plan")(plan.plan_command)
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ def test_an_explicit_root_wins(monkeypatch: pytest.MonkeyPatch) -> None:
         ("ALLOT_ZK_ROOT", "relative/path"),
         ("ALLOT_ZK_AUTH", "no-colon"),
         ("ALLOT_ZK_SESSION_TIMEOUT", "soon"),
+        ("ALLOT_STRATEGY", "random"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(
