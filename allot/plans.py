@@ -1,0 +1,175 @@
+"""Plans in SQL: every plan allot makes is recorded, with its moves and what became of it.
+
+Statuses (DESIGN.md): ``generated`` (a dry run, waiting to be applied by hand), ``applying``
+(recorded before the ZooKeeper transaction; a crash leaves it here and the next cycle finishes
+or fails it), ``applied``, ``rejected`` (refused, e.g. stale), ``failed``.
+
+Functions take a :class:`~sqlalchemy.orm.Session` and leave the commit to the caller.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Table, select, update
+from sqlalchemy.orm import Session
+
+from allot.errors import InvalidInput, NotFound
+from allot.planner import Plan
+from models.base import utcnow
+from models.schema import Plan as PlanRow
+from models.schema import PlanMove
+
+GENERATED, APPLYING, APPLIED, REJECTED, FAILED = (
+    "generated",
+    "applying",
+    "applied",
+    "rejected",
+    "failed",
+)
+ERROR_LENGTH = 2000
+
+
+def new_plan_id() -> str:
+    """A fresh plan id: 32 hex digits (commands accept any unique prefix of 6 or more)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class PlanDetail:
+    """A recorded plan and its moves ``(bucket_id, from_node, to_node)`` by bucket."""
+
+    plan: PlanRow
+    moves: Sequence[tuple[int, str | None, str]]
+
+
+def record_plan(
+    session: Session,
+    plan: Plan,
+    *,
+    plan_id: str,
+    trigger: str,
+    status: str,
+    base_epoch: int,
+    max_moves: int | None,
+) -> PlanRow:
+    """Store ``plan`` with its moves under ``plan_id`` (idempotent: a repeat changes nothing)."""
+    existing = session.get(PlanRow, plan_id)
+    if existing is not None:
+        return existing
+    row = PlanRow(
+        plan_id=plan_id,
+        trigger=trigger,
+        status=status,
+        strategy=plan.stats.strategy,
+        base_epoch=base_epoch,
+        epoch=None,
+        max_moves=max_moves,
+        moves=plan.stats.moves,
+        min_moves=plan.stats.min_moves,
+        spread_before=plan.stats.spread_before,
+        spread_after=plan.stats.spread_after,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    if plan.moves:
+        table = PlanMove.__table__
+        assert isinstance(table, Table)
+        session.execute(
+            table.insert(),
+            [
+                {
+                    "plan_id": plan_id,
+                    "bucket_id": move.bucket,
+                    "from_node": move.source,
+                    "to_node": move.target,
+                }
+                for move in plan.moves
+            ],
+        )
+    return row
+
+
+def set_status(
+    session: Session,
+    plan_id: str,
+    status: str,
+    *,
+    epoch: int | None = None,
+    error: str | None = None,
+    expected: Sequence[str] | None = None,
+) -> bool:
+    """Move a plan to ``status``; with ``expected``, only from one of those statuses.
+
+    Returns whether the row changed (False when the plan was already moved on by someone else).
+    ``applied`` also records ``epoch`` and the time.
+    """
+    values: dict[str, object] = {"status": status}
+    if epoch is not None:
+        values["epoch"] = epoch
+    if status == APPLIED:
+        values["applied_at"] = utcnow()
+    if error is not None:
+        values["error"] = error[:ERROR_LENGTH]
+    query = update(PlanRow).where(PlanRow.plan_id == plan_id).values(**values)
+    if expected is not None:
+        query = query.where(PlanRow.status.in_(expected))
+    result = cast(CursorResult[Any], session.execute(query))
+    return bool(result.rowcount)
+
+
+def find_plan(session: Session, plan_id: str) -> PlanDetail:
+    """The plan whose id is ``plan_id`` or starts with it (at least 6 characters).
+
+    Raises:
+        InvalidInput: the prefix is shorter than 6 characters or matches several plans.
+        NotFound: no plan matches.
+    """
+    plan_id = plan_id.strip().lower()
+    row = session.get(PlanRow, plan_id)
+    if row is None:
+        if len(plan_id) < 6:
+            raise InvalidInput(f"plan id {plan_id!r} is too short: give at least 6 characters")
+        matches = (
+            session.execute(
+                select(PlanRow).where(PlanRow.plan_id.startswith(plan_id, autoescape=True)).limit(2)
+            )
+            .scalars()
+            .all()
+        )
+        if len(matches) > 1:
+            raise InvalidInput(f"plan id {plan_id!r} matches several plans: give more characters")
+        if not matches:
+            raise NotFound(f"no plan {plan_id!r}: `allot plans list` shows the recorded plans")
+        row = matches[0]
+    moves = session.execute(
+        select(PlanMove.bucket_id, PlanMove.from_node, PlanMove.to_node)
+        .where(PlanMove.plan_id == row.plan_id)
+        .order_by(PlanMove.bucket_id)
+    ).all()
+    return PlanDetail(row, [(bucket, source, target) for bucket, source, target in moves])
+
+
+def list_plans(
+    session: Session, limit: int | None = 20, status: str | None = None
+) -> list[PlanRow]:
+    """Recorded plans, newest first."""
+    query = select(PlanRow).order_by(PlanRow.created_at.desc(), PlanRow.plan_id)
+    if status is not None:
+        query = query.where(PlanRow.status == status)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.execute(query).scalars())
+
+
+def plans_in_status(session: Session, status: str) -> list[PlanRow]:
+    """Plans currently in ``status``, oldest first (the cycle's recovery looks at ``applying``)."""
+    return list(
+        session.execute(
+            select(PlanRow).where(PlanRow.status == status).order_by(PlanRow.created_at)
+        ).scalars()
+    )
