@@ -11,13 +11,25 @@ Layout::
     ├── InvalidInput                bad data handed to allot
     │   ├── InvalidTableName
     │   ├── InvalidNodeKey
-    │   └── InvalidSnapshot         a planner snapshot that breaks the contract
+    │   ├── InvalidSnapshot         a planner snapshot that breaks the contract
+    │   └── InvalidPlan             a plan the ZooKeeper store refuses to apply
     ├── DatabaseError
     │   ├── DatabaseNotReady        the schema is missing or behind: run ``allot db upgrade``
     │   ├── DatabaseUnavailable     the database cannot be reached
     │   └── BucketCountMismatch     ALLOT_BUCKET_COUNT differs from the database's buckets
     ├── NotFound                    a named table, node or plan does not exist
-    └── ServiceError                a server allot needs is missing or does not start
+    ├── ServiceError                a server allot needs is missing or does not start
+    └── CoordinationError           ZooKeeper could not do what allot asked
+        ├── ZooKeeperUnavailable    no connection to ZooKeeper within the timeout
+        ├── AccessDenied            ZooKeeper refused: wrong or missing ALLOT_ZK_AUTH
+        ├── StaleAssignment         the assignment moved since it was read: someone else
+        │                           applied first; nothing of this plan was written
+        ├── ApplyOutcomeUnknown     the connection broke during a commit: read the
+        │                           assignment version to learn whether it was applied
+        ├── PlanTooLarge            one node's assignment exceeds ZooKeeper's request limit
+        ├── CorruptAssignment       a stored assignment cannot be decoded
+        ├── LockLost                the session was suspended or lost while holding the lock
+        └── NodeKeyTaken            another live process is registered under this node key
 """
 
 from __future__ import annotations
@@ -82,3 +94,62 @@ class NotFound(AllotError):
 
 class ServiceError(AllotError):
     """A server allot needs (ZooKeeper, Redis, PostgreSQL) is missing or does not start."""
+
+
+class InvalidPlan(InvalidInput):
+    """A plan handed to the ZooKeeper store is unusable (a bucket given to two nodes, a node
+    both assigned and removed, a bucket id that is not a positive integer); nothing was written.
+    """
+
+
+class CoordinationError(AllotError):
+    """ZooKeeper could not do what allot asked; see the subclasses for what is known."""
+
+
+class ZooKeeperUnavailable(CoordinationError):
+    """No connection to ZooKeeper could be made (or kept) within the allowed time."""
+
+
+class AccessDenied(CoordinationError):
+    """ZooKeeper refused an operation (``NoAuth``): ``ALLOT_ZK_AUTH`` is missing or wrong."""
+
+
+class StaleAssignment(CoordinationError):
+    """The stored assignment changed after it was read: someone else applied a plan first, or
+    the subtree was edited. The transaction was rolled back: nothing of the plan was written.
+    Re-read and plan again.
+    """
+
+
+class ApplyOutcomeUnknown(CoordinationError):
+    """The connection broke while a plan's transaction was in flight, so it may or may not have
+    been committed. The ``plan_id`` recorded in ``assignment-version`` tells which.
+    """
+
+    def __init__(self, message: str, plan_id: str) -> None:
+        super().__init__(message)
+        self.plan_id = plan_id
+
+
+class PlanTooLarge(CoordinationError):
+    """A single node's writes exceed ZooKeeper's request size limit (``jute.maxbuffer``), so no
+    split of the plan can store it.
+    """
+
+
+class CorruptAssignment(CoordinationError):
+    """A stored assignment (or its last-update-time) cannot be decoded; the next applied plan
+    rewrites it.
+    """
+
+
+class LockLost(CoordinationError):
+    """The ZooKeeper session was suspended or lost after the assignment lock was taken, or the
+    lock was released: the holder must stop without writing.
+    """
+
+
+class NodeKeyTaken(CoordinationError):
+    """Another live process holds the membership znode of this node key. Give each process its
+    own ``ALLOT_NODE_KEY``, or wait for the other one's session to end.
+    """

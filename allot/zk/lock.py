@@ -1,0 +1,220 @@
+"""The assignment cycle's lock: kazoo's ``Lock`` at ``{root}/locks/assign`` plus a guard.
+
+Taking the lock returns a :class:`LockGuard`. The cycle calls :meth:`LockGuard.check` before
+each write; it raises :class:`~allot.errors.LockLost` as soon as the connection has been
+SUSPENDED or the session LOST since the lock was requested, even if the connection came back:
+after a suspension nobody can tell whether the session (and so the lock) survived, so the cycle
+aborts without writing and the next run starts afresh. The guard also names the holder's lock
+znode (:attr:`LockGuard.lock_node`); :mod:`allot.zk.apply` ``check``s it inside every
+transaction, which closes the race between a passing local check and a session expiring just
+before the commit: a holder whose session ended cannot commit anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, LockTimeout, NoAuthError
+from kazoo.recipe.lock import Lock
+
+from allot.errors import AccessDenied, LockLost, ZooKeeperUnavailable
+from allot.zk.client import ensure_layout
+from allot.zk.paths import ZkPaths
+
+log = logging.getLogger(__name__)
+
+
+class _Interruptions:
+    """Counts SUSPENDED and LOST transitions of a client while installed (a kazoo listener:
+    it only bumps a counter, never blocks)."""
+
+    def __init__(self, client: KazooClient) -> None:
+        self.client = client
+        self.count = 0
+        self.last = ""
+        self._mutex = threading.Lock()
+        client.add_listener(self._listen)
+
+    def _listen(self, state: str) -> bool:
+        if state in (KazooState.SUSPENDED, KazooState.LOST):
+            with self._mutex:
+                self.count += 1
+                self.last = str(state)
+        return False
+
+    def close(self) -> None:
+        """Stop counting (remove the listener)."""
+        self.client.remove_listener(self._listen)
+
+
+class LockGuard:
+    """Proof that the assignment lock is held, to be checked before every write.
+
+    Failure modes:
+        SUSPENDED, then CONNECTED again (same session): the guard stays tripped; the cycle
+        must abort and let the next run retake the lock.
+        LOST (session expired): the lock znode is gone and another process may hold the lock;
+        the guard is tripped and a transaction fenced on :attr:`lock_node` fails.
+        Released: a released guard always raises.
+    """
+
+    def __init__(
+        self, client: KazooClient, lock_node: str, interruptions: _Interruptions, baseline: int
+    ) -> None:
+        self.client = client
+        self.lock_node = lock_node
+        """Full path of this holder's ephemeral lock znode (fence it inside transactions)."""
+        self.session_id: int = client.client_id[0]
+        self._interruptions = interruptions
+        self._baseline = baseline
+        self._released = False
+
+    def problem(self) -> str | None:
+        """Why the lock can no longer be trusted, or None while it can."""
+        if self._released:
+            return "the assignment lock was released"
+        if self._interruptions.count != self._baseline:
+            return (
+                f"the ZooKeeper connection was {self._interruptions.last} after the assignment "
+                "lock was taken"
+            )
+        if self.client.state != KazooState.CONNECTED:
+            return f"the ZooKeeper connection is {self.client.state}"
+        client_id = self.client.client_id
+        if client_id is None or client_id[0] != self.session_id:
+            return "the ZooKeeper session that took the assignment lock has ended"
+        return None
+
+    @property
+    def valid(self) -> bool:
+        """True while :meth:`check` would pass."""
+        return self.problem() is None
+
+    def check(self) -> None:
+        """Raise unless the lock is still held by an uninterrupted session.
+
+        Raises:
+            LockLost: the connection was suspended or lost since the lock was requested, the
+                session changed, or the lock was released.
+        """
+        problem = self.problem()
+        if problem is not None:
+            raise LockLost(f"{problem}: stopping without writing")
+
+    def _release(self) -> None:
+        self._released = True
+
+
+class AssignmentLock:
+    """The lock serializing assignment cycles across processes (kazoo ``Lock`` recipe).
+
+    One instance holds the lock at most once at a time (not re-entrant). A fresh kazoo
+    ``Lock`` is used for every acquisition, so a lock lost with an expired session never
+    leaves a stale "acquired" flag behind.
+
+    Failure modes:
+        SUSPENDED while waiting: kazoo's recipe retries until the connection returns; a
+        suspension during acquisition trips the returned guard at once (conservative).
+        SUSPENDED / LOST while held: the guard trips (see :class:`LockGuard`); on LOST the
+        server deleted the ephemeral lock znode, so another process may take the lock.
+        :meth:`release` after a LOST is harmless (the znode is already gone).
+        Stale lock znode of a crashed holder: it is ephemeral and vanishes when the crashed
+        process's session expires (``zk_session_timeout``); until then the lock is held and
+        non-blocking acquisitions return None ("skipped"), as they should: the old holder's
+        session could still write.
+        Not connected when asked: :class:`~allot.errors.ZooKeeperUnavailable`.
+    """
+
+    def __init__(self, client: KazooClient, paths: ZkPaths, identifier: str = "") -> None:
+        self.client = client
+        self.paths = paths
+        self.identifier = identifier
+        self._lock: Lock | None = None
+        self._guard: LockGuard | None = None
+        self._interruptions: _Interruptions | None = None
+        self._layout_ready = False
+
+    def acquire(self, timeout: float | None = 0.0) -> LockGuard | None:
+        """Take the lock.
+
+        Args:
+            timeout: 0 (default) does not wait: returns None when another process holds the
+                lock. A positive number waits up to that many seconds; None waits forever.
+
+        Returns:
+            The guard of the held lock, or None when it could not be taken in time.
+
+        Raises:
+            ZooKeeperUnavailable: the client is not connected.
+            AccessDenied: ZooKeeper refused creating the lock znode.
+            RuntimeError: this instance already holds the lock.
+        """
+        if self._guard is not None:
+            raise RuntimeError("this AssignmentLock is already held; release it first")
+        if self.client.state != KazooState.CONNECTED:
+            raise ZooKeeperUnavailable(
+                f"cannot take the assignment lock: ZooKeeper connection is {self.client.state}"
+            )
+        if not self._layout_ready:
+            ensure_layout(self.client, self.paths)
+            self._layout_ready = True
+        interruptions = _Interruptions(self.client)
+        baseline = interruptions.count
+        lock = Lock(self.client, self.paths.assign_lock, self.identifier)
+        try:
+            if timeout == 0:
+                got = lock.acquire(blocking=False)
+            else:
+                got = lock.acquire(blocking=True, timeout=timeout)
+        except LockTimeout:
+            got = False
+        except NoAuthError:
+            interruptions.close()
+            raise AccessDenied(
+                "ZooKeeper refused the assignment lock: check ALLOT_ZK_AUTH"
+            ) from None
+        except BaseException:
+            interruptions.close()
+            raise
+        if not got:
+            interruptions.close()
+            return None
+        self._lock, self._interruptions = lock, interruptions
+        self._guard = LockGuard(self.client, f"{lock.path}/{lock.node}", interruptions, baseline)
+        return self._guard
+
+    def release(self) -> None:
+        """Release the lock if held. Never raises for connection problems: a lock znode that
+        cannot be deleted now disappears with the session."""
+        lock, guard, interruptions = self._lock, self._guard, self._interruptions
+        self._lock = self._guard = self._interruptions = None
+        if guard is not None:
+            guard._release()
+        if interruptions is not None:
+            interruptions.close()
+        if lock is not None:
+            try:
+                lock.release()
+            except KazooException as exc:
+                log.warning(
+                    "could not release the assignment lock (%s); it ends with the session", exc
+                )
+
+    @contextmanager
+    def holding(self, timeout: float | None = 0.0) -> Iterator[LockGuard | None]:
+        """``with lock.holding() as guard:`` takes the lock (see :meth:`acquire`), yields the
+        guard or None when not taken, and releases it on exit."""
+        guard = self.acquire(timeout)
+        try:
+            yield guard
+        finally:
+            if guard is not None:
+                self.release()
+
+    def contenders(self) -> list[str]:
+        """Identifiers of the processes holding or waiting for the lock, holder first."""
+        return [str(c) for c in Lock(self.client, self.paths.assign_lock).contenders()]

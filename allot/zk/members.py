@@ -1,0 +1,128 @@
+"""Reading membership: which nodes are live, with what info; and a watch on changes.
+
+A node is live while its ephemeral znode ``{root}/nodes/{nodeKey}`` exists. Reads never fail
+on bad data: a znode whose info is malformed is still a live node (its session is alive) and
+is reported with the reason; a child whose name is not a valid node key is reported apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+from kazoo.recipe.watchers import ChildrenWatch
+
+from allot.errors import InvalidNodeKey
+from allot.names import validate_node_key
+from allot.zk.client import ensure_layout
+from allot.zk.codec import NodeInfo, decode_node_info
+from allot.zk.multiread import get_many
+from allot.zk.paths import ZkPaths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveNode:
+    """A live node: its published info (None when malformed, see ``problem``), the session
+    holding its znode and when the znode was created (epoch ms)."""
+
+    node_key: str
+    info: NodeInfo | None
+    session_id: int
+    registered_at: int
+    problem: str | None = None
+
+    @property
+    def weight(self) -> float:
+        """The node's weight; 1.0 (the default) when its info is malformed."""
+        return 1.0 if self.info is None else self.info.weight
+
+
+@dataclass(frozen=True)
+class Members:
+    """A read of ``{root}/nodes``: ``live`` nodes (including those with malformed info) and
+    ``invalid`` child names that are not node keys (with the reason)."""
+
+    live: Mapping[str, LiveNode]
+    invalid: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def malformed(self) -> dict[str, str]:
+        """``{node_key: reason}`` of live nodes whose info cannot be decoded."""
+        return {k: n.problem for k, n in self.live.items() if n.problem is not None}
+
+
+def read_members(client: KazooClient, paths: ZkPaths) -> Members:
+    """The live nodes under ``paths.nodes`` (one ``multiRead``; retried on connection loss).
+
+    Failure modes: SUSPENDED: retried through ``client.retry`` until it gives up
+    (``RetryFailedError``); a znode that vanishes between listing and reading is simply not
+    live; malformed info and invalid names are reported, never raised.
+    """
+    return client.retry(_read_members, client, paths)  # type: ignore[no-any-return]
+
+
+def _read_members(client: KazooClient, paths: ZkPaths) -> Members:
+    try:
+        children = client.get_children(paths.nodes)
+    except NoNodeError:
+        return Members({})
+    invalid: dict[str, str] = {}
+    keys: list[str] = []
+    for child in sorted(children):
+        try:
+            keys.append(validate_node_key(child))
+        except InvalidNodeKey as exc:
+            invalid[child] = str(exc)
+    live: dict[str, LiveNode] = {}
+    for key, found in zip(keys, get_many(client, [paths.node(k) for k in keys]), strict=True):
+        if found is None:
+            continue  # gone between listing and reading: not live
+        data, stat = found
+        info: NodeInfo | None = None
+        problem = None
+        try:
+            info = decode_node_info(data)
+            if info.node_key != key:
+                problem, info = f"its info names node key {info.node_key!r}", None
+        except ValueError as exc:
+            problem = str(exc)
+        if problem is not None:
+            log.warning("membership info of %s is malformed: %s", key, problem)
+        live[key] = LiveNode(key, info, stat.ephemeralOwner, stat.ctime, problem)
+    return Members(live, invalid)
+
+
+class MembershipWatch:
+    """Calls ``callback(node_keys)`` with the set of member names now and on every change.
+
+    Wraps kazoo's ``ChildrenWatch``, which re-arms itself after a reconnection and after a
+    new session (LOST), so the cycle keeps being told. The callback runs on kazoo's event
+    thread: it must be quick (e.g. enqueue a Celery task) and must not block. An exception in
+    it is logged and the watch continues.
+    """
+
+    def __init__(
+        self, client: KazooClient, paths: ZkPaths, callback: Callable[[frozenset[str]], None]
+    ) -> None:
+        ensure_layout(client, paths)
+        self._callback = callback
+        self._stopped = False
+        self._watch = ChildrenWatch(client, paths.nodes, self._on_children)
+
+    def _on_children(self, children: list[str]) -> bool:
+        if self._stopped:
+            return False
+        try:
+            self._callback(frozenset(children))
+        except Exception:
+            log.exception("membership callback failed")
+        return True
+
+    def stop(self) -> None:
+        """Stop calling the callback (the underlying watch ends on its next event)."""
+        self._stopped = True

@@ -1,0 +1,61 @@
+"""Fault injection against a real ZooKeeper server, for tests and benchmarks.
+
+:func:`expire_session` uses the technique of kazoo's own test suite: a second client joins
+the session with the same id and password, then closes it; the server expires the session,
+deletes its ephemeral znodes, and the first client sees LOST when it reconnects (then kazoo
+opens a new session: CONNECTED).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from kazoo.client import KazooClient, KazooState
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+) -> bool:
+    """Poll ``predicate`` until it is true (returns True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def expire_session(client: KazooClient, hosts: str, timeout: float = 15.0) -> None:
+    """Expire ``client``'s session on the server and wait until it has reconnected with a new
+    session (LOST then CONNECTED seen by its listeners).
+
+    Raises:
+        TimeoutError: the expiry or the reconnection did not happen within ``timeout``.
+    """
+    lost, back = threading.Event(), threading.Event()
+
+    def listener(state: str) -> bool:
+        if state == KazooState.LOST:
+            lost.set()
+        elif state == KazooState.CONNECTED and lost.is_set():
+            back.set()
+            return True
+        return False
+
+    client.add_listener(listener)
+    deadline = time.monotonic() + timeout
+    while not lost.is_set() and time.monotonic() < deadline:
+        session_id, password = client.client_id
+        intruder = KazooClient(hosts=hosts, client_id=(session_id, password), timeout=2.0)
+        intruder.start(timeout=max(1.0, deadline - time.monotonic()))
+        intruder.stop()
+        intruder.close()
+        lost.wait(1.0)
+    if not lost.is_set():
+        client.remove_listener(listener)
+        raise TimeoutError("the session did not expire")
+    if not back.wait(max(0.0, deadline - time.monotonic())):
+        client.remove_listener(listener)
+        raise TimeoutError("the client did not reconnect after the session expired")

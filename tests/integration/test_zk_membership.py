@@ -1,0 +1,208 @@
+"""Membership against a real ZooKeeper: takeover after kill -9, refusal, expiry, displacement."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from kazoo.client import KazooClient
+
+from allot.devservers import ServerProcess
+from allot.errors import NodeKeyTaken
+from allot.settings import Settings
+from allot.zk import (
+    MembershipWatch,
+    NodeInfo,
+    NodeRegistration,
+    ZkPaths,
+    connect,
+    read_members,
+    this_process,
+)
+from allot.zk.codec import decode_node_info, encode_node_info
+from allot.zk.testing import expire_session, wait_until
+
+# A worker that registers and then lives until killed; its session outlives a kill -9 by
+# zk_session_timeout (20 s here), so the successor cannot just wait for it.
+WORKER = """
+import sys, time
+from allot.settings import Settings
+from allot.zk import NodeRegistration, ZkPaths, connect, this_process
+settings = Settings(zk_hosts=sys.argv[1], zk_root=sys.argv[2], zk_session_timeout=20)
+client = connect(settings)
+NodeRegistration(client, ZkPaths(settings.zk_root), this_process(sys.argv[3])).register()
+print("registered", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def settings(zookeeper: ServerProcess, zk_root: str) -> Settings:
+    return Settings(zk_hosts=zookeeper.address, zk_root=zk_root, zk_session_timeout=4)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[KazooClient]:
+    client = connect(settings)
+    yield client
+    client.stop()
+    client.close()
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[subprocess.Popen[str]]:
+    """A real worker process registered as ``worker@test``."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", WORKER, settings.zk_hosts, settings.zk_root, "worker@test"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "registered"
+    yield process
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def test_register_and_list_live_nodes(client: KazooClient, settings: Settings) -> None:
+    paths = ZkPaths(settings.zk_root)
+    registration = NodeRegistration(client, paths, this_process("n1@h", weight=2.5))
+    registration.register()
+    registration.register()  # safe to repeat
+    members = read_members(client, paths)
+    node = members.live["n1@h"]
+    assert node.info is not None
+    assert (node.info.pid, node.info.weight) == (os.getpid(), 2.5)
+    assert node.session_id == client.client_id[0]
+    registration.unregister()
+    assert read_members(client, paths).live == {}
+
+
+def test_malformed_membership_is_reported_not_fatal(
+    client: KazooClient, settings: Settings
+) -> None:
+    paths = ZkPaths(settings.zk_root)
+    NodeRegistration(client, paths, this_process("good@h")).register()
+    client.create(paths.node("bad@h"), b"{oops", ephemeral=True)
+    client.create(paths.node("liar@h"), encode_node_info(this_process("other@h")), ephemeral=True)
+    client.create(f"{paths.nodes}/not a key", b"", ephemeral=True)
+    members = read_members(client, paths)
+    assert set(members.live) == {"good@h", "bad@h", "liar@h"}  # their sessions are alive
+    assert set(members.malformed) == {"bad@h", "liar@h"}
+    assert members.live["bad@h"].weight == 1.0
+    assert list(members.invalid) == ["not a key"]
+
+
+def test_a_killed_workers_node_is_taken_over_by_its_successor_at_once(
+    client: KazooClient, settings: Settings, worker: subprocess.Popen[str]
+) -> None:
+    # Given a worker killed with -9: its znode stays while its 20 s session lives on
+    paths = ZkPaths(settings.zk_root)
+    path = paths.node("worker@test")
+    _, stale = client.get(path)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert client.exists(path) is not None
+    # When its successor on the same host registers under the same key
+    started = time.monotonic()
+    NodeRegistration(client, paths, this_process("worker@test")).register()
+    elapsed = time.monotonic() - started
+    # Then it owns the znode within 2 s, without waiting for the old session to expire
+    data, stat = client.get(path)
+    assert elapsed < 2.0
+    assert stat.ephemeralOwner == client.client_id[0] != stale.ephemeralOwner
+    assert decode_node_info(data).pid == os.getpid()
+
+
+def test_a_live_process_is_never_robbed_of_its_key(
+    client: KazooClient, settings: Settings, worker: subprocess.Popen[str]
+) -> None:
+    # Given a live worker registered as worker@test
+    paths = ZkPaths(settings.zk_root)
+    _, before = client.get(paths.node("worker@test"))
+    # When another process starts with the same key, it fails loudly instead of stealing
+    registration = NodeRegistration(client, paths, this_process("worker@test"))
+    with pytest.raises(NodeKeyTaken, match=f"pid {worker.pid}"):
+        registration.register()
+    started = time.monotonic()
+    with pytest.raises(NodeKeyTaken):
+        registration.register(wait=0.5)  # waits for the holder to go, then gives up
+    assert time.monotonic() - started >= 0.5
+    _, after = client.get(paths.node("worker@test"))
+    assert after.ephemeralOwner == before.ephemeralOwner
+
+
+def test_another_hosts_znode_is_waited_for_not_taken(
+    client: KazooClient, settings: Settings, zookeeper: ServerProcess
+) -> None:
+    paths = ZkPaths(settings.zk_root)
+    other = connect(settings)
+    try:
+        elsewhere = NodeInfo("n@h", "another-host", os.getpid(), 1.0, 1)
+        NodeRegistration(other, paths, elsewhere).register()
+        threading.Timer(0.3, other.stop).start()  # its session ends: the znode goes
+        NodeRegistration(client, paths, this_process("n@h")).register(wait=5)
+        assert client.get(paths.node("n@h"))[1].ephemeralOwner == client.client_id[0]
+    finally:
+        other.close()
+
+
+def test_re_registers_after_the_session_expires(
+    client: KazooClient, settings: Settings, zookeeper: ServerProcess
+) -> None:
+    paths = ZkPaths(settings.zk_root)
+    NodeRegistration(client, paths, this_process("n@h")).register()
+    old_session = client.client_id[0]
+    expire_session(client, zookeeper.address)
+    assert client.client_id[0] != old_session
+
+    def registered_again() -> bool:
+        stat = client.exists(paths.node("n@h"))
+        return stat is not None and stat.ephemeralOwner == client.client_id[0]
+
+    assert wait_until(registered_again, timeout=5)
+
+
+def test_a_displaced_node_does_not_steal_back(client: KazooClient, settings: Settings) -> None:
+    # Given a registered node
+    paths = ZkPaths(settings.zk_root)
+    reasons: list[str] = []
+    registration = NodeRegistration(client, paths, this_process("n@h"), on_displaced=reasons.append)
+    registration.register()
+    # When another live session replaces its znode (a misconfigured twin)
+    twin = connect(settings)
+    try:
+        twin_info = encode_node_info(NodeInfo("n@h", "twin-host", 1, 1.0, 1))
+        replace = twin.transaction()
+        replace.delete(paths.node("n@h"))
+        replace.create(paths.node("n@h"), twin_info, ephemeral=True)
+        assert not any(isinstance(r, Exception) for r in replace.commit())
+        # Then it notices, reports itself displaced, and leaves the twin alone
+        assert wait_until(lambda: registration.displaced is not None, timeout=5)
+        time.sleep(0.3)
+        assert client.get(paths.node("n@h"))[1].ephemeralOwner == twin.client_id[0]
+        assert not registration.registered
+        assert reasons
+        assert "twin-host" in reasons[0]
+    finally:
+        twin.stop()
+        twin.close()
+
+
+def test_the_watch_reports_joins_and_departures(client: KazooClient, settings: Settings) -> None:
+    paths = ZkPaths(settings.zk_root)
+    seen: list[frozenset[str]] = []
+    watch = MembershipWatch(client, paths, seen.append)
+    registration = NodeRegistration(client, paths, this_process("n@h"))
+    registration.register()
+    assert wait_until(lambda: bool(seen) and seen[-1] == {"n@h"}, timeout=5)
+    registration.unregister()
+    assert wait_until(lambda: seen[-1] == frozenset(), timeout=5)
+    watch.stop()
