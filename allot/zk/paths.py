@@ -86,6 +86,16 @@ class ZkPaths:
         return self._under("assignment-version")
 
     @property
+    def last_cycle(self) -> str:
+        """The znode holding the JSON summary of the last cycle (read by ``allot status``)."""
+        return self._under("last-cycle")
+
+    @property
+    def membership_trigger(self) -> str:
+        """The znode holding the last membership version a worker triggered a cycle for."""
+        return self._under("triggers", "membership")
+
+    @property
     def containers(self) -> tuple[str, ...]:
         """The persistent parents allot creates under the root, root first."""
-        return (self.root, self.bucket_assignments, self.nodes, self.locks)
+        return (self.root, self.bucket_assignments, self.nodes, self.locks, self._under("triggers"))
