@@ -137,10 +137,10 @@ class AssignmentCycle:
             max_moves: move at most this many buckets (orphans first).
             lock_timeout: seconds to wait for the lock; 0 skips at once when it is held.
         """
-        started = time.perf_counter()
         guard = self.lock.acquire(lock_timeout)
         if guard is None:
             return CycleReport(SKIPPED, trigger, reason="another cycle holds the lock")
+        started, started_at = time.perf_counter(), self.clock().isoformat()
         try:
             recovered = self._recover()
             for round_number in range(1, MAX_ROUNDS + 1):
@@ -150,6 +150,7 @@ class AssignmentCycle:
                 report.recovered, report.rounds = recovered, round_number
                 if dry_run or not self._due_again(membership, began, report):
                     break
+            report.started_at, report.finished_at = started_at, self.clock().isoformat()
             report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
             self._publish(report)
             log.info(report.headline())
@@ -203,6 +204,7 @@ class AssignmentCycle:
             if moved_on:
                 return CycleReport(REJECTED, trigger, reason="the plan was applied meanwhile")
             report = self._apply(guard, trigger, view, row.plan_id)
+            report.finished_at = self.clock().isoformat()
             self._publish(report)
             return report
         except (LockLost, StaleAssignment) as exc:
@@ -375,9 +377,7 @@ class AssignmentCycle:
 
     def _publish(self, report: CycleReport) -> None:
         """Write the report to ``{root}/last-cycle`` for ``allot status`` (best effort)."""
-        data = json.dumps(
-            {**report.to_json(), "finished_at": self.clock().isoformat()}, separators=(",", ":")
-        ).encode()
+        data = json.dumps(report.to_json(), separators=(",", ":")).encode()
         try:
             try:
                 self.client.set(self.paths.last_cycle, data)

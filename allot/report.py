@@ -58,6 +58,8 @@ class CycleReport:
     warnings: list[str] = field(default_factory=list)
     reason: str | None = None
     rounds: int = 1
+    started_at: str | None = None
+    finished_at: str | None = None
     duration_ms: float = 0
 
     def to_json(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from allot.cli import db, plan, tables
+from allot.cli import cluster, db, plan, plans, tables
 from allot.cli._common import err_console
 from allot.errors import AllotError
 
@@ -26,6 +26,10 @@ app.add_typer(db.app, name="db")
 app.add_typer(tables.app, name="tables")
 app.command("mapping")(tables.mapping)
 app.command("plan")(plan.plan_command)
+app.add_typer(plans.app, name="plans")
+app.command("status")(cluster.status)
+app.command("nodes")(cluster.nodes)
+app.command("rebalance")(cluster.rebalance)
 
 
 def main() -> None:

@@ -1,0 +1,60 @@
+"""The tasks: ``allot.assign`` (the cycle), ``allot.rebalance`` (by hand), ``allot.apply_plan``.
+
+Thin wrappers: each builds nothing but calls :class:`allot.cycle.AssignmentCycle` through the
+process's :func:`~tasks.runtime.get_runtime` and returns the cycle's JSON report, which Flower
+shows as the task result. All three are idempotent (a repeated cycle plans from the current
+state; a repeated plan apply is refused or recognised), so they acknowledge late: a worker that
+dies mid-task leaves the message for another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from allot.report import CycleReport
+from tasks.app import app
+from tasks.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+# A grace-period follow-up runs this long after the deadline, so the node is surely offline.
+GRACE_MARGIN = 0.1
+
+
+def _follow_up(report: CycleReport) -> None:
+    """Schedule one cycle for the end of a grace period this cycle started."""
+    if report.departed and report.next_deadline is not None:
+        countdown = report.next_deadline + GRACE_MARGIN
+        assign.apply_async(kwargs={"trigger": "grace"}, countdown=countdown)
+        log.info("grace period of %s ends in %.1f s: cycle scheduled", report.departed, countdown)
+
+
+@app.task(name="allot.assign", acks_late=True)
+def assign(trigger: str = "beat") -> dict[str, Any]:
+    """Run one assignment cycle; a held lock means ``skipped``."""
+    report = get_runtime().cycle.run(trigger)
+    _follow_up(report)
+    return report.to_json()
+
+
+@app.task(name="allot.rebalance", acks_late=True)
+def rebalance(
+    dry_run: bool = False, max_moves: int | None = None, lock_timeout: float = 30.0
+) -> dict[str, Any]:
+    """Run a cycle by hand, waiting up to ``lock_timeout`` s for the lock (calls serialize).
+
+    ``dry_run`` records the plan as ``generated`` for ``allot plans apply``; ``max_moves``
+    bounds the moves (orphans first).
+    """
+    report = get_runtime().cycle.run(
+        "manual", dry_run=dry_run, max_moves=max_moves, lock_timeout=lock_timeout
+    )
+    _follow_up(report)
+    return report.to_json()
+
+
+@app.task(name="allot.apply_plan", acks_late=True)
+def apply_plan(plan_id: str, lock_timeout: float = 30.0) -> dict[str, Any]:
+    """Apply a ``generated`` plan unless it is stale (then it is ``rejected``)."""
+    return get_runtime().cycle.apply_stored(plan_id, lock_timeout=lock_timeout).to_json()

@@ -1,0 +1,56 @@
+"""Fixtures for end-to-end tests: a real local cluster per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from allot.devservers import ServerProcess
+from allot.settings import Settings
+from allot.zk.client import connect
+from tests.e2e.cluster import LocalCluster
+
+SESSION_TIMEOUT = 2.0
+OFFLINE_TIMEOUT = 2.0
+
+
+@pytest.fixture
+def cluster_env(
+    zookeeper: ServerProcess, redis_server: ServerProcess, zk_root: str, migrated: Engine
+) -> dict[str, str]:
+    """Environment for the cluster's processes: short timeouts, this test's root and database."""
+    redis.Redis(host=redis_server.host, port=redis_server.port).flushall()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLOT_")}
+    return env | {
+        "ALLOT_ZK_HOSTS": zookeeper.address,
+        "ALLOT_ZK_ROOT": zk_root,
+        "ALLOT_ZK_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
+        "ALLOT_NODE_OFFLINE_TIMEOUT": str(OFFLINE_TIMEOUT),
+        "ALLOT_BROKER_URL": f"redis://{redis_server.address}/0",
+        "ALLOT_DATABASE_URL": migrated.url.render_as_string(hide_password=False),
+        "ALLOT_ASSIGN_INTERVAL": "3",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture
+def cluster(
+    cluster_env: dict[str, str], migrated: Engine, zk_root: str, tmp_path: Path
+) -> Iterator[LocalCluster]:
+    """Start processes with ``cluster.worker(name)`` / ``cluster.beat()``; all are stopped after
+    the test, and their logs are printed when it failed."""
+    settings = Settings(zk_hosts=cluster_env["ALLOT_ZK_HOSTS"], zk_root=zk_root)
+    client = connect(settings)
+    local = LocalCluster(tmp_path, cluster_env, client, migrated, zk_root)
+    try:
+        yield local
+    finally:
+        local.stop_all()
+        client.stop()
+        client.close()
+        print(local.logs())

@@ -1,0 +1,160 @@
+"""End to end: real ``celery worker`` and ``celery beat`` processes, ZooKeeper, Redis, and
+SQLite or PostgreSQL. Timeouts are short (2 s sessions, a few seconds of grace)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import select
+
+from models import Plan
+from tests.e2e.cluster import LocalCluster, no_double_owner, wait_for
+from tests.integration.cli import allot
+
+START = 60.0  # seconds allowed for workers to start and a cycle to settle
+
+
+def sizes(assignment: dict[str, list[int]]) -> list[int]:
+    return sorted((len(buckets) for buckets in assignment.values()), reverse=True)
+
+
+def moved(before: dict[str, list[int]], after: dict[str, list[int]]) -> set[int]:
+    owner = {b: node for node, buckets in before.items() for b in buckets}
+    return {b for node, buckets in after.items() for b in buckets if owner.get(b) != node}
+
+
+@contextmanager
+def watching_for_double_owners(cluster: LocalCluster) -> Iterator[list[dict[str, list[int]]]]:
+    """Read the assignment from ZooKeeper every 20 ms while the block runs; collect any
+    observation in which a bucket has two owners."""
+    bad: list[dict[str, list[int]]] = []
+    stop = threading.Event()
+
+    def observe() -> None:
+        while not stop.is_set():
+            seen = cluster.zk()
+            if not no_double_owner(seen):
+                bad.append(seen)
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=observe, daemon=True)
+    thread.start()
+    try:
+        yield bad
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_join_death_and_restart_move_exactly_the_minimum(cluster: LocalCluster) -> None:
+    cluster.env["ALLOT_NODE_OFFLINE_TIMEOUT"] = "5"
+    n1, n2, n3, n4 = (cluster.key(f"node{i}") for i in range(1, 5))
+    with watching_for_double_owners(cluster) as double_owners:
+        # Given three workers and beat: the first assignment is 34/33/33, in ZooKeeper and SQL
+        for name in ("node1", "node2", "node3"):
+            cluster.worker(name)
+        cluster.beat()
+        first = wait_for(lambda: cluster.settled({n1: 34, n2: 33, n3: 33}), START, "34/33/33")
+        first_epoch = cluster.epoch()
+
+        # When a fourth joins, exactly the minimum (25 buckets) move to it
+        cluster.worker("node4")
+        joined = wait_for(
+            lambda: cluster.settled({n1: 25, n2: 25, n3: 25, n4: 25}), START, "25 each"
+        )
+        assert moved(first, joined) == set(joined[n4])
+        with cluster.engine.connect() as connection:
+            last = connection.execute(
+                select(Plan.moves, Plan.min_moves).where(Plan.status == "applied")
+                .order_by(Plan.epoch.desc()).limit(1)
+            ).one()  # fmt: skip
+        assert tuple(last) == (25, 25)
+
+        # When node4 is killed, it keeps its buckets through the grace period, then exactly
+        # its buckets move
+        cluster.processes["node4"].kill9()
+        killed_at = cluster.epoch()
+        wait_for(lambda: n4 not in cluster.client.get_children(f"{cluster.store.paths.nodes}"),
+                 10, "node4's session to expire")  # fmt: skip
+        assert cluster.zk() == joined  # suspect: nothing moved yet
+        after_death = wait_for(
+            lambda: cluster.settled({n1: 34, n2: 33, n3: 33}), 30, "node4's buckets to move"
+        )
+        assert moved(joined, after_death) == set(joined[n4])
+        assert cluster.epoch() == killed_at + 1
+
+        # When node3 is killed and restarted within the grace period, nothing moves
+        epoch = cluster.epoch()
+        cluster.processes["node3"].kill9()
+        cluster.worker("node3")
+        wait_for(lambda: n3 in cluster.client.get_children(cluster.store.paths.nodes), 30,
+                 "node3 to register again")  # fmt: skip
+        deadline = dt.datetime.now() + dt.timedelta(seconds=8)  # past session + grace
+        wait_for(lambda: dt.datetime.now() > deadline, 10, "the grace period to pass")
+        assert cluster.zk() == after_death
+        assert cluster.sql() == after_death
+        assert cluster.epoch() == epoch
+
+    assert double_owners == []
+    assert first_epoch >= 1
+
+
+def test_manual_rebalances_serialize_and_a_stale_dry_run_is_refused(
+    cluster: LocalCluster,
+) -> None:
+    n1, n2 = cluster.key("node1"), cluster.key("node2")
+    cluster.worker("node1")
+    cluster.worker("node2")
+    wait_for(lambda: cluster.settled({n1: 50, n2: 50}), START, "50/50")
+
+    # Two `allot rebalance` at once: both run (neither is skipped), one after the other
+    command = [sys.executable, "-m", "allot", "rebalance", "--format", "json", "--timeout", "60"]
+    calls = [
+        subprocess.Popen(command, env=cluster.env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    reports = [json.loads(call.communicate(timeout=90)[0]) for call in calls]
+    assert [r["outcome"] for r in reports] == ["unchanged", "unchanged"]
+    first, second = sorted(reports, key=lambda r: r["started_at"])
+    assert first["finished_at"] <= second["started_at"]
+
+    # A dry run, then a membership change: applying the plan is refused as stale
+    dry = allot("rebalance", "--dry-run", "--format", "json", env=cluster.env)
+    assert dry.returncode == 0, dry.stderr
+    plan_id = json.loads(dry.stdout)["plan_id"]
+    cluster.worker("node3")
+    wait_for(lambda: cluster.settled({n1: 34, n2: 33, cluster.key("node3"): 33}), START, "3 nodes")
+    refused = allot("plans", "apply", plan_id[:10], "--format", "json", env=cluster.env)
+    assert refused.returncode == 1
+    report = json.loads(refused.stdout)
+    assert report["outcome"] == "rejected"
+    assert "stale" in report["reason"]
+    shown = json.loads(allot("plans", "show", plan_id, "-f", "json", env=cluster.env).stdout)
+    assert shown["status"] == "rejected"
+
+    status = json.loads(allot("status", "--format", "json", env=cluster.env).stdout)
+    assert [n["state"] for n in status["nodes"]] == ["live", "live", "live"]
+    assert status["last_cycle"]["outcome"] in ("applied", "unchanged")
+
+
+def test_a_crash_between_zookeeper_and_sql_converges(cluster: LocalCluster, tmp_path: Path) -> None:
+    marker = tmp_path / "crashed"
+    node = cluster.key("node1")
+    cluster.worker("node1", app="tests.e2e.crashing_app", ALLOT_E2E_CRASH_MARKER=str(marker))
+    wait_for(marker.exists, START, "the injected crash")
+    crashed_plan = marker.read_text()
+    cluster.beat()
+
+    settled = wait_for(lambda: cluster.settled({node: 100}), START, "SQL to catch up")
+
+    assert settled == {node: list(range(1, 101))}
+    with cluster.engine.connect() as connection:
+        rows = connection.execute(select(Plan.plan_id, Plan.status, Plan.epoch)).all()
+    assert [tuple(row) for row in rows] == [(crashed_plan, "applied", 1)]
