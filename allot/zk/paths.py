@@ -98,4 +98,4 @@ class ZkPaths:
     @property
     def containers(self) -> tuple[str, ...]:
         """The persistent parents allot creates under the root, root first."""
-        return (self.root, self.bucket_assignments, self.nodes, self.locks, self._under("triggers"))
+        return (self.root, self.bucket_assignments, self.nodes, self.locks)

@@ -151,6 +151,8 @@ class AssignmentStore:
         present: dict[str, frozenset[str]] = {}
         for index, key in enumerate(keys):
             assignments, updated = found[2 * index], found[2 * index + 1]
+            if assignments is None and updated is None and not self._entry_exists(key):
+                continue  # deleted between the listing and the read (an apply or a leave)
             present[key] = frozenset(
                 name
                 for name, value in ((ASSIGNMENTS, assignments), (LAST_UPDATE_TIME, updated))
@@ -296,6 +298,9 @@ class AssignmentStore:
         )
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _entry_exists(self, node_key: str) -> bool:
+        return self.client.exists(self.paths.node_entry(node_key)) is not None
 
     def _children(self, path: str) -> set[str] | None:
         try:

@@ -1,0 +1,146 @@
+"""Failover benchmark: from ``kill -9`` of a worker to the new assignment in ZooKeeper and SQL.
+
+Run: ``.venv/bin/python bench/failover.py`` (``--help`` for options). It starts its own
+ZooKeeper and Redis (allot.devservers), a SQLite database, four ``celery worker`` processes and
+``celery beat``, with a 4 s ZooKeeper session and a 2 s offline timeout. Each trial kills one
+worker with SIGKILL, measures the time until ZooKeeper and SQL both show its buckets on the
+survivors (polled every 10 ms), then restarts it and waits for the cluster to settle again.
+It also times steady-state cycles (nothing to move) run in this process against the same
+cluster. Prints a table; the target is every failover within session + offline timeout + 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from allot.cycle import AssignmentCycle
+from allot.database import upgrade
+from allot.devservers import start_redis, start_zookeeper
+from allot.settings import Settings
+from allot.zk.client import connect
+from models.engine import make_engine, session_factory
+from tests.e2e.cluster import LocalCluster, wait_for
+
+SESSION_TIMEOUT = 4.0
+OFFLINE_TIMEOUT = 2.0
+WORKERS = 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--cycles", type=int, default=50, help="steady-state cycles to time")
+    args = parser.parse_args()
+    console = Console(width=120)
+    workdir = Path(tempfile.mkdtemp(prefix="allot-failover-"))
+    zookeeper = start_zookeeper(workdir / "zookeeper")
+    redis = start_redis(workdir / "redis")
+    database_url = f"sqlite:///{workdir / 'allot.db'}"
+    engine = make_engine(database_url)
+    upgrade(engine, 100)
+    root = "/bench/allot"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLOT_")} | {
+        "ALLOT_ZK_HOSTS": zookeeper.address,
+        "ALLOT_ZK_ROOT": root,
+        "ALLOT_ZK_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
+        "ALLOT_NODE_OFFLINE_TIMEOUT": str(OFFLINE_TIMEOUT),
+        "ALLOT_BROKER_URL": f"redis://{redis.address}/0",
+        "ALLOT_DATABASE_URL": database_url,
+        "ALLOT_ASSIGN_INTERVAL": "30",
+    }
+    settings = Settings(
+        zk_hosts=zookeeper.address,
+        zk_root=root,
+        database_url=database_url,
+        zk_session_timeout=SESSION_TIMEOUT,
+        node_offline_timeout=OFFLINE_TIMEOUT,
+    )
+    client = connect(settings)
+    cluster = LocalCluster(workdir, env, client, engine, root)
+    names = [f"node{i}" for i in range(1, WORKERS + 1)]
+    balanced = {cluster.key(name): 25 for name in names}
+    failovers: list[float] = []
+    try:
+        for name in names:
+            cluster.worker(name)
+        cluster.beat()
+        wait_for(lambda: cluster.settled(balanced), 90, "the first assignment")
+        for trial in range(args.trials):
+            victim = names[trial % WORKERS]
+            key = cluster.key(victim)
+            survivors = {cluster.key(n): 0 for n in names if n != victim}
+            before = cluster.zk()
+            started = time.perf_counter()
+            cluster.processes[victim].kill9()
+
+            def failed_over(key: str = key) -> bool:
+                zk = cluster.zk()
+                return key not in zk and zk == cluster.sql() and sum(map(len, zk.values())) == 100
+
+            wait_for(failed_over, 60, f"failover of {victim}", interval=0.01)
+            elapsed = time.perf_counter() - started
+            failovers.append(elapsed)
+            after = cluster.zk()
+            assert set(after) == set(survivors), after
+            moved = sum(len(set(after[k]) - set(before[k])) for k in after)
+            console.print(
+                f"trial {trial + 1}: {victim} killed, {moved} buckets moved in {elapsed:.2f} s"
+            )
+            cluster.worker(victim)
+            wait_for(lambda: cluster.settled(balanced), 90, f"{victim} to rejoin")
+        cycle = AssignmentCycle(client, session_factory(engine), settings)
+        durations = []
+        for _ in range(args.cycles):
+            began = time.perf_counter()
+            report = cycle.run("bench", lock_timeout=10)
+            durations.append((time.perf_counter() - began) * 1000)
+            assert report.outcome == "unchanged", report.headline()
+    finally:
+        cluster.stop_all()
+        client.stop()
+        client.close()
+        engine.dispose()
+        redis.stop()
+        zookeeper.stop()
+    budget = SESSION_TIMEOUT + OFFLINE_TIMEOUT + 2
+    table = Table(title=f"allot failover: {WORKERS} workers, 100 buckets, SQLite")
+    for column in ("measure", "n", "median", "min", "max", "target", "met"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "kill -9 -> committed in ZK and SQL (s)",
+        str(len(failovers)),
+        f"{statistics.median(failovers):.2f}",
+        f"{min(failovers):.2f}",
+        f"{max(failovers):.2f}",
+        f"<= {budget:g} (session {SESSION_TIMEOUT:g} + offline {OFFLINE_TIMEOUT:g} + 2)",
+        "yes" if max(failovers) <= budget else "NO",
+    )
+    table.add_row(
+        "steady-state cycle (ms)",
+        str(len(durations)),
+        f"{statistics.median(durations):.1f}",
+        f"{min(durations):.1f}",
+        f"{max(durations):.1f}",
+        "<= 50 ms",
+        "yes" if statistics.median(durations) <= 50 else "NO",
+    )
+    console.print(table)
+    console.print(
+        f"failover minus the session and offline timeouts (reaction time): median "
+        f"{statistics.median(failovers) - SESSION_TIMEOUT - OFFLINE_TIMEOUT:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
