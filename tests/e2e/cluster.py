@@ -123,6 +123,14 @@ class LocalCluster:
         for process in self.processes.values():
             process.stop(timeout=10)
 
+    def count_in_logs(self, text: str) -> int:
+        """How many lines of all the processes' logs contain ``text``."""
+        return sum(
+            line.count(text) > 0
+            for process in self.processes.values()
+            for line in process.log.read_text(errors="replace").splitlines()
+        )
+
     def logs(self) -> str:
         return "\n".join(
             f"--- {name} ---\n{process.tail()}" for name, process in self.processes.items()
