@@ -156,10 +156,24 @@ class LocalCluster:
                     owners.setdefault(node, []).append(bucket)
         return owners
 
-    def settled(self, expected_sizes: dict[str, int]) -> dict[str, list[int]] | None:
-        """The assignment when ZooKeeper and SQL agree on ``expected_sizes``, else None."""
+    def settled(
+        self, expected: dict[str, int] | list[int], nodes: set[str] | None = None
+    ) -> dict[str, list[int]] | None:
+        """The assignment once ZooKeeper and SQL agree on it and it has the expected sizes,
+        else None.
+
+        ``expected`` is either ``{node: buckets}`` or the sizes alone, largest first (which
+        node gets the larger share depends on the order nodes joined), then over ``nodes``.
+        """
         zk = self.zk()
-        if {k: len(v) for k, v in zk.items()} != expected_sizes or zk != self.sql():
+        counts = {k: len(v) for k, v in zk.items()}
+        if isinstance(expected, dict):
+            matches = counts == expected
+        else:
+            matches = sorted(counts.values(), reverse=True) == expected and (
+                nodes is None or set(counts) == nodes
+            )
+        if not matches or zk != self.sql():
             return None
         return zk
 
