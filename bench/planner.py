@@ -37,12 +37,8 @@ budget per case, at least one run).
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import os
-import platform
 import random
-import re
 import statistics
 import sys
 import time
@@ -55,7 +51,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from allot.planner import plan, plan_from_json, snapshot_from_json, strategy_names
+from bench.results import machine, record_section
 
 KINDS = ("join", "leave", "death", "weights", "mixed")
 WEIGHTS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -274,42 +273,6 @@ def timing_table(names: tuple[str, ...], repeats: int, budget: float) -> Table:
 # --- output ---------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs (nproc), {model}, Python {platform.python_version()}"
-
-
-def record(path: Path, command: str, text: str) -> None:
-    """Write the ``## Planner`` section of ``path``, creating the file if needed."""
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
-    text = "\n".join(line.rstrip() for line in text.splitlines())
-    section = (
-        f"## Planner\n\n- Machine: {machine()}\n- Date: {stamp}\n- Command: `{command}`\n"
-        "- The machine is shared and noisy: the time ratios matter more than the absolute "
-        f"times.\n\n```\n{text.rstrip()}\n```\n"
-    )
-    if path.exists():
-        content = path.read_text()
-    else:
-        content = (
-            "# Benchmark results\n\nEach section names its machine, date and the command "
-            "that produced it.\n"
-        )
-    pattern = re.compile(r"^## Planner\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: section + "\n", content).rstrip() + "\n"
-    else:
-        content = content.rstrip() + "\n\n" + section
-    path.write_text(content)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--scenarios", type=int, default=10_000, help="random scenarios")
@@ -344,7 +307,13 @@ def main() -> None:
         console.print(timing_table(names, args.repeats, args.budget))
     if args.record:
         command = " ".join([".venv/bin/python", "bench/planner.py", *sys.argv[1:]])
-        record(args.record, command, console.export_text())
+        record_section(
+            args.record,
+            "Planner",
+            command,
+            ["The machine is shared and noisy: the time ratios matter more than absolute times."],
+            console.export_text(),
+        )
 
 
 if __name__ == "__main__":

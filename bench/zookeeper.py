@@ -22,11 +22,7 @@ Run: ``.venv/bin/python bench/zookeeper.py [--record bench/RESULTS.md]``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
-import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -37,6 +33,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allot.devservers import ServerProcess, start_zookeeper
 from allot.settings import Settings
@@ -50,6 +48,7 @@ from allot.zk import (
     ZkPaths,
     connect,
 )
+from bench.results import machine, record_section
 
 BUCKETS = 16_384
 
@@ -179,48 +178,6 @@ def table(rows: list[Row], repeats: int) -> Table:
     return out
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cpus = len(os.sched_getaffinity(0))
-    return f"{cpus} CPUs (nproc), {model}, Python {platform.python_version()}"
-
-
-def write_section(path: Path, command: str, text: str) -> None:
-    """Write the ``## ZooKeeper`` section of ``path`` (other sections untouched)."""
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
-    text = "\n".join(line.rstrip() for line in text.splitlines())
-    section = (
-        f"## ZooKeeper\n\n- Machine: {machine()}\n- Date: {stamp}\n- Command: `{command}`\n"
-        "- ZooKeeper 3.8 (Debian jars) on the same machine, data on local disk, one client.\n"
-        "- `apply` includes computing the change set, the exact size check and the commit "
-        "(one fsync'd multi-op transaction per step) under the assignment lock; `read_all` "
-        "is every node's two znodes plus the version (ZooKeeper `multiRead`, up to 1,000 "
-        "reads per request).\n"
-        "- `txns` > 1: the plan exceeded the 1 MB request limit and was applied in fenced "
-        "steps (see `allot/zk/apply.py`).\n\n"
-        f"```\n{text.rstrip()}\n```\n"
-    )
-    content = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmark results\n\nEach section names its machine, date and the command that "
-        "produced it.\n"
-    )
-    pattern = re.compile(r"^## ZooKeeper\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: section + "\n", content).rstrip() + "\n"
-    else:
-        content = content.rstrip() + "\n\n" + section
-    path.write_text(content)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--repeats", type=int, default=7, help="runs per case (fresh root each)")
@@ -240,7 +197,21 @@ def main() -> None:
     console.print(table(rows, args.repeats))
     if args.record:
         command = " ".join([".venv/bin/python", "bench/zookeeper.py", *sys.argv[1:]])
-        write_section(args.record, command, console.export_text())
+        record_section(
+            args.record,
+            "ZooKeeper",
+            command,
+            [
+                "ZooKeeper 3.8 (Debian jars) on the same machine, data on local disk, one client.",
+                "`apply` includes computing the change set, the exact size check and the commit "
+                "(one fsync'd multi-op transaction per step) under the assignment lock; "
+                "`read_all` is every node's two znodes plus the version (ZooKeeper `multiRead`, "
+                "up to 1,000 reads per request).",
+                "`txns` > 1: the plan exceeded the 1 MB request limit and was applied in fenced "
+                "steps (see `allot/zk/apply.py`).",
+            ],
+            console.export_text(),
+        )
 
 
 if __name__ == "__main__":
