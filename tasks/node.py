@@ -82,20 +82,39 @@ class WorkerNode:
         except Exception:
             log.exception("could not request a cycle after a membership change")
 
-    def stop(self) -> None:
-        """Leave at once: stop watching, drop the membership znode and the assignment entry."""
+    def stop(self, timeout: float = 3.0) -> None:
+        """Leave at once: stop watching, drop the membership znode and the assignment entry.
+
+        Gives ZooKeeper ``timeout`` seconds; if it does not answer (it may be down while the
+        worker shuts down), the node leaves when its session expires instead, and the stop
+        still finishes.
+        """
         if self.watch is not None:
             self.watch.stop()
-        if self.registration is not None:
-            self.registration.unregister()
-        if self.client is not None:
-            try:
-                AssignmentStore(self.client, self.paths).delete(self.key)
-                log.info("node %s left; its buckets move at the next cycle", self.key)
-            finally:
-                self.client.stop()
-                self.client.close()
-                self.client = None
+        client, registration = self.client, self.registration
+        self.client = None
+        if client is None:
+            return
+
+        def leave() -> None:
+            if registration is not None:
+                registration.unregister()
+            AssignmentStore(client, self.paths).delete(self.key)
+            log.info("node %s left; its buckets move at the next cycle", self.key)
+
+        if client.connected:
+            departure = threading.Thread(target=leave, name="allot-leave", daemon=True)
+            departure.start()
+            departure.join(timeout)
+            if departure.is_alive():
+                log.warning(
+                    "ZooKeeper did not answer within %g s: node %s leaves when its session "
+                    "expires", timeout, self.key,
+                )  # fmt: skip
+        else:
+            log.warning("ZooKeeper unreachable: node %s leaves when its session expires", self.key)
+        client.stop()
+        client.close()
 
 
 _node: WorkerNode | None = None
