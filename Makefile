@@ -38,10 +38,11 @@ pytest: venv services ## Run the test suite (real servers); PYTEST_ARGS passes o
 
 test: lint typecheck pytest ## Everything CI runs: lint, type check, tests
 
-run: venv services ## Set up the environment and the database, then say what to try
+run: venv ## Run a local cluster (ZooKeeper, Redis, 3 nodes, beat, Flower) until Ctrl-C
+	@scripts/ensure-services.sh --run
 	@scripts/run.sh
 
-bench: venv services ## Run the benchmarks (prints tables; see bench/RESULTS.md)
+bench: venv services ## Run the registry benchmark (others: see README, Benchmarks)
 	$(BIN)/python bench/registry.py
 
 clean: ## Remove the venv, caches and local data under var/

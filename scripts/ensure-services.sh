@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
-# Make sure the system servers allot's tests and local cluster need are installed, and that
+# Make sure the system packages allot's tests and local cluster need are installed, and that
 # PostgreSQL is running. As root on Debian it installs what is missing with apt-get; otherwise
 # it says what to install and fails. It never starts ZooKeeper or Redis: tests and `make run`
 # start their own instances on their own ports.
+#
+#   scripts/ensure-services.sh         what `make test` needs: ZooKeeper, Redis, PostgreSQL
+#                                      (started when down), Chromium (the browser test) and
+#                                      docker-compose (validates docker-compose.yml)
+#   scripts/ensure-services.sh --run   what `make run` needs: ZooKeeper and Redis only
 set -euo pipefail
 
 say() { printf 'services: %s\n' "$*"; }
 
+mode=test
+case "${1:-}" in
+    "") ;;
+    --run) mode=run ;;
+    *) say "usage: scripts/ensure-services.sh [--run]" >&2; exit 2 ;;
+esac
+
 missing=()
 { [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null; } || missing+=(zookeeper)
 command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
-command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+if [ "$mode" = test ]; then
+    command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+    command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v docker-compose >/dev/null || missing+=(docker-compose)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -23,6 +39,11 @@ if [ ${#missing[@]} -gt 0 ]; then
         say "install them with: sudo apt-get install -y ${missing[*]}" >&2
         exit 1
     fi
+fi
+
+if [ "$mode" = run ]; then
+    say "ZooKeeper jars and redis-server are ready"
+    exit 0
 fi
 
 # PostgreSQL: start every installed cluster that is down (no systemd here).
@@ -42,4 +63,4 @@ if ! pg_isready -q -h 127.0.0.1 -t 2; then
         exit 1
     fi
 fi
-say "ZooKeeper jars, redis-server and PostgreSQL are ready"
+say "ZooKeeper jars, redis-server, PostgreSQL, Chromium and docker-compose are ready"

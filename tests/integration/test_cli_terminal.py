@@ -54,10 +54,15 @@ def test_bulk_registration_shows_a_progress_bar_on_a_terminal(tmp_path: Path) ->
 
 
 def test_make_run_sets_up_the_database_and_says_what_to_try(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLOT_")}
+    """``scripts/run.sh --setup-only`` does all of make run's set-up and starts nothing.
+
+    The whole cluster (ZooKeeper, Redis, nodes, beat, Flower, Ctrl-C) is tests/e2e/test_make_run.py.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOT_", "FLOWER_"))}
     env["ALLOT_DATABASE_URL"] = f"sqlite:///{tmp_path / 'run.db'}"
+    env["VAR_DIR"] = str(tmp_path / "var")
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "run.sh")],
+        ["bash", str(ROOT / "scripts" / "run.sh"), "--setup-only"],
         env=env,
         capture_output=True,
         text=True,
@@ -66,5 +71,24 @@ def test_make_run_sets_up_the_database_and_says_what_to_try(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stderr
     assert "schema upgraded from empty to" in result.stdout
-    assert "allot tables register" in result.stdout
+    assert "1,000 table(s) registered" in result.stdout
+    assert "nothing started" in result.stdout
+    credentials = (tmp_path / "var" / "flower" / "basic-auth").read_text().strip()
+    assert credentials.startswith("admin:")
+    assert f"user:password {credentials}" in result.stdout
+    assert (tmp_path / "var" / "flower" / "basic-auth").stat().st_mode & 0o077 == 0
+    for command in ("allot status", "allot rebalance --dry-run", "FROM table_assignment"):
+        assert command in result.stdout
     assert (tmp_path / "run.db").exists()
+
+    again = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run.sh"), "--setup-only"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "1,000 already registered" in again.stdout
+    assert f"user:password {credentials}" in again.stdout

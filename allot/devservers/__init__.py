@@ -6,6 +6,9 @@ the Debian jars in ``/usr/share/java`` (package ``zookeeper``) and ``redis-serve
 keeps its data under a directory of the caller's choosing, and is stopped with
 :meth:`ServerProcess.stop`. A missing package raises :class:`~allot.errors.ServiceError` naming
 the package to install; it never falls back silently.
+
+``python -m allot.devservers`` (:mod:`allot.devservers.__main__`) runs one of these servers in
+the foreground until SIGTERM or SIGINT, for ``make run``'s Procfile.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from allot.errors import ServiceError
+from allot.errors import ConfigurationError, ServiceError
 
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 ZOOKEEPER_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
@@ -98,6 +104,30 @@ class ServerProcess:
             return ""
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: have the kernel send SIGTERM to this process when its parent dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _server_popen_options(own_session: bool) -> dict[str, Any]:
+    """``Popen`` options for a server child.
+
+    By default the server shares the caller's process group, so a Ctrl-C at a terminal stops it
+    with everything else. ``own_session=True`` is for a caller that runs under a process manager
+    which signals whole process groups (honcho): the server is then out of reach of that signal,
+    so the caller decides when it stops (after its clients are gone: see
+    ``python -m allot.devservers``), and on Linux the kernel still stops it if the caller dies
+    without doing so.
+    """
+    if not own_session:
+        return {}
+    return {"start_new_session": True, "preexec_fn": _die_with_parent}
+
+
 def _wait_until_ready(server: ServerProcess, probe: str, timeout: float) -> ServerProcess:
     checks = {"zookeeper": zookeeper_answers, "redis": redis_answers}
     deadline = time.monotonic() + timeout
@@ -123,11 +153,14 @@ def start_zookeeper(
     host: str = "127.0.0.1",
     tick_time_ms: int = 500,
     timeout: float = 60.0,
+    *,
+    own_session: bool = False,
 ) -> ServerProcess:
     """Start a standalone ZooKeeper server from the Debian jars and wait until it answers.
 
     Sessions may last from 2 ticks up to 60 s (``tick_time_ms`` 500 allows 1 s sessions, which
-    fault-injection tests need). Data and the log live under ``workdir``.
+    fault-injection tests need). Data and the log live under ``workdir``. With ``own_session``
+    the server runs in a session of its own (see :func:`_server_popen_options`).
 
     Raises:
         ServiceError: Java or the ZooKeeper jars are missing, or the server did not come up.
@@ -172,16 +205,28 @@ def start_zookeeper(
     ]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            **_server_popen_options(own_session),
         )
     server = ServerProcess("ZooKeeper", host, port, process, workdir, log_path)
     return _wait_until_ready(server, "zookeeper", timeout)
 
 
 def start_redis(
-    workdir: Path, port: int | None = None, host: str = "127.0.0.1", timeout: float = 30.0
+    workdir: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = 30.0,
+    *,
+    own_session: bool = False,
 ) -> ServerProcess:
     """Start ``redis-server`` without persistence and wait until it answers ``PING``.
+
+    With ``own_session`` the server runs in a session of its own (see
+    :func:`_server_popen_options`).
 
     Raises:
         ServiceError: ``redis-server`` is missing or did not come up.
@@ -213,7 +258,63 @@ def start_redis(
         str(log_path),
     ]
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        **_server_popen_options(own_session),
     )
     server = ServerProcess("Redis", host, port, process, workdir, log_path)
     return _wait_until_ready(server, "redis", timeout)
+
+
+def zookeeper_address(zk_hosts: str) -> tuple[str, int]:
+    """The first ``host:port`` of a ZooKeeper connection string (a chroot suffix is ignored).
+
+    >>> zookeeper_address("zk1:2182,zk2:2182/allot")
+    ('zk1', 2182)
+    """
+    first = zk_hosts.split("/", 1)[0].split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if not host:
+        host, port = first, "2181"
+    if not host or not port.isdigit():
+        raise ConfigurationError(f"cannot read host:port from ALLOT_ZK_HOSTS={zk_hosts!r}")
+    return host, int(port)
+
+
+def redis_address(broker_url: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``redis://`` broker URL.
+
+    Raises:
+        ConfigurationError: the URL is not a ``redis://`` URL.
+    """
+    parts = urlsplit(broker_url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigurationError(
+            f"ALLOT_BROKER_URL={broker_url!r} is not a redis:// URL; only a Redis broker can be "
+            "started locally"
+        )
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ConfigurationError(f"bad port in ALLOT_BROKER_URL={broker_url!r}") from None
+    return parts.hostname or "127.0.0.1", port
+
+
+def client_count(server: ServerProcess) -> int | None:
+    """How many clients are connected to ``server`` (the asking connection included).
+
+    None when the server does not answer the question (ZooKeeper's ``mntr``, Redis' ``INFO``).
+    """
+    key = b"zk_num_alive_connections" if server.name == "ZooKeeper" else b"connected_clients:"
+    request = b"mntr" if server.name == "ZooKeeper" else b"INFO clients\r\nQUIT\r\n"
+    try:
+        reply = _ask(server.host, server.port, request)
+    except OSError:
+        return None
+    for line in reply.splitlines():
+        if line.startswith(key):
+            value = line[len(key) :].strip()
+            return int(value) if value.isdigit() else None
+    return None

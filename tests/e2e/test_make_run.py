@@ -1,0 +1,153 @@
+"""`make run` as a newcomer uses it: the cluster comes up, the three gestures work, Ctrl-C stops it.
+
+The real command (``make run``: scripts/ensure-services.sh --run, then scripts/run.sh and honcho
+with the Procfile) in a session of its own, with its data under the test's temporary directory
+(``VAR_DIR``). ZooKeeper is on a free port where nothing answers, so make run starts its own;
+Redis is the session's server, which make run must use as it is and leave running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from allot.devservers import (
+    ServerProcess,
+    free_port,
+    redis_answers,
+    zookeeper_answers,
+)
+from tests.e2e.processes import (
+    ROOT,
+    VENV_BIN,
+    Processes,
+    flower_tasks,
+    http,
+    http_json,
+    still_running,
+    watching_tree,
+)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    with Processes(tmp_path / "logs") as group:
+        yield group
+
+
+def status(env: dict[str, str]) -> dict[str, Any] | None:
+    """``allot status --format json``, None while it cannot answer."""
+    result = subprocess.run(
+        [str(VENV_BIN / "allot"), "status", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        return None
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+def test_make_run_brings_up_the_cluster_and_ctrl_c_stops_everything(
+    processes: Processes, redis_server: ServerProcess, tmp_path: Path
+) -> None:
+    redis.Redis(host=redis_server.host, port=redis_server.port).flushall()
+    zk_port, flower_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOT_", "FLOWER_"))}
+    env |= {
+        "VAR_DIR": str(tmp_path / "var"),
+        "ALLOT_DATABASE_URL": f"sqlite:///{tmp_path / 'allot.db'}",
+        "ALLOT_ZK_HOSTS": f"127.0.0.1:{zk_port}",
+        "ALLOT_BROKER_URL": f"redis://{redis_server.address}/0",
+        "FLOWER_PORT": str(flower_port),
+    }
+    base = f"http://127.0.0.1:{flower_port}"
+
+    # Given `make run` in a terminal of its own
+    make = processes.start("make-run", ["make", "--no-print-directory", "run"], env)
+    with watching_tree(make.pid) as tree:
+        try:
+            # When it says the cluster is running
+            processes.wait_for(
+                lambda: "allot is running" in make.output(), "make run's summary", timeout=120
+            )
+            credentials = (tmp_path / "var" / "flower" / "basic-auth").read_text().strip()
+            summary = make.output()
+            assert f"{base}   user:password {credentials}" in summary
+            assert "1,000 table(s) registered" in summary
+            assert f"127.0.0.1:{zk_port} (started by make run" in summary
+            assert f"{redis_server.address}/0 (already running: used as it is)" in summary
+            for hint in ("allot status", "allot rebalance --dry-run", "table_assignment"):
+                assert hint in summary
+
+            # Then `allot status` shows three live nodes sharing the 100 buckets
+            def three_nodes_share_the_buckets() -> dict[str, Any] | None:
+                state = status(env)
+                if state is None or state["unowned"] != 0:
+                    return None
+                live = [n for n in state["nodes"] if n["state"] == "live"]
+                return state if len(live) == 3 else None
+
+            state = processes.wait_for(
+                three_nodes_share_the_buckets, "allot status: 3 live nodes", timeout=90
+            )
+            keys = sorted(n["node_key"] for n in state["nodes"])
+            assert [k.split("@")[0] for k in keys] == ["node1", "node2", "node3"]
+
+            # And Flower shows the runs, to the right credentials only
+            assert http("GET", f"{base}/api/tasks")[0] == 401
+            runs = flower_tasks(base, credentials, taskname="allot.assign")
+            assert any(task["state"] == "SUCCESS" for task in runs.values())
+
+            # And a rebalance can be triggered through Flower's API, as the README shows
+            sent = http_json(
+                "POST",
+                f"{base}/api/task/async-apply/allot.rebalance",
+                auth=credentials,
+                body={"kwargs": {"dry_run": True}},
+            )
+            processes.wait_for(
+                lambda: (
+                    flower_tasks(base, credentials).get(sent["task-id"], {}).get("state")
+                    == "SUCCESS"
+                ),
+                "the dry-run rebalance to succeed",
+                timeout=60,
+            )
+
+            # And the README's SQL query answers which node owns the tables
+            with sqlite3.connect(tmp_path / "allot.db") as connection:
+                rows = connection.execute(
+                    "SELECT node_key, count(*) FROM table_assignment GROUP BY node_key"
+                ).fetchall()
+            assert sorted(node for node, _ in rows) == keys
+            assert sum(count for _, count in rows) == 1000
+
+            # When the operator presses Ctrl-C (SIGINT to the terminal's process group)
+            make.signal_group(signal.SIGINT)
+            processes.wait_for(lambda: not make.running, "make run to stop", timeout=30)
+        finally:
+            leftovers = still_running(tree)
+            for line in leftovers:  # never leave a process behind, even when the test failed
+                os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+    # Then everything it started has stopped cleanly, and the Redis it reused still runs
+    assert leftovers == [], leftovers
+    assert "== stopped" in make.output()
+    assert "SIGKILL" not in make.output()
+    assert not zookeeper_answers("127.0.0.1", zk_port)
+    assert http("GET", f"{base}/healthcheck")[0] == 0
+    assert redis_answers(redis_server.host, redis_server.port)
+    assert ROOT.joinpath("Procfile").exists()
