@@ -4,16 +4,10 @@ assignment from ZooKeeper and SQL."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from kazoo.client import KazooClient
 from sqlalchemy import Engine, select
@@ -21,66 +15,13 @@ from sqlalchemy import Engine, select
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models import Bucket
+from tests.e2e.processes import ManagedProcess, Processes
 
-ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
 HOST = socket.gethostname()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll until ``predicate()`` is truthy and return its value; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
-class Process:
-    """A child process in its own process group, its output in a log file."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        with log.open("ab") as output:
-            self.popen = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill9(self) -> None:
-        """``kill -9`` of the whole group: the worker and its pool children die at once."""
-        if self.alive:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(10)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """A clean stop (SIGTERM: Celery's warm shutdown), then SIGKILL if it hangs."""
-        if self.alive:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(10)
-        else:
-            # the group may still hold children of a process that died alone
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+# Worker options that only shorten start-up (no peers to sync with in a test).
+QUICK_START = ("--without-mingle", "--without-gossip")
 
 
 class LocalCluster:
@@ -94,47 +35,39 @@ class LocalCluster:
         self.client = client
         self.engine = engine
         self.store = AssignmentStore(client, ZkPaths(root))
-        self.processes: dict[str, Process] = {}
+        self.group = Processes(workdir / "logs")
+        self.processes: dict[str, ManagedProcess] = {}
 
     @staticmethod
     def key(name: str) -> str:
         """The node key of worker ``name`` (Celery's ``name@host``)."""
         return f"{name}@{HOST}"
 
-    def worker(self, name: str, app: str = "tasks", **extra_env: str) -> Process:
-        command = [
-            sys.executable, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h",
-            "-c", "1", "-l", "info", "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
-        return self._start(name, command, extra_env)
-
-    def beat(self) -> Process:
-        schedule = self.workdir / "celerybeat-schedule"
-        command = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-s", str(schedule)]
-        return self._start("beat", command, {})
-
-    def _start(self, name: str, command: list[str], extra_env: dict[str, str]) -> Process:
-        log = self.workdir / f"{name}.log"
-        process = Process(name, command, self.env | extra_env, log)
+    def worker(self, name: str, app: str = "tasks", **extra_env: str) -> ManagedProcess:
+        process = self.group.worker(name, self.env | extra_env, *QUICK_START, app=app)
         self.processes[name] = process
         return process
 
+    def beat(self) -> ManagedProcess:
+        process = self.group.beat(self.workdir / "celerybeat-schedule", self.env)
+        self.processes["beat"] = process
+        return process
+
+    def wait_for(self, predicate: Callable[[], T | None], what: str, timeout: float) -> T:
+        """Poll until ``predicate()`` is truthy (see :meth:`Processes.wait_for`)."""
+        return self.group.wait_for(predicate, what, timeout)
+
     def stop_all(self) -> None:
-        for process in self.processes.values():
-            process.stop(timeout=10)
+        self.group.stop_all()
 
     def count_in_logs(self, text: str) -> int:
         """How many lines of all the processes' logs contain ``text``."""
         return sum(
-            line.count(text) > 0
-            for process in self.processes.values()
-            for line in process.log.read_text(errors="replace").splitlines()
+            text in line for process in self.group.started for line in process.output().splitlines()
         )
 
     def logs(self) -> str:
-        return "\n".join(
-            f"--- {name} ---\n{process.tail()}" for name, process in self.processes.items()
-        )
+        return self.group.report()
 
     # -- observing ---------------------------------------------------------------------------
 

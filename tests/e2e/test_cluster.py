@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from models import Plan
-from tests.e2e.cluster import LocalCluster, no_double_owner, wait_for
+from tests.e2e.cluster import LocalCluster, no_double_owner
 from tests.integration.cli import allot
 
 START = 60.0  # seconds allowed for workers to start and a cycle to settle
@@ -61,15 +61,17 @@ def test_join_death_and_restart_move_exactly_the_minimum(cluster: LocalCluster) 
         for name in ("node1", "node2", "node3"):
             cluster.worker(name)
         cluster.beat()
-        first = wait_for(lambda: cluster.settled([34, 33, 33], {n1, n2, n3}), START, "34/33/33")
+        first = cluster.wait_for(
+            lambda: cluster.settled([34, 33, 33], {n1, n2, n3}), "34/33/33", START
+        )
         first_epoch = cluster.epoch()
 
         # When a fourth joins, exactly the minimum (25 buckets) move to it, and the change
         # triggers at most two cycles whatever the number of workers
         requested = cluster.count_in_logs("cycle requested")
         cluster.worker("node4")
-        joined = wait_for(
-            lambda: cluster.settled({n1: 25, n2: 25, n3: 25, n4: 25}), START, "25 each"
+        joined = cluster.wait_for(
+            lambda: cluster.settled({n1: 25, n2: 25, n3: 25, n4: 25}), "25 each", START
         )
         assert moved(first, joined) == set(joined[n4])
         assert 1 <= cluster.count_in_logs("cycle requested") - requested <= 2
@@ -82,25 +84,25 @@ def test_join_death_and_restart_move_exactly_the_minimum(cluster: LocalCluster) 
 
         # When node4 is killed, it keeps its buckets through the grace period, then exactly
         # its buckets move
-        cluster.processes["node4"].kill9()
+        cluster.processes["node4"].kill()
         killed_at = cluster.epoch()
-        wait_for(lambda: n4 not in cluster.client.get_children(f"{cluster.store.paths.nodes}"),
-                 10, "node4's session to expire")  # fmt: skip
+        cluster.wait_for(lambda: n4 not in cluster.client.get_children(cluster.store.paths.nodes),
+                         "node4's session to expire", 10)  # fmt: skip
         assert cluster.zk() == joined  # suspect: nothing moved yet
-        after_death = wait_for(
-            lambda: cluster.settled([34, 33, 33], {n1, n2, n3}), 30, "node4's buckets to move"
+        after_death = cluster.wait_for(
+            lambda: cluster.settled([34, 33, 33], {n1, n2, n3}), "node4's buckets to move", 30
         )
         assert moved(joined, after_death) == set(joined[n4])
         assert cluster.epoch() == killed_at + 1
 
         # When node3 is killed and restarted within the grace period, nothing moves
         epoch = cluster.epoch()
-        cluster.processes["node3"].kill9()
+        cluster.processes["node3"].kill()
         cluster.worker("node3")
-        wait_for(lambda: n3 in cluster.client.get_children(cluster.store.paths.nodes), 30,
-                 "node3 to register again")  # fmt: skip
+        cluster.wait_for(lambda: n3 in cluster.client.get_children(cluster.store.paths.nodes),
+                         "node3 to register again", 30)  # fmt: skip
         deadline = dt.datetime.now() + dt.timedelta(seconds=8)  # past session + grace
-        wait_for(lambda: dt.datetime.now() > deadline, 10, "the grace period to pass")
+        cluster.wait_for(lambda: dt.datetime.now() > deadline, "the grace period to pass", 10)
         assert cluster.zk() == after_death
         assert cluster.sql() == after_death
         assert cluster.epoch() == epoch
@@ -115,7 +117,7 @@ def test_manual_rebalances_serialize_and_a_stale_dry_run_is_refused(
     n1, n2 = cluster.key("node1"), cluster.key("node2")
     cluster.worker("node1")
     cluster.worker("node2")
-    wait_for(lambda: cluster.settled({n1: 50, n2: 50}), START, "50/50")
+    cluster.wait_for(lambda: cluster.settled({n1: 50, n2: 50}), "50/50", START)
 
     # Two `allot rebalance` at once: both run (neither is skipped), one after the other
     command = [sys.executable, "-m", "allot", "rebalance", "--format", "json", "--timeout", "60"]
@@ -133,7 +135,7 @@ def test_manual_rebalances_serialize_and_a_stale_dry_run_is_refused(
     assert dry.returncode == 0, dry.stderr
     plan_id = json.loads(dry.stdout)["plan_id"]
     cluster.worker("node3")
-    wait_for(lambda: cluster.settled([34, 33, 33]), START, "3 nodes")
+    cluster.wait_for(lambda: cluster.settled([34, 33, 33]), "3 nodes", START)
     refused = allot("plans", "apply", plan_id[:10], "--format", "json", env=cluster.env)
     assert refused.returncode == 1
     report = json.loads(refused.stdout)
@@ -151,11 +153,11 @@ def test_a_crash_between_zookeeper_and_sql_converges(cluster: LocalCluster, tmp_
     marker = tmp_path / "crashed"
     node = cluster.key("node1")
     cluster.worker("node1", app="tests.e2e.crashing_app", ALLOT_E2E_CRASH_MARKER=str(marker))
-    wait_for(marker.exists, START, "the injected crash")
+    cluster.wait_for(marker.exists, "the injected crash", START)
     crashed_plan = marker.read_text()
     cluster.beat()
 
-    settled = wait_for(lambda: cluster.settled({node: 100}), START, "SQL to catch up")
+    settled = cluster.wait_for(lambda: cluster.settled({node: 100}), "SQL to catch up", START)
 
     assert settled == {node: list(range(1, 101))}
     with cluster.engine.connect() as connection:
