@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 from allot import mirror, plans
 from allot.errors import InvalidInput, NotFound
 from allot.mirror import NodeObservation
-from allot.planner import Snapshot, plan
+from allot.planner import NodeInfo, Snapshot, plan
 from models import Bucket, Node
 from models.engine import session_factory
 
@@ -41,33 +41,28 @@ def test_mirror_sets_owners_and_bumps_the_epoch_only_of_moved_buckets(migrated: 
 
 def test_plans_are_recorded_with_their_moves_and_found_by_prefix(migrated: Engine) -> None:
     sessions = session_factory(migrated)
-    made = plan(Snapshot(bucket_count=4, nodes={}, assignments={}), "balanced")
+    made = plan(Snapshot(bucket_count=4, nodes={"a@h": NodeInfo()}, assignments={}), "balanced")
+    assert len(made.moves) == 4
     plan_id = plans.new_plan_id()
     with sessions.begin() as session:
-        plans.record_plan(
-            session,
-            made,
-            plan_id=plan_id,
-            trigger="manual",
-            status=plans.GENERATED,
-            base_epoch=0,
-            max_moves=None,
-        )
-        # recording the same id again is a no-op
-        plans.record_plan(
-            session,
-            made,
-            plan_id=plan_id,
-            trigger="manual",
-            status=plans.GENERATED,
-            base_epoch=0,
-            max_moves=None,
-        )
+        for _ in range(2):  # recording the same id again is a no-op
+            plans.record_plan(
+                session,
+                made,
+                plan_id=plan_id,
+                trigger="manual",
+                status=plans.GENERATED,
+                base_epoch=0,
+                max_moves=None,
+            )
     with sessions.begin() as session:
         detail = plans.find_plan(session, plan_id[:8])
         assert detail.plan.status == plans.GENERATED
         assert list(detail.moves) == [
-            (move.bucket, move.source, move.target) for move in made.moves
+            (1, None, "a@h"),
+            (2, None, "a@h"),
+            (3, None, "a@h"),
+            (4, None, "a@h"),
         ]
         assert plans.set_status(session, plan_id, plans.APPLYING, expected=[plans.GENERATED])
         assert not plans.set_status(session, plan_id, plans.APPLYING, expected=[plans.GENERATED])
