@@ -4,24 +4,32 @@ One cycle, under the ZooKeeper lock ``{root}/locks/assign``:
 
 1. take the lock (``lock_timeout`` 0: a held lock means "skipped");
 2. finish or fail any plan a crashed cycle left ``applying`` (``assignment-version`` names the
-   last applied plan), and bring the SQL mirror up to ZooKeeper's epoch if it lags;
+   last applied plan);
 3. read membership and the stored assignment, classify live / suspect / offline
    (:mod:`allot.classify`);
 4. plan (:mod:`allot.planner`); if nothing moves, refresh ``last-update-time`` of the live
-   nodes and stop;
+   nodes, make SQL's bucket owners match ZooKeeper's (a no-op unless a crash left them behind)
+   and stop;
 5. record the plan ``applying`` in SQL, apply it to ZooKeeper in one fenced transaction, then
    mirror it to ``bucket`` / ``node`` / ``plan`` in one SQL transaction;
 6. return a :class:`~allot.report.CycleReport`.
 
 If membership changed while the cycle ran, or a suspect node's grace period ended, the cycle
-plans again before releasing the lock (at most :data:`MAX_ROUNDS` rounds): a trigger that was
-"skipped" because this cycle held the lock is never lost.
+plans again before releasing the lock (at most :data:`MAX_ROUNDS` rounds); so does a round whose
+write lost the race to another writer (a worker leaving cleanly deletes its own entry). Event
+cycles that find the lock held retry a second later (``tasks.assign``), so an event never waits
+for the next beat tick.
 
 Failure modes:
     SUSPENDED or LOST session during the cycle: the lock guard trips and every ZooKeeper write
     is fenced on the lock znode, so the cycle aborts without writing (outcome ``aborted``);
     the plan it recorded is marked ``failed``.
-    Someone else applied first (``assignment-version`` moved): ``aborted``, plan ``failed``.
+    Someone else wrote first (``assignment-version`` moved): the plan is ``failed`` and the
+    cycle plans again from a fresh read.
+    Connection cut during the commit (outcome unknown): the plan stays ``applying`` and the
+    next cycle's recovery asks ``assignment-version`` whether it landed.
+    Stalled holder (its session expired after its ZooKeeper write, and another cycle already
+    settled its plan): it does not touch SQL, which newer cycles own.
     Crash between recording the plan and the ZooKeeper transaction: the plan stays
     ``applying``; the next cycle sees ``assignment-version`` does not name it and fails it.
     Crash between the ZooKeeper transaction and the SQL mirror: the next cycle sees
@@ -47,7 +55,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from allot import mirror, plans
 from allot.classify import Classification, classify, planner_snapshot
-from allot.errors import LockLost, StaleAssignment
+from allot.errors import ApplyOutcomeUnknown, CoordinationError, StaleAssignment
 from allot.mirror import LIVE, OFFLINE, SUSPECT, NodeObservation
 from allot.planner import Plan, plan
 from allot.report import (
@@ -143,20 +151,29 @@ class AssignmentCycle:
         started, started_at = time.perf_counter(), self.clock().isoformat()
         try:
             recovered = self._recover()
+            departed: list[str] = []
             for round_number in range(1, MAX_ROUNDS + 1):
                 membership = self._membership_version()
                 began = time.monotonic()
-                report = self._round(guard, trigger, dry_run, max_moves)
-                report.recovered, report.rounds = recovered, round_number
+                try:
+                    report = self._round(guard, trigger, dry_run, max_moves)
+                except StaleAssignment as exc:
+                    # someone wrote the assignment after this round read it (a worker leaving
+                    # cleanly deletes its entry): read again and plan again
+                    log.info("round %d: %s; planning again", round_number, exc)
+                    report = CycleReport(ABORTED, trigger, reason=str(exc))
+                    continue
+                departed += [key for key in report.departed if key not in departed]
                 if dry_run or not self._due_again(membership, began, report):
                     break
+            report.recovered, report.rounds, report.departed = recovered, round_number, departed
             report.started_at, report.finished_at = started_at, self.clock().isoformat()
             report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
             self._publish(report)
             log.info(report.headline())
             return report
-        except (LockLost, StaleAssignment) as exc:
-            log.warning("cycle aborted without writing: %s", exc)
+        except CoordinationError as exc:
+            log.warning("cycle aborted: %s", exc)
             return CycleReport(ABORTED, trigger, reason=str(exc))
         finally:
             self.lock.release()
@@ -207,7 +224,7 @@ class AssignmentCycle:
             report.finished_at = self.clock().isoformat()
             self._publish(report)
             return report
-        except (LockLost, StaleAssignment) as exc:
+        except CoordinationError as exc:
             return CycleReport(ABORTED, trigger, reason=str(exc))
         finally:
             self.lock.release()
@@ -215,10 +232,12 @@ class AssignmentCycle:
     # -- the steps ---------------------------------------------------------------------------
 
     def _recover(self) -> list[str]:
-        """Finish or fail plans a crashed cycle left ``applying``; sync SQL to ZooKeeper."""
+        """Finish or fail plans a crashed cycle left ``applying`` (SQL's bucket owners are
+        brought to ZooKeeper's by the round that follows)."""
         with self.sessions() as session:
             stuck = [row.plan_id for row in plans.plans_in_status(session, plans.APPLYING)]
-            sql_epoch = plans.last_applied_epoch(session)
+        if not stuck:
+            return []
         version = self.store.read_version()
         done: list[str] = []
         for plan_id in stuck:
@@ -236,14 +255,6 @@ class AssignmentCycle:
                     )  # fmt: skip
                     log.warning("plan %s never reached ZooKeeper; marked failed", plan_id)
             done.append(plan_id)
-        if done or sql_epoch != version.epoch:
-            snapshot = self.store.read_all()
-            with self.sessions.begin() as session:
-                changed = mirror.mirror_assignment(
-                    session, snapshot.buckets_by_node(), snapshot.version.epoch
-                )
-            if changed:
-                log.warning("SQL mirror was behind ZooKeeper: %d bucket owner(s) fixed", changed)
         return done
 
     def _view(self, max_moves: int | None, strategy: str | None = None) -> _View:
@@ -252,6 +263,7 @@ class AssignmentCycle:
         members = read_members(self.client, self.paths)
         with self.sessions() as session:
             departed = mirror.departed_since(session)
+            believed = mirror.present_nodes(session)
         held = snapshot.buckets_by_node()
         entries = set(snapshot.nodes) | set(snapshot.corrupt)
         live = {key: node.weight for key, node in members.live.items()}
@@ -268,6 +280,8 @@ class AssignmentCycle:
         ]
         observations += [NodeObservation(key, SUSPECT) for key in classes.suspect]
         observations += [NodeObservation(key, OFFLINE) for key in classes.offline]
+        seen = set(members.live) | set(classes.suspect) | set(classes.offline)
+        observations += [NodeObservation(key, OFFLINE) for key in sorted(believed - seen)]
         return _View(snapshot, members, classes, planned, observations)
 
     def _round(
@@ -287,13 +301,17 @@ class AssignmentCycle:
             view.plan.moves
             or view.classes.offline
             or set(view.snapshot.corrupt) & set(view.classes.live)
-            or view.snapshot.version.problem is not None
         )
         if not needs_write:
             guard.check()
             self.store.touch(view.snapshot, list(view.classes.live), guard=guard)
             with self.sessions.begin() as session:
+                fixed = mirror.mirror_assignment(
+                    session, view.snapshot.buckets_by_node(), view.snapshot.version.epoch
+                )
                 mirror.record_nodes(session, view.observations, self.clock())
+            if fixed:
+                log.warning("SQL differed from ZooKeeper: %d bucket owner(s) fixed", fixed)
             return self._report(UNCHANGED, trigger, view)
         plan_id = plans.new_plan_id()
         with self.sessions.begin() as session:
@@ -316,6 +334,8 @@ class AssignmentCycle:
                 remove=view.classes.offline,
                 guard=guard,
             )
+        except ApplyOutcomeUnknown:
+            raise  # the plan stays `applying`: the next cycle's recovery asks ZooKeeper
         except Exception as exc:
             with self.sessions.begin() as session:
                 plans.set_status(
@@ -325,11 +345,16 @@ class AssignmentCycle:
         if self.hooks.after_zookeeper is not None:
             self.hooks.after_zookeeper(plan_id)
         with self.sessions.begin() as session:
-            mirror.mirror_assignment(session, view.plan.assignments, result.epoch)
-            plans.set_status(
+            settled_here = plans.set_status(
                 session, plan_id, plans.APPLIED, epoch=result.epoch, expected=[plans.APPLYING]
             )
-            mirror.record_nodes(session, view.observations, self.clock())
+            if settled_here:
+                mirror.mirror_assignment(session, view.plan.assignments, result.epoch)
+                mirror.record_nodes(session, view.observations, self.clock())
+            else:
+                # another cycle's recovery settled this plan while we were stalled: the
+                # assignment may have moved on since, so SQL is left to the newer cycles
+                log.warning("plan %s was settled by another cycle; not mirroring it", plan_id)
         report = self._report(APPLIED, trigger, view, plan_id)
         report.epoch = result.epoch
         return report

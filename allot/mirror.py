@@ -67,6 +67,11 @@ def departed_since(session: Session) -> dict[str, dt.datetime]:
     return {key: _aware(departed) for key, departed in rows if departed is not None}
 
 
+def present_nodes(session: Session) -> set[str]:
+    """Nodes SQL last saw live or suspect (a clean stop leaves no trace elsewhere)."""
+    return set(session.execute(select(Node.node_key).where(Node.state != OFFLINE)).scalars())
+
+
 def record_nodes(
     session: Session, observations: Iterable[NodeObservation], now: dt.datetime | None = None
 ) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, func, select, update
+from sqlalchemy import CursorResult, Table, select, update
 from sqlalchemy.orm import Session
 
 from allot.errors import InvalidInput, NotFound
@@ -173,11 +173,3 @@ def plans_in_status(session: Session, status: str) -> list[PlanRow]:
             select(PlanRow).where(PlanRow.status == status).order_by(PlanRow.created_at)
         ).scalars()
     )
-
-
-def last_applied_epoch(session: Session) -> int:
-    """The epoch of the newest applied plan in SQL (0 when none): how far the mirror got."""
-    epoch = session.execute(
-        select(func.max(PlanRow.epoch)).where(PlanRow.status == APPLIED)
-    ).scalar_one_or_none()
-    return int(epoch or 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from allot.report import CycleReport
+from allot.report import SKIPPED, CycleReport
 from tasks.app import app
 from tasks.runtime import get_runtime
 
@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 # A grace-period follow-up runs this long after the deadline, so the node is surely offline.
 GRACE_MARGIN = 0.1
+# Event-driven cycles (not beat ticks) retry when skipped, once a second, this many times.
+EVENT_TRIGGERS = ("membership", "grace")
+EVENT_ATTEMPTS = 30
 
 
 def _follow_up(report: CycleReport) -> None:
@@ -31,9 +34,16 @@ def _follow_up(report: CycleReport) -> None:
 
 
 @app.task(name="allot.assign", acks_late=True)
-def assign(trigger: str = "beat") -> dict[str, Any]:
-    """Run one assignment cycle; a held lock means ``skipped``."""
+def assign(trigger: str = "beat", attempt: int = 1) -> dict[str, Any]:
+    """Run one assignment cycle; a held lock means ``skipped``.
+
+    A membership or grace-period cycle that is skipped tries again a second later (up to
+    :data:`EVENT_ATTEMPTS` times): the cycle holding the lock may have read the cluster before
+    the event, and the event must not wait for the next beat tick.
+    """
     report = get_runtime().cycle.run(trigger)
+    if report.outcome == SKIPPED and trigger in EVENT_TRIGGERS and attempt < EVENT_ATTEMPTS:
+        assign.apply_async(kwargs={"trigger": trigger, "attempt": attempt + 1}, countdown=1)
     _follow_up(report)
     return report.to_json()
 

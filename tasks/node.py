@@ -62,7 +62,13 @@ class WorkerNode:
             this_process(self.key, self.settings.node_weight),
             on_displaced=lambda why: log.error("node %s displaced: %s", self.key, why),
         )
-        self.registration.register(wait=self.settings.zk_session_timeout + 1)
+        try:
+            self.registration.register(wait=self.settings.zk_session_timeout + 1)
+        except Exception:
+            self.client.stop()  # no half-registered node: drop the session too
+            self.client.close()
+            self.client = None
+            raise
         log.info("registered as node %s (weight %g)", self.key, self.settings.node_weight)
         self.watch = MembershipWatch(self.client, self.paths, self._on_members)
 

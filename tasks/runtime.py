@@ -62,9 +62,13 @@ def get_runtime() -> Runtime:
         return _runtime
     settings = get_settings()
     engine = make_engine(settings.database_url)
-    with database_errors(settings.database_url), engine.connect() as connection:
-        check_schema(connection, settings.bucket_count)
-    client = connect(settings)
+    try:
+        with database_errors(settings.database_url), engine.connect() as connection:
+            check_schema(connection, settings.bucket_count)
+        client = connect(settings)
+    except BaseException:
+        engine.dispose()
+        raise
     sessions = session_factory(engine)
     _runtime = Runtime(
         os.getpid(),

@@ -7,6 +7,7 @@ exit non-zero, never a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -34,6 +35,8 @@ app.command("rebalance")(cluster.rebalance)
 
 def main() -> None:
     """Entry point of the ``allot`` console script."""
+    # kazoo logs every dropped connection attempt; the command reports failures itself
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
     try:
         app()
     except AllotError as exc:

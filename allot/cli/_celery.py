@@ -24,7 +24,7 @@ def call_task(name: str, kwargs: dict[str, Any], timeout: float) -> dict[str, An
     app = create_app(settings)
     try:
         result = app.send_task(name, kwargs=kwargs)
-    except OperationalError as exc:
+    except Exception as exc:  # kombu's OperationalError, or the backend's retry giving up
         raise ServiceError(
             f"cannot reach the broker at {settings.broker_url} ({exc}): is Redis running?"
         ) from None
@@ -36,7 +36,7 @@ def call_task(name: str, kwargs: dict[str, Any], timeout: float) -> dict[str, An
             f"no worker answered {name} within {timeout:g} s: are workers running "
             "(`celery -A tasks worker`)? The task stays queued until one takes it."
         ) from None
-    except OperationalError as exc:
+    except (OperationalError, ConnectionError, RuntimeError) as exc:
         raise ServiceError(f"lost the result backend while waiting for {name}: {exc}") from None
     except AllotError:
         raise

@@ -7,11 +7,13 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
+from kazoo.exceptions import KazooException
 from rich.table import Table
 
 from allot.cli._celery import call_task
 from allot.cli._common import FormatOption, OutputFormat, console, print_json
 from allot.cli._context import open_database
+from allot.errors import ZooKeeperUnavailable
 from allot.status import cluster_status
 from allot.zk.client import connect
 
@@ -23,7 +25,14 @@ def _status() -> Iterator[dict[str, Any]]:
     with open_database() as db:
         client = connect(db.settings, timeout=10.0)
         try:
-            yield cluster_status(client, db.sessions, db.settings)
+            try:
+                state = cluster_status(client, db.sessions, db.settings)
+            except KazooException as exc:
+                raise ZooKeeperUnavailable(
+                    f"lost ZooKeeper at {db.settings.zk_hosts} while reading the cluster: "
+                    f"{type(exc).__name__} {exc}".rstrip()
+                ) from None
+            yield state
         finally:
             client.stop()
             client.close()
@@ -76,8 +85,9 @@ def status(output: FormatOption = OutputFormat.table) -> None:
     else:
         reason = f": {last['reason']}" if last.get("reason") else ""
         console.print(
-            f"last cycle: {last['outcome']} ({last['trigger']}) at {last.get('finished_at')}, "
-            f"{last['moves']} move(s), {last.get('duration_ms', 0):g} ms{reason}",
+            f"last cycle: {last.get('outcome', '?')} ({last.get('trigger', '?')}) at "
+            f"{last.get('finished_at', '?')}, {last.get('moves', 0)} move(s), "
+            f"{last.get('duration_ms', 0):g} ms{reason}",
             highlight=False,
         )
 

@@ -25,8 +25,9 @@ from allot.zk.membership import NodeRegistration
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from allot.zk.testing import expire_session
-from models import Bucket, Plan
+from models import Bucket, Node, Plan
 from models.engine import session_factory
+from tests.integration.cli import allot
 
 GRACE = 30.0
 
@@ -291,3 +292,83 @@ def test_a_session_lost_mid_cycle_aborts_without_writing(cluster: Cluster) -> No
     assert failed.status == "failed"
     assert cluster.cycle().run("beat").outcome == "applied"
     cluster.assert_consistent()
+
+
+def test_a_stalled_holder_never_overwrites_sql_with_an_older_assignment(cluster: Cluster) -> None:
+    for key in ("a@h", "b@h"):
+        cluster.join(key)
+    cluster.cycle().run()
+    other = connect(cluster.settings)
+    newer: list[str] = []
+
+    def stall(plan_id: str) -> None:
+        # while this holder is stalled after its ZooKeeper write, its session expires and
+        # another cycle recovers its plan and applies a newer assignment
+        expire_session(cluster.client, cluster.settings.zk_hosts)
+        cluster.join("c@h")
+        report = AssignmentCycle(
+            other, session_factory(cluster.engine), cluster.settings, clock=cluster.clock
+        ).run("membership")
+        assert report.recovered == [plan_id]
+        newer.append(report.outcome)
+
+    try:
+        cluster.leave("b@h")
+        assert cluster.cycle().run("membership").suspect == ["b@h"]
+        cluster.clock.advance(GRACE)
+        cluster.cycle(CycleHooks(after_zookeeper=stall)).run("grace")
+    finally:
+        other.stop()
+        other.close()
+
+    assert newer == ["applied"]
+    assert sizes(cluster.assert_consistent()) == {"a@h": 50, "c@h": 50}
+
+
+def test_a_write_racing_the_cycle_makes_it_plan_again(cluster: Cluster) -> None:
+    for key in ("a@h", "b@h"):
+        cluster.join(key)
+    cluster.cycle().run()
+    store = AssignmentStore(cluster.client, ZkPaths(cluster.settings.zk_root))
+    cluster.leave("b@h")
+    assert cluster.cycle().run("membership").suspect == ["b@h"]
+    cluster.clock.advance(GRACE)
+
+    def b_leaves_cleanly(_plan_id: str) -> None:
+        store.delete("b@h")  # what a worker's clean stop does, between read and write
+
+    report = cluster.cycle(CycleHooks(after_plan_recorded=b_leaves_cleanly)).run("grace")
+
+    assert (report.outcome, report.rounds) == ("applied", 2)
+    assert sizes(cluster.assert_consistent()) == {"a@h": 100}
+
+
+def test_a_node_that_left_cleanly_is_recorded_offline(cluster: Cluster) -> None:
+    for key in ("a@h", "b@h"):
+        cluster.join(key)
+    cluster.cycle().run()
+    cluster.leave("b@h")
+    AssignmentStore(cluster.client, ZkPaths(cluster.settings.zk_root)).delete("b@h")
+
+    assert cluster.cycle().run("membership").outcome == "applied"
+
+    with cluster.engine.connect() as connection:
+        states = dict(connection.execute(select(Node.node_key, Node.state)).all())
+    assert states == {"a@h": "live", "b@h": "offline"}
+    assert sizes(cluster.assert_consistent()) == {"a@h": 100}
+
+
+def test_status_survives_an_unreadable_last_cycle(cluster: Cluster) -> None:
+    cluster.join("a@h")
+    cluster.cycle().run()
+    cluster.client.set(ZkPaths(cluster.settings.zk_root).last_cycle, b"not json")
+    env = {
+        "ALLOT_ZK_HOSTS": cluster.settings.zk_hosts,
+        "ALLOT_ZK_ROOT": cluster.settings.zk_root,
+        "ALLOT_DATABASE_URL": cluster.settings.database_url,
+    }
+
+    result = allot("status", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert "last cycle: unreadable" in result.stdout
