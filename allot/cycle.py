@@ -288,14 +288,8 @@ class AssignmentCycle:
         self, guard: LockGuard, trigger: str, dry_run: bool, max_moves: int | None
     ) -> CycleReport:
         view = self._view(max_moves)
-        base_epoch = view.snapshot.version.epoch
         if dry_run:
-            plan_id = plans.new_plan_id()
-            with self.sessions.begin() as session:
-                plans.record_plan(
-                    session, view.plan, plan_id=plan_id, trigger=trigger,
-                    status=plans.GENERATED, base_epoch=base_epoch, max_moves=max_moves,
-                )  # fmt: skip
+            plan_id = self._record(view, trigger, plans.GENERATED, max_moves)
             return self._report(GENERATED, trigger, view, plan_id)
         needs_write = (
             view.plan.moves
@@ -313,16 +307,31 @@ class AssignmentCycle:
             if fixed:
                 log.warning("SQL differed from ZooKeeper: %d bucket owner(s) fixed", fixed)
             return self._report(UNCHANGED, trigger, view)
-        plan_id = plans.new_plan_id()
-        with self.sessions.begin() as session:
-            plans.record_plan(
-                session, view.plan, plan_id=plan_id, trigger=trigger,
-                status=plans.APPLYING, base_epoch=base_epoch, max_moves=max_moves,
-            )  # fmt: skip
-            mirror.record_nodes(session, view.observations, self.clock())
+        plan_id = self._record(view, trigger, plans.APPLYING, max_moves, with_nodes=True)
         if self.hooks.after_plan_recorded is not None:
             self.hooks.after_plan_recorded(plan_id)
         return self._apply(guard, trigger, view, plan_id)
+
+    def _record(
+        self,
+        view: _View,
+        trigger: str,
+        status: str,
+        max_moves: int | None,
+        *,
+        with_nodes: bool = False,
+    ) -> str:
+        """Record the view's plan in ``status`` (and the node states) in one SQL transaction;
+        return its new id."""
+        plan_id = plans.new_plan_id()
+        with self.sessions.begin() as session:
+            plans.record_plan(
+                session, view.plan, plan_id=plan_id, trigger=trigger, status=status,
+                base_epoch=view.snapshot.version.epoch, max_moves=max_moves,
+            )  # fmt: skip
+            if with_nodes:
+                mirror.record_nodes(session, view.observations, self.clock())
+        return plan_id
 
     def _apply(self, guard: LockGuard, trigger: str, view: _View, plan_id: str) -> CycleReport:
         try:

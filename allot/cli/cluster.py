@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -20,19 +18,17 @@ from allot.zk.client import connect
 STATE_STYLE = {"live": "green", "suspect": "yellow", "offline": "red"}
 
 
-@contextlib.contextmanager
-def _status() -> Iterator[dict[str, Any]]:
+def _read_status() -> dict[str, Any]:
+    """The cluster's state (:func:`allot.status.cluster_status`) with its own connections."""
     with open_database() as db:
         client = connect(db.settings, timeout=10.0)
         try:
-            try:
-                state = cluster_status(client, db.sessions, db.settings)
-            except KazooException as exc:
-                raise ZooKeeperUnavailable(
-                    f"lost ZooKeeper at {db.settings.zk_hosts} while reading the cluster: "
-                    f"{type(exc).__name__} {exc}".rstrip()
-                ) from None
-            yield state
+            return cluster_status(client, db.sessions, db.settings)
+        except KazooException as exc:
+            raise ZooKeeperUnavailable(
+                f"lost ZooKeeper at {db.settings.zk_hosts} while reading the cluster: "
+                f"{type(exc).__name__} {exc}".rstrip()
+            ) from None
         finally:
             client.stop()
             client.close()
@@ -55,8 +51,7 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
 
 def nodes(output: FormatOption = OutputFormat.table) -> None:
     """List the nodes: live, suspect (grace period) and offline, with weights and buckets."""
-    with _status() as status:
-        rows = status["nodes"]
+    rows = _read_status()["nodes"]
     if output is OutputFormat.json:
         print_json(rows)
         return
@@ -65,8 +60,7 @@ def nodes(output: FormatOption = OutputFormat.table) -> None:
 
 def status(output: FormatOption = OutputFormat.table) -> None:
     """Show the epoch, the nodes and the last assignment cycle with its outcome."""
-    with _status() as state:
-        pass
+    state = _read_status()
     if output is OutputFormat.json:
         print_json(state)
         return

@@ -15,8 +15,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from models import Plan
+from tests.cli import allot
 from tests.e2e.cluster import LocalCluster, no_double_owner
-from tests.integration.cli import allot
 
 START = 60.0  # seconds allowed for workers to start and a cycle to settle
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.integration.cli import allot
+from tests.cli import allot
 
 
 def test_db_upgrade_then_register_list_map_and_drop(database_url: str) -> None:

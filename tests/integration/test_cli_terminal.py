@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.cli import allot
+from tests.cli import allot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +53,18 @@ def test_bulk_registration_shows_a_progress_bar_on_a_terminal(tmp_path: Path) ->
     assert "3,000 already registered" in piped.stdout
 
 
+def setup_only(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``scripts/run.sh --setup-only`` with ``env``."""
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run.sh"), "--setup-only"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_make_run_sets_up_the_database_and_says_what_to_try(tmp_path: Path) -> None:
     """``scripts/run.sh --setup-only`` does all of make run's set-up and starts nothing.
 
@@ -61,14 +73,7 @@ def test_make_run_sets_up_the_database_and_says_what_to_try(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOT_", "FLOWER_"))}
     env["ALLOT_DATABASE_URL"] = f"sqlite:///{tmp_path / 'run.db'}"
     env["VAR_DIR"] = str(tmp_path / "var")
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "run.sh"), "--setup-only"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = setup_only(env)
     assert result.returncode == 0, result.stderr
     assert "schema upgraded from empty to" in result.stdout
     assert "1,000 table(s) registered" in result.stdout
@@ -81,14 +86,7 @@ def test_make_run_sets_up_the_database_and_says_what_to_try(tmp_path: Path) -> N
         assert command in result.stdout
     assert (tmp_path / "run.db").exists()
 
-    again = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "run.sh"), "--setup-only"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = setup_only(env)
     assert again.returncode == 0, again.stderr
     assert "1,000 already registered" in again.stdout
     assert f"user:password {credentials}" in again.stdout

@@ -27,7 +27,7 @@ from allot.zk.store import AssignmentStore
 from allot.zk.testing import expire_session
 from models import Bucket, Node, Plan
 from models.engine import session_factory
-from tests.integration.cli import allot
+from tests.cli import allot
 
 GRACE = 30.0
 

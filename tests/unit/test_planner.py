@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,7 @@ from allot.planner import (
     snapshot_from_json,
     strategy_names,
 )
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.cli import allot
 
 DESIGN_SNAPSHOT: dict[str, Any] = {
     "bucket_count": 6,
@@ -533,19 +530,8 @@ def test_bad_snapshots_raise_one_line_naming_the_problem(snapshot: Any, message:
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``allot`` through its real entry point ``main()`` in a fresh interpreter."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ALLOT_")}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run(
-        [sys.executable, "-c", "from allot.cli import main; main()", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    """Run ``allot`` through its real entry point in a fresh interpreter."""
+    return allot(*args, input=stdin)
 
 
 @pytest.fixture
