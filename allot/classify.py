@@ -1,7 +1,8 @@
 """Which nodes are live, suspect or offline in one cycle, and the planner's snapshot.
 
-Pure: the cycle reads ZooKeeper and SQL, hands the facts here, and gets back the
-classification of DESIGN.md ("Buckets, nodes, tables"):
+Pure: :func:`allot.observe.observe` reads ZooKeeper and SQL, hands the facts here, and gets
+back the classification of DESIGN.md ("Buckets, nodes, tables"; states are
+:class:`~models.states.NodeState`):
 
 - ``live``: its ephemeral membership znode exists.
 - ``suspect``: it holds buckets, its membership znode is gone, and less than
@@ -42,6 +43,15 @@ class Classification:
     def next_deadline(self) -> float | None:
         """Seconds until the first suspect node turns offline (None: no suspect node)."""
         return min(self.suspect.values(), default=None)
+
+    def state_of(self, key: str) -> NodeState:
+        """The state of node ``key``: live, suspect, or else offline (whether its entry goes
+        now or it has none)."""
+        if key in self.live:
+            return NodeState.LIVE
+        if key in self.suspect:
+            return NodeState.SUSPECT
+        return NodeState.OFFLINE
 
 
 def classify(

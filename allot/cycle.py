@@ -6,13 +6,16 @@ One cycle, under the ZooKeeper lock ``{root}/locks/assign``:
 2. finish or fail any plan a crashed cycle left ``applying`` (``assignment-version`` names the
    last applied plan);
 3. read membership and the stored assignment, classify live / suspect / offline
-   (:mod:`allot.classify`);
+   (:func:`allot.observe.observe`, shared with ``allot status``);
 4. plan (:mod:`allot.planner`); if nothing moves, refresh ``last-update-time`` of the live
    nodes, make SQL's bucket owners match ZooKeeper's (a no-op unless a crash left them behind)
    and stop;
 5. record the plan ``applying`` in SQL, apply it to ZooKeeper in one fenced transaction, then
    mirror it to ``bucket`` / ``node`` / ``plan`` in one SQL transaction;
-6. return a :class:`~allot.report.CycleReport`.
+6. return a :class:`~allot.report.CycleReport` (:meth:`~allot.report.CycleReport.from_round`).
+
+Steps 1 and 2 and the ``aborted`` outcome are one context manager, :meth:`AssignmentCycle._locked`,
+shared by :meth:`~AssignmentCycle.run` and :meth:`~AssignmentCycle.apply_stored`.
 
 If membership changed while the cycle ran, or a suspect node's grace period ended, the cycle
 plans again before releasing the lock (at most :data:`MAX_ROUNDS` rounds); so does a round whose
@@ -41,40 +44,29 @@ Failure modes:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot import mirror, plans
-from allot.classify import Classification, classify, planner_snapshot
+from allot.classify import planner_snapshot
 from allot.errors import ApplyOutcomeUnknown, CoordinationError, StaleAssignment
-from allot.mirror import LIVE, OFFLINE, SUSPECT, NodeObservation
+from allot.observe import Observation, observe
 from allot.planner import Plan, plan
-from allot.report import (
-    ABORTED,
-    APPLIED,
-    GENERATED,
-    REJECTED,
-    SKIPPED,
-    UNCHANGED,
-    CycleReport,
-    moves_by_node,
-)
+from allot.report import CycleOutcome, CycleReport, publish
 from allot.settings import Settings
 from allot.zk.lock import AssignmentLock, LockGuard
-from allot.zk.members import Members, read_members
-from allot.zk.model import AllAssignments
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models.base import utcnow
+from models.states import PlanStatus
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +83,29 @@ class CycleHooks:
 
 
 @dataclass
-class _View:
-    """What one round read and decided."""
+class LockedSection:
+    """The body's side of :meth:`AssignmentCycle._locked`: ``guard`` (None: the body must not
+    run, ``report`` says why), the plans recovery settled, when the lock was taken
+    (``perf_counter`` and ISO time), and the ``report`` the body sets."""
 
-    snapshot: AllAssignments
-    members: Members
-    classes: Classification
-    plan: Plan
-    observations: list[NodeObservation] = field(default_factory=list)
+    trigger: str
+    guard: LockGuard | None = None
+    recovered: list[str] = field(default_factory=list)
+    report: CycleReport | None = None
+    started: float = 0.0
+    started_at: str | None = None
+
+    def abort(self, exc: CoordinationError) -> None:
+        """Replace the report with an ``aborted`` one naming ``exc``."""
+        log.warning("cycle aborted: %s", exc)
+        self.report = CycleReport(CycleOutcome.ABORTED, self.trigger, reason=str(exc))
+
+    @property
+    def result(self) -> CycleReport:
+        """The report the section ended with."""
+        if self.report is None:
+            raise RuntimeError("the locked section's body set no report")
+        return self.report
 
 
 class AssignmentCycle:
@@ -144,257 +151,237 @@ class AssignmentCycle:
             dry_run: plan and record the plan as ``generated``; write nothing else.
             max_moves: move at most this many buckets (orphans first).
             lock_timeout: seconds to wait for the lock; 0 skips at once when it is held.
+
+        Raises:
+            ZooKeeperUnavailable, AccessDenied: not connected, or the ACL refused the lock.
         """
-        guard = self.lock.acquire(lock_timeout)
-        if guard is None:
-            return CycleReport(SKIPPED, trigger, reason="another cycle holds the lock")
-        started, started_at = time.perf_counter(), self.clock().isoformat()
-        try:
-            recovered = self._recover()
-            departed: list[str] = []
-            for round_number in range(1, MAX_ROUNDS + 1):
-                membership = self._membership_version()
-                began = time.monotonic()
-                try:
-                    report = self._round(guard, trigger, dry_run, max_moves)
-                except StaleAssignment as exc:
-                    # someone wrote the assignment after this round read it (a worker leaving
-                    # cleanly deletes its entry): read again and plan again
-                    log.info("round %d: %s; planning again", round_number, exc)
-                    report = CycleReport(ABORTED, trigger, reason=str(exc))
-                    continue
-                departed += [key for key in report.departed if key not in departed]
-                if dry_run or not self._due_again(membership, began, report):
-                    break
-            report.recovered, report.rounds, report.departed = recovered, round_number, departed
-            report.started_at, report.finished_at = started_at, self.clock().isoformat()
-            report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            self._publish(report)
-            log.info(report.headline())
-            return report
-        except CoordinationError as exc:
-            log.warning("cycle aborted: %s", exc)
-            return CycleReport(ABORTED, trigger, reason=str(exc))
-        finally:
-            self.lock.release()
+        with self._locked(trigger, lock_timeout) as section:
+            if section.guard is not None:
+                section.report = self._rounds(section.guard, section, dry_run, max_moves)
+        return section.result
 
     def apply_stored(self, plan_id: str, *, lock_timeout: float = 30.0) -> CycleReport:
         """Apply a ``generated`` (dry-run) plan, unless it is stale.
 
         The plan is stale, and refused (status ``rejected``), when the assignment epoch moved
         since it was made or when planning now gives different moves (membership changed).
+
+        Raises:
+            NotFound, InvalidInput: no plan, or several, match ``plan_id``.
+            ZooKeeperUnavailable, AccessDenied: not connected, or the ACL refused the lock.
         """
-        trigger = "apply"
+        with self._locked("apply", lock_timeout) as section:
+            if section.guard is not None:
+                section.report = self._apply_stored(section.guard, plan_id)
+        return section.result
+
+    # -- steps 1 and 2: the locked section ---------------------------------------------------
+
+    @contextmanager
+    def _locked(self, trigger: str, lock_timeout: float) -> Iterator[LockedSection]:
+        """Take the lock, recover stuck plans, run the ``with`` body, always release the lock.
+
+        The body runs only ``if section.guard is not None``; otherwise the section's report is
+        already ``skipped`` (the lock was held for ``lock_timeout`` seconds) or ``aborted``
+        (recovery hit a :class:`~allot.errors.CoordinationError`). A ``CoordinationError``
+        escaping the body is logged and becomes an ``aborted`` report; any other error
+        propagates (after the release).
+        """
+        section = LockedSection(trigger)
         guard = self.lock.acquire(lock_timeout)
         if guard is None:
-            return CycleReport(SKIPPED, trigger, reason="another cycle holds the lock")
+            reason = "another cycle holds the lock"
+            section.report = CycleReport(CycleOutcome.SKIPPED, trigger, reason=reason)
+            yield section
+            return
         try:
-            self._recover()
-            with self.sessions() as session:
-                stored = plans.find_plan(session, plan_id)
-            row = stored.plan
-            if row.status != plans.GENERATED:
-                return CycleReport(
-                    REJECTED,
-                    trigger,
-                    plan_id=row.plan_id,
-                    reason=f"plan {row.plan_id} is {row.status}; only generated plans apply",
-                )
-            view = self._view(row.max_moves, row.strategy)
-            current = [(m.bucket, m.source, m.target) for m in view.plan.moves]
-            epoch = view.snapshot.version.epoch
-            stale = None
-            if epoch != row.base_epoch:
-                stale = f"the assignment moved from epoch {row.base_epoch} to {epoch}"
-            elif current != list(stored.moves):
-                stale = "membership changed: planning now gives other moves"
-            if stale is not None:
-                with self.sessions.begin() as session:
-                    plans.set_status(session, row.plan_id, plans.REJECTED, error=f"stale: {stale}")
-                report = self._report(REJECTED, trigger, view, row.plan_id)
-                report.reason = f"plan {row.plan_id} is stale: {stale}; make a new one"
-                return report
-            with self.sessions.begin() as session:
-                moved_on = not plans.set_status(
-                    session, row.plan_id, plans.APPLYING, expected=[plans.GENERATED]
-                )
-            if moved_on:
-                return CycleReport(REJECTED, trigger, reason="the plan was applied meanwhile")
-            report = self._apply(guard, trigger, view, row.plan_id)
-            report.finished_at = self.clock().isoformat()
-            self._publish(report)
-            return report
-        except CoordinationError as exc:
-            return CycleReport(ABORTED, trigger, reason=str(exc))
+            section.started, section.started_at = time.perf_counter(), self.clock().isoformat()
+            try:
+                section.recovered = self._recover()
+                section.guard = guard
+            except CoordinationError as exc:
+                section.abort(exc)
+            try:
+                yield section
+            except CoordinationError as exc:
+                section.abort(exc)
         finally:
             self.lock.release()
-
-    # -- the steps ---------------------------------------------------------------------------
 
     def _recover(self) -> list[str]:
         """Finish or fail plans a crashed cycle left ``applying`` (SQL's bucket owners are
         brought to ZooKeeper's by the round that follows)."""
         with self.sessions() as session:
-            stuck = [row.plan_id for row in plans.plans_in_status(session, plans.APPLYING)]
+            stuck = [row.plan_id for row in plans.plans_in_status(session, PlanStatus.APPLYING)]
         if not stuck:
             return []
         version = self.store.read_version()
-        done: list[str] = []
         for plan_id in stuck:
+            landed = version.plan_id == plan_id and version.pending is None
             with self.sessions.begin() as session:
-                if version.plan_id == plan_id and version.pending is None:
-                    plans.set_status(
-                        session, plan_id, plans.APPLIED, epoch=version.epoch,
-                        expected=[plans.APPLYING],
-                    )  # fmt: skip
-                    log.warning("plan %s had reached ZooKeeper; marked applied", plan_id)
-                else:
-                    plans.set_status(
-                        session, plan_id, plans.FAILED, expected=[plans.APPLYING],
-                        error="its cycle stopped before the ZooKeeper transaction committed",
-                    )  # fmt: skip
-                    log.warning("plan %s never reached ZooKeeper; marked failed", plan_id)
-            done.append(plan_id)
-        return done
+                plans.settle_applying(session, plan_id, version.epoch if landed else None)
+            if landed:
+                log.warning("plan %s had reached ZooKeeper; marked applied", plan_id)
+            else:
+                log.warning("plan %s never reached ZooKeeper; marked failed", plan_id)
+        return stuck
 
-    def _view(self, max_moves: int | None, strategy: str | None = None) -> _View:
-        now = self.clock()
-        snapshot = self.store.read_all()
-        members = read_members(self.client, self.paths)
-        with self.sessions() as session:
-            departed = mirror.departed_since(session)
-            believed = mirror.present_nodes(session)
-        held = snapshot.buckets_by_node()
-        entries = set(snapshot.nodes) | set(snapshot.corrupt)
-        live = {key: node.weight for key, node in members.live.items()}
-        classes = classify(live, held, entries, departed, now, self.settings.node_offline_timeout)
-        planned = plan(
-            planner_snapshot(classes, held, self.settings.bucket_count, max_moves),
-            strategy or self.settings.strategy,
-        )
-        observations = [
-            NodeObservation(
-                key, LIVE, node.weight, node.info.host if node.info is not None else None
-            )
-            for key, node in members.live.items()
-        ]
-        observations += [NodeObservation(key, SUSPECT) for key in classes.suspect]
-        observations += [NodeObservation(key, OFFLINE) for key in classes.offline]
-        seen = set(members.live) | set(classes.suspect) | set(classes.offline)
-        observations += [NodeObservation(key, OFFLINE) for key in sorted(believed - seen)]
-        return _View(snapshot, members, classes, planned, observations)
+    # -- steps 3 to 6 ------------------------------------------------------------------------
+
+    def _rounds(
+        self, guard: LockGuard, section: LockedSection, dry_run: bool, max_moves: int | None
+    ) -> CycleReport:
+        """Plan rounds until nothing changed under the last one (at most :data:`MAX_ROUNDS`);
+        return the last round's report, published to ``{root}/last-cycle``."""
+        trigger = section.trigger
+        departed: list[str] = []
+        for round_number in range(1, MAX_ROUNDS + 1):
+            membership = self._membership_version()
+            began = time.monotonic()
+            try:
+                report = self._round(guard, trigger, dry_run, max_moves)
+            except StaleAssignment as exc:
+                # someone wrote the assignment after this round read it (a worker leaving
+                # cleanly deletes its entry): read again and plan again
+                log.info("round %d: %s; planning again", round_number, exc)
+                report = CycleReport(CycleOutcome.ABORTED, trigger, reason=str(exc))
+                continue
+            departed += [key for key in report.departed if key not in departed]
+            if dry_run or not self._due_again(membership, began, report):
+                break
+        report.recovered, report.rounds, report.departed = section.recovered, round_number, departed
+        report.started_at, report.finished_at = section.started_at, self.clock().isoformat()
+        report.duration_ms = round((time.perf_counter() - section.started) * 1000, 1)
+        publish(self.client, self.paths, report)
+        log.info(report.headline())
+        return report
 
     def _round(
         self, guard: LockGuard, trigger: str, dry_run: bool, max_moves: int | None
     ) -> CycleReport:
-        view = self._view(max_moves)
+        """One round of steps 3 to 5; its report lacks the cycle-wide fields ``_rounds`` adds."""
+        seen, planned = self._view(max_moves)  # steps 3 and 4
         if dry_run:
-            plan_id = self._record(view, trigger, plans.GENERATED, max_moves)
-            return self._report(GENERATED, trigger, view, plan_id)
+            plan_id = self._record(seen, planned, trigger, PlanStatus.GENERATED, max_moves)
+            return CycleReport.from_round(CycleOutcome.GENERATED, trigger, seen, planned, plan_id)
         needs_write = (
-            view.plan.moves
-            or view.classes.offline
-            or set(view.snapshot.corrupt) & set(view.classes.live)
+            planned.moves
+            or seen.classes.offline
+            or set(seen.snapshot.corrupt) & set(seen.classes.live)
         )
-        if not needs_write:
+        if not needs_write:  # step 4: nothing moves
             guard.check()
-            self.store.touch(view.snapshot, list(view.classes.live), guard=guard)
+            self.store.touch(seen.snapshot, list(seen.classes.live), guard=guard)
             with self.sessions.begin() as session:
-                fixed = mirror.mirror_assignment(
-                    session, view.snapshot.buckets_by_node(), view.snapshot.version.epoch
-                )
-                mirror.record_nodes(session, view.observations, self.clock())
+                fixed = mirror.mirror_assignment(session, seen.held, seen.snapshot.version.epoch)
+                mirror.record_nodes(session, seen.node_observations(), self.clock())
             if fixed:
                 log.warning("SQL differed from ZooKeeper: %d bucket owner(s) fixed", fixed)
-            return self._report(UNCHANGED, trigger, view)
-        plan_id = self._record(view, trigger, plans.APPLYING, max_moves, with_nodes=True)
+            return CycleReport.from_round(CycleOutcome.UNCHANGED, trigger, seen, planned)
+        plan_id = self._record(seen, planned, trigger, PlanStatus.APPLYING, max_moves)  # step 5
         if self.hooks.after_plan_recorded is not None:
             self.hooks.after_plan_recorded(plan_id)
-        return self._apply(guard, trigger, view, plan_id)
+        return self._apply(guard, trigger, seen, planned, plan_id)
+
+    def _view(self, max_moves: int | None, strategy: str | None = None) -> tuple[Observation, Plan]:
+        """Steps 3 and 4: read and classify the cluster at the cycle's clock, then plan (with
+        ``strategy``, default the configured one)."""
+        settings = self.settings
+        timeout = settings.node_offline_timeout
+        seen = observe(
+            self.client, self.paths, self.sessions, now=self.clock(), offline_timeout=timeout
+        )
+        snapshot = planner_snapshot(seen.classes, seen.held, settings.bucket_count, max_moves)
+        return seen, plan(snapshot, strategy or settings.strategy)
 
     def _record(
         self,
-        view: _View,
+        seen: Observation,
+        planned: Plan,
         trigger: str,
-        status: str,
+        status: PlanStatus,
         max_moves: int | None,
-        *,
-        with_nodes: bool = False,
     ) -> str:
-        """Record the view's plan in ``status`` (and the node states) in one SQL transaction;
-        return its new id."""
+        """Record ``planned`` in ``status`` in one SQL transaction, with the node states when it
+        is about to be applied (``applying``); return its new id."""
         plan_id = plans.new_plan_id()
         with self.sessions.begin() as session:
             plans.record_plan(
-                session, view.plan, plan_id=plan_id, trigger=trigger, status=status,
-                base_epoch=view.snapshot.version.epoch, max_moves=max_moves,
+                session, planned, plan_id=plan_id, trigger=trigger, status=status,
+                base_epoch=seen.snapshot.version.epoch, max_moves=max_moves,
             )  # fmt: skip
-            if with_nodes:
-                mirror.record_nodes(session, view.observations, self.clock())
+            if status is PlanStatus.APPLYING:
+                mirror.record_nodes(session, seen.node_observations(), self.clock())
         return plan_id
 
-    def _apply(self, guard: LockGuard, trigger: str, view: _View, plan_id: str) -> CycleReport:
+    def _apply(
+        self, guard: LockGuard, trigger: str, seen: Observation, planned: Plan, plan_id: str
+    ) -> CycleReport:
+        """Step 5 after the record: apply the plan to ZooKeeper, then mirror it to SQL."""
         try:
             guard.check()
             result = self.store.apply(
-                view.snapshot,
-                view.plan.assignments,
-                plan_id=plan_id,
-                remove=view.classes.offline,
+                seen.snapshot, planned.assignments, plan_id=plan_id, remove=seen.classes.offline,
                 guard=guard,
-            )
+            )  # fmt: skip
         except ApplyOutcomeUnknown:
             raise  # the plan stays `applying`: the next cycle's recovery asks ZooKeeper
         except Exception as exc:
             with self.sessions.begin() as session:
                 plans.set_status(
-                    session, plan_id, plans.FAILED, error=str(exc), expected=[plans.APPLYING]
-                )
+                    session, plan_id, PlanStatus.FAILED, error=str(exc),
+                    expected=[PlanStatus.APPLYING],
+                )  # fmt: skip
             raise
         if self.hooks.after_zookeeper is not None:
             self.hooks.after_zookeeper(plan_id)
         with self.sessions.begin() as session:
             settled_here = plans.set_status(
-                session, plan_id, plans.APPLIED, epoch=result.epoch, expected=[plans.APPLYING]
-            )
+                session, plan_id, PlanStatus.APPLIED, epoch=result.epoch,
+                expected=[PlanStatus.APPLYING],
+            )  # fmt: skip
             if settled_here:
-                mirror.mirror_assignment(session, view.plan.assignments, result.epoch)
-                mirror.record_nodes(session, view.observations, self.clock())
+                mirror.mirror_assignment(session, planned.assignments, result.epoch)
+                mirror.record_nodes(session, seen.node_observations(), self.clock())
             else:
                 # another cycle's recovery settled this plan while we were stalled: the
                 # assignment may have moved on since, so SQL is left to the newer cycles
                 log.warning("plan %s was settled by another cycle; not mirroring it", plan_id)
-        report = self._report(APPLIED, trigger, view, plan_id)
-        report.epoch = result.epoch
+        return CycleReport.from_round(
+            CycleOutcome.APPLIED, trigger, seen, planned, plan_id, epoch=result.epoch
+        )
+
+    def _apply_stored(self, guard: LockGuard, plan_id: str) -> CycleReport:
+        """Steps 3 to 6 for a stored plan: refuse it if stale, else apply it as it is."""
+        trigger = "apply"
+        with self.sessions() as session:
+            stored = plans.find_plan(session, plan_id)
+        row = stored.plan
+        if row.status != PlanStatus.GENERATED:
+            reason = f"plan {row.plan_id} is {row.status}; only generated plans apply"
+            return CycleReport(CycleOutcome.REJECTED, trigger, plan_id=row.plan_id, reason=reason)
+        seen, planned = self._view(row.max_moves, row.strategy)
+        stale = plans.stale_reason(stored, seen.snapshot.version.epoch, planned)
+        if stale is not None:
+            with self.sessions.begin() as session:
+                plans.set_status(session, row.plan_id, PlanStatus.REJECTED, error=f"stale: {stale}")
+            reason = f"plan {row.plan_id} is stale: {stale}; make a new one"
+            return CycleReport.from_round(
+                CycleOutcome.REJECTED, trigger, seen, planned, row.plan_id, reason=reason
+            )
+        with self.sessions.begin() as session:
+            moved_on = not plans.set_status(
+                session, row.plan_id, PlanStatus.APPLYING, expected=[PlanStatus.GENERATED]
+            )
+        if moved_on:
+            reason = "the plan was applied meanwhile"
+            return CycleReport(CycleOutcome.REJECTED, trigger, reason=reason)
+        report = self._apply(guard, trigger, seen, planned, row.plan_id)
+        report.finished_at = self.clock().isoformat()
+        publish(self.client, self.paths, report)
         return report
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _report(
-        self, outcome: str, trigger: str, view: _View, plan_id: str | None = None
-    ) -> CycleReport:
-        stats = view.plan.stats
-        classes = view.classes
-        return CycleReport(
-            outcome=outcome,
-            trigger=trigger,
-            epoch=view.snapshot.version.epoch,
-            plan_id=plan_id,
-            live=sorted(classes.live),
-            suspect=sorted(classes.suspect),
-            offline=list(classes.offline),
-            joined=list(classes.joined),
-            departed=list(classes.newly_departed),
-            moves=stats.moves,
-            min_moves=stats.min_moves,
-            moves_by_node=moves_by_node(view.plan),
-            spread_before=stats.spread_before,
-            spread_after=stats.spread_after,
-            buckets={key: len(buckets) for key, buckets in view.plan.assignments.items()},
-            next_deadline=classes.next_deadline,
-            corrupt=dict(view.snapshot.corrupt),
-            warnings=list(stats.warnings),
-        )
 
     def _membership_version(self) -> int:
         stat = self.client.exists(self.paths.nodes)
@@ -402,20 +389,9 @@ class AssignmentCycle:
 
     def _due_again(self, membership: int, began: float, report: CycleReport) -> bool:
         """True when this cycle should plan again before releasing the lock."""
-        if report.outcome not in (APPLIED, UNCHANGED):
+        if report.outcome not in (CycleOutcome.APPLIED, CycleOutcome.UNCHANGED):
             return False
         if self._membership_version() != membership:
             return True
         deadline = report.next_deadline
         return deadline is not None and time.monotonic() - began >= deadline
-
-    def _publish(self, report: CycleReport) -> None:
-        """Write the report to ``{root}/last-cycle`` for ``allot status`` (best effort)."""
-        data = json.dumps(report.to_json(), separators=(",", ":")).encode()
-        try:
-            try:
-                self.client.set(self.paths.last_cycle, data)
-            except NoNodeError:
-                self.client.create(self.paths.last_cycle, data, makepath=True)
-        except KazooException as exc:
-            log.warning("could not publish the cycle report: %s", exc)

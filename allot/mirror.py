@@ -17,8 +17,7 @@ from sqlalchemy.orm import Session
 
 from models.base import utcnow
 from models.schema import Bucket, Node
-
-LIVE, SUSPECT, OFFLINE = "live", "suspect", "offline"
+from models.states import NodeState
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class NodeObservation:
     """A node as one assignment cycle saw it."""
 
     key: str
-    state: str
+    state: NodeState
     weight: float = 1.0
     host: str | None = None
 
@@ -61,7 +60,7 @@ def departed_since(session: Session) -> dict[str, dt.datetime]:
     """When each node that is not live was first seen gone (the start of its grace period)."""
     rows = session.execute(
         select(Node.node_key, Node.departed_at).where(
-            Node.state != LIVE, Node.departed_at.is_not(None)
+            Node.state != NodeState.LIVE, Node.departed_at.is_not(None)
         )
     )
     return {key: _aware(departed) for key, departed in rows if departed is not None}
@@ -69,7 +68,8 @@ def departed_since(session: Session) -> dict[str, dt.datetime]:
 
 def present_nodes(session: Session) -> set[str]:
     """Nodes SQL last saw live or suspect (a clean stop leaves no trace elsewhere)."""
-    return set(session.execute(select(Node.node_key).where(Node.state != OFFLINE)).scalars())
+    query = select(Node.node_key).where(Node.state != NodeState.OFFLINE)
+    return set(session.execute(query).scalars())
 
 
 def record_nodes(
@@ -95,7 +95,7 @@ def record_nodes(
             row = Node(node_key=key, first_seen=now, last_seen=now, departed_at=None)
             session.add(row)
         row.state = observation.state
-        if observation.state == LIVE:
+        if observation.state == NodeState.LIVE:
             row.weight = observation.weight
             row.host = observation.host or row.host
             row.last_seen = now

@@ -1,8 +1,9 @@
 """Plans in SQL: every plan allot makes is recorded, with its moves and what became of it.
 
-Statuses (DESIGN.md): ``generated`` (a dry run, waiting to be applied by hand), ``applying``
-(recorded before the ZooKeeper transaction; a crash leaves it here and the next cycle finishes
-or fails it), ``applied``, ``rejected`` (refused, e.g. stale), ``failed``.
+Statuses are :class:`~models.states.PlanStatus` (DESIGN.md): ``generated`` (a dry run,
+waiting to be applied by hand), ``applying`` (recorded before the ZooKeeper transaction; a crash
+leaves it here and the next cycle finishes or fails it), ``applied``, ``rejected`` (refused,
+e.g. stale), ``failed``.
 
 Functions take a :class:`~sqlalchemy.orm.Session` and leave the commit to the caller.
 """
@@ -22,14 +23,8 @@ from allot.planner import Plan
 from models.base import utcnow
 from models.schema import Plan as PlanRow
 from models.schema import PlanMove
+from models.states import PlanStatus
 
-GENERATED, APPLYING, APPLIED, REJECTED, FAILED = (
-    "generated",
-    "applying",
-    "applied",
-    "rejected",
-    "failed",
-)
 ERROR_LENGTH = 2000
 
 
@@ -52,7 +47,7 @@ def record_plan(
     *,
     plan_id: str,
     trigger: str,
-    status: str,
+    status: PlanStatus,
     base_epoch: int,
     max_moves: int | None,
 ) -> PlanRow:
@@ -97,11 +92,11 @@ def record_plan(
 def set_status(
     session: Session,
     plan_id: str,
-    status: str,
+    status: PlanStatus,
     *,
     epoch: int | None = None,
     error: str | None = None,
-    expected: Sequence[str] | None = None,
+    expected: Sequence[PlanStatus] | None = None,
 ) -> bool:
     """Move a plan to ``status``; with ``expected``, only from one of those statuses.
 
@@ -111,7 +106,7 @@ def set_status(
     values: dict[str, object] = {"status": status}
     if epoch is not None:
         values["epoch"] = epoch
-    if status == APPLIED:
+    if status == PlanStatus.APPLIED:
         values["applied_at"] = utcnow()
     if error is not None:
         values["error"] = error[:ERROR_LENGTH]
@@ -120,6 +115,20 @@ def set_status(
         query = query.where(PlanRow.status.in_(expected))
     result = cast(CursorResult[Any], session.execute(query))
     return bool(result.rowcount)
+
+
+def settle_applying(session: Session, plan_id: str, landed_epoch: int | None) -> bool:
+    """Finish a plan a crashed cycle left ``applying``: ``applied`` at ``landed_epoch`` when
+    ZooKeeper shows it landed, else (None) ``failed``. Returns whether the row changed."""
+    if landed_epoch is not None:
+        return set_status(
+            session, plan_id, PlanStatus.APPLIED, epoch=landed_epoch,
+            expected=[PlanStatus.APPLYING],
+        )  # fmt: skip
+    return set_status(
+        session, plan_id, PlanStatus.FAILED, expected=[PlanStatus.APPLYING],
+        error="its cycle stopped before the ZooKeeper transaction committed",
+    )  # fmt: skip
 
 
 def find_plan(session: Session, plan_id: str) -> PlanDetail:
@@ -154,6 +163,21 @@ def find_plan(session: Session, plan_id: str) -> PlanDetail:
     return PlanDetail(row, [(bucket, source, target) for bucket, source, target in moves])
 
 
+def stale_reason(stored: PlanDetail, epoch: int, replanned: Plan) -> str | None:
+    """Why the generated plan ``stored`` may no longer be applied, or None if it may.
+
+    It is stale when the assignment epoch moved since it was made (``epoch`` is the current
+    one) or when planning now (``replanned``, with the plan's strategy and ``max_moves``) gives
+    other moves, e.g. because membership changed.
+    """
+    base = stored.plan.base_epoch
+    if epoch != base:
+        return f"the assignment moved from epoch {base} to {epoch}"
+    if [(m.bucket, m.source, m.target) for m in replanned.moves] != list(stored.moves):
+        return "membership changed: planning now gives other moves"
+    return None
+
+
 def list_plans(
     session: Session, limit: int | None = 20, status: str | None = None
 ) -> list[PlanRow]:
@@ -166,7 +190,7 @@ def list_plans(
     return list(session.execute(query).scalars())
 
 
-def plans_in_status(session: Session, status: str) -> list[PlanRow]:
+def plans_in_status(session: Session, status: PlanStatus) -> list[PlanRow]:
     """Plans currently in ``status``, oldest first (the cycle's recovery looks at ``applying``)."""
     return list(
         session.execute(

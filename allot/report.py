@@ -1,20 +1,40 @@
-"""The summary of one assignment cycle: what Flower shows as the task's result."""
+"""The summary of one assignment cycle: what Flower shows as the task's result, and its copy
+at ``{root}/last-cycle`` that ``allot status`` shows (:func:`publish`, :func:`read_published`).
+"""
 
 from __future__ import annotations
 
+import enum
+import json
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from allot.planner import Plan
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
 
-APPLIED, UNCHANGED, GENERATED, SKIPPED, ABORTED, REJECTED = (
-    "applied",
-    "unchanged",
-    "generated",
-    "skipped",
-    "aborted",
-    "rejected",
-)
+from allot.observe import Observation
+from allot.planner import Plan
+from allot.zk.paths import ZkPaths
+
+log = logging.getLogger(__name__)
+
+
+class CycleOutcome(enum.StrEnum):
+    """What a cycle did.
+
+    ``applied``: a plan was written to ZooKeeper and SQL. ``unchanged``: nothing to move.
+    ``generated``: a dry run recorded a plan. ``skipped``: another cycle held the lock.
+    ``aborted``: the session was interrupted or someone else applied first; nothing was
+    written by this cycle. ``rejected``: a stored plan was refused, e.g. as stale.
+    """
+
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"
+    GENERATED = "generated"
+    SKIPPED = "skipped"
+    ABORTED = "aborted"
+    REJECTED = "rejected"
 
 
 def moves_by_node(plan: Plan) -> dict[str, dict[str, int]]:
@@ -31,13 +51,12 @@ def moves_by_node(plan: Plan) -> dict[str, dict[str, int]]:
 class CycleReport:
     """What one cycle did, JSON-able (the Celery task returns :meth:`to_json`).
 
-    ``outcome``: ``applied`` (a plan was written to ZooKeeper and SQL), ``unchanged`` (nothing
-    to move), ``generated`` (a dry run recorded a plan), ``skipped`` (another cycle held the
-    lock), ``aborted`` (the session was interrupted or someone else applied first; nothing was
-    written by this cycle), ``rejected`` (a stored plan was refused, e.g. as stale).
+    ``outcome`` is a :class:`CycleOutcome`. A report of a cycle that read the cluster is built
+    by :meth:`from_round`; one that stopped before (``skipped``, ``aborted``) names only its
+    outcome, trigger and ``reason``.
     """
 
-    outcome: str
+    outcome: CycleOutcome
     trigger: str
     epoch: int = 0
     plan_id: str | None = None
@@ -62,9 +81,54 @@ class CycleReport:
     finished_at: str | None = None
     duration_ms: float = 0
 
+    @classmethod
+    def from_round(
+        cls,
+        outcome: CycleOutcome,
+        trigger: str,
+        seen: Observation,
+        planned: Plan,
+        plan_id: str | None = None,
+        *,
+        epoch: int | None = None,
+        reason: str | None = None,
+    ) -> CycleReport:
+        """The report of a round that read the cluster (``seen``) and made ``planned``.
+
+        ``epoch`` is the assignment epoch after the round (default: the epoch ``seen`` read;
+        an applied plan gives its new one). ``departed`` lists the nodes first seen gone by
+        this round.
+        """
+        stats = planned.stats
+        classes = seen.classes
+        return cls(
+            outcome=outcome,
+            trigger=trigger,
+            epoch=seen.snapshot.version.epoch if epoch is None else epoch,
+            plan_id=plan_id,
+            live=sorted(classes.live),
+            suspect=sorted(classes.suspect),
+            offline=list(classes.offline),
+            joined=list(classes.joined),
+            departed=list(classes.newly_departed),
+            moves=stats.moves,
+            min_moves=stats.min_moves,
+            moves_by_node=moves_by_node(planned),
+            spread_before=stats.spread_before,
+            spread_after=stats.spread_after,
+            buckets={key: len(buckets) for key, buckets in planned.assignments.items()},
+            next_deadline=classes.next_deadline,
+            corrupt=dict(seen.snapshot.corrupt),
+            warnings=list(stats.warnings),
+            reason=reason,
+        )
+
     def to_json(self) -> dict[str, Any]:
-        """The report as a JSON-able dict (what Flower shows and ``allot status`` prints)."""
-        return asdict(self)
+        """The report as a JSON-able dict (what Flower shows and ``allot status`` prints);
+        the outcome is its plain string."""
+        data = asdict(self)
+        data["outcome"] = str(self.outcome)
+        return data
 
     def headline(self) -> str:
         """One line for logs: outcome, epoch, nodes, moves."""
@@ -74,3 +138,34 @@ class CycleReport:
             f"{self.moves} move(s)"
         )
         return text if self.reason is None else f"{text}: {self.reason}"
+
+
+def publish(client: KazooClient, paths: ZkPaths, report: CycleReport) -> None:
+    """Write ``report`` as compact JSON to ``{root}/last-cycle`` (best effort: a ZooKeeper
+    error is logged, never raised; the next cycle writes it again)."""
+    data = json.dumps(report.to_json(), separators=(",", ":")).encode()
+    try:
+        try:
+            client.set(paths.last_cycle, data)
+        except NoNodeError:
+            client.create(paths.last_cycle, data, makepath=True)
+    except KazooException as exc:
+        log.warning("could not publish the cycle report: %s", exc)
+
+
+def read_published(client: KazooClient, paths: ZkPaths) -> dict[str, Any] | None:
+    """The last published report as a dict; None when none was published (or it is not a
+    JSON object); a stand-in with outcome ``unreadable`` when it is not JSON.
+
+    Raises:
+        kazoo.exceptions.KazooException: ZooKeeper could not be read.
+    """
+    try:
+        data, _ = client.get(paths.last_cycle)
+    except NoNodeError:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {"outcome": "unreadable", "reason": "the last-cycle znode is not JSON"}
+    return value if isinstance(value, dict) else None

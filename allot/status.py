@@ -1,22 +1,19 @@
 """The cluster's state for operators: nodes with their states and buckets, the epoch, the last
-cycle. Reads ZooKeeper (membership, assignment, last cycle) and SQL (when nodes left)."""
+cycle. Reads ZooKeeper (membership, assignment, last cycle) and SQL (when nodes left) through
+:func:`allot.observe.observe`, as the assignment cycle does."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot import mirror
-from allot.classify import classify
+from allot.observe import observe
+from allot.report import read_published
 from allot.settings import Settings
-from allot.zk.members import read_members
 from allot.zk.paths import ZkPaths
-from allot.zk.store import AssignmentStore
 from models.base import utcnow
 
 
@@ -31,30 +28,17 @@ def cluster_status(
     ``last_cycle`` (the last cycle's report, or None).
     """
     paths = ZkPaths(settings.zk_root)
-    snapshot = AssignmentStore(client, paths).read_all()
-    members = read_members(client, paths)
-    with sessions() as session:
-        departed = mirror.departed_since(session)
-    held = snapshot.buckets_by_node()
-    now = utcnow()
-    classes = classify(
-        {key: node.weight for key, node in members.live.items()},
-        held,
-        set(snapshot.nodes) | set(snapshot.corrupt),
-        departed,
-        now,
-        settings.node_offline_timeout,
+    seen = observe(
+        client, paths, sessions, now=utcnow(), offline_timeout=settings.node_offline_timeout
     )
+    snapshot, held, classes = seen.snapshot, seen.held, seen.classes
     nodes = []
     for key in sorted(set(classes.live) | set(held) | set(snapshot.corrupt)):
-        live = members.live.get(key)
-        state = (
-            "live" if key in classes.live else "suspect" if key in classes.suspect else "offline"
-        )
+        live = seen.members.live.get(key)
         nodes.append(
             {
                 "node_key": key,
-                "state": state,
+                "state": classes.state_of(key).value,
                 "weight": live.weight if live is not None else None,
                 "buckets": len(held.get(key, [])),
                 "host": live.info.host if live is not None and live.info is not None else None,
@@ -76,17 +60,5 @@ def cluster_status(
         "unowned": max(settings.bucket_count - owned, 0),
         "nodes": nodes,
         "corrupt": dict(snapshot.corrupt),
-        "last_cycle": _last_cycle(client, paths),
+        "last_cycle": read_published(client, paths),
     }
-
-
-def _last_cycle(client: KazooClient, paths: ZkPaths) -> dict[str, Any] | None:
-    try:
-        data, _ = client.get(paths.last_cycle)
-    except NoNodeError:
-        return None
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return {"outcome": "unreadable", "reason": "the last-cycle znode is not JSON"}
-    return value if isinstance(value, dict) else None

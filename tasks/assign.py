@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from allot.report import SKIPPED, CycleReport
+from allot.report import CycleOutcome, CycleReport
 from tasks.app import app
 from tasks.runtime import get_runtime
 
@@ -42,7 +42,8 @@ def assign(trigger: str = "beat", attempt: int = 1) -> dict[str, Any]:
     the event, and the event must not wait for the next beat tick.
     """
     report = get_runtime().cycle.run(trigger)
-    if report.outcome == SKIPPED and trigger in EVENT_TRIGGERS and attempt < EVENT_ATTEMPTS:
+    skipped = report.outcome == CycleOutcome.SKIPPED
+    if skipped and trigger in EVENT_TRIGGERS and attempt < EVENT_ATTEMPTS:
         assign.apply_async(kwargs={"trigger": trigger, "attempt": attempt + 1}, countdown=1)
     _follow_up(report)
     return report.to_json()

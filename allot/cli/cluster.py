@@ -14,8 +14,9 @@ from allot.cli._context import open_database
 from allot.errors import ZooKeeperUnavailable
 from allot.status import cluster_status
 from allot.zk.client import connect
+from models.states import NodeState
 
-STATE_STYLE = {"live": "green", "suspect": "yellow", "offline": "red"}
+STATE_STYLE = {NodeState.LIVE: "green", NodeState.SUSPECT: "yellow", NodeState.OFFLINE: "red"}
 
 
 def _read_status() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from allot.cli._celery import call_task
 from allot.cli._common import FormatOption, OutputFormat, console, print_json
 from allot.cli._context import open_database
 from allot.cli.cluster import print_report
+from allot.report import CycleOutcome
 from models.schema import Plan as PlanRow
 
 app = typer.Typer(help="List recorded plans, show one, apply a dry-run plan.", no_args_is_help=True)
@@ -107,5 +108,5 @@ def apply_command(
         print_json(report)
     else:
         print_report(report)
-    if report["outcome"] != "applied":
+    if report["outcome"] != CycleOutcome.APPLIED:
         raise typer.Exit(1)

@@ -8,7 +8,6 @@ can plan; :func:`allot.planner.parse.snapshot_from_json` builds one from the JSO
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,20 +17,11 @@ from typing import Any, NamedTuple
 from allot.errors import InvalidNodeKey, InvalidSnapshot
 from allot.names import validate_node_key
 
+# The node states are part of the SQL data contract, defined once there; re-exported here.
+from models.states import NodeState as NodeState
+
 MAX_BUCKET_COUNT = 1_000_000
 """The largest ``bucket_count`` a snapshot may have (the same bound as ``ALLOT_BUCKET_COUNT``)."""
-
-
-class NodeState(enum.StrEnum):
-    """How the assigner sees a node (DESIGN.md, "Buckets, nodes, tables").
-
-    ``live`` nodes are eligible for buckets; ``suspect`` nodes keep what they hold and receive
-    nothing; ``offline`` nodes lose everything they hold.
-    """
-
-    LIVE = "live"
-    SUSPECT = "suspect"
-    OFFLINE = "offline"
 
 
 def check_weight(weight: object, where: str) -> float:

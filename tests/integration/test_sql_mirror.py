@@ -13,6 +13,7 @@ from allot.mirror import NodeObservation
 from allot.planner import NodeInfo, Snapshot, plan
 from models import Bucket, Node
 from models.engine import session_factory
+from models.states import NodeState, PlanStatus
 
 
 def owners_and_epochs(engine: Engine) -> dict[int, tuple[str | None, int]]:
@@ -51,25 +52,29 @@ def test_plans_are_recorded_with_their_moves_and_found_by_prefix(migrated: Engin
                 made,
                 plan_id=plan_id,
                 trigger="manual",
-                status=plans.GENERATED,
+                status=PlanStatus.GENERATED,
                 base_epoch=0,
                 max_moves=None,
             )
     with sessions.begin() as session:
         detail = plans.find_plan(session, plan_id[:8])
-        assert detail.plan.status == plans.GENERATED
+        assert detail.plan.status == PlanStatus.GENERATED
         assert list(detail.moves) == [
             (1, None, "a@h"),
             (2, None, "a@h"),
             (3, None, "a@h"),
             (4, None, "a@h"),
         ]
-        assert plans.set_status(session, plan_id, plans.APPLYING, expected=[plans.GENERATED])
-        assert not plans.set_status(session, plan_id, plans.APPLYING, expected=[plans.GENERATED])
-        assert plans.set_status(session, plan_id, plans.APPLIED, epoch=7)
+        assert plans.set_status(
+            session, plan_id, PlanStatus.APPLYING, expected=[PlanStatus.GENERATED]
+        )
+        assert not plans.set_status(
+            session, plan_id, PlanStatus.APPLYING, expected=[PlanStatus.GENERATED]
+        )
+        assert plans.set_status(session, plan_id, PlanStatus.APPLIED, epoch=7)
     with sessions() as session:
         row = plans.find_plan(session, plan_id).plan
-        assert (row.status, row.epoch) == (plans.APPLIED, 7)
+        assert (row.status, row.epoch) == (PlanStatus.APPLIED, 7)
         assert row.applied_at is not None
         assert [p.plan_id for p in plans.list_plans(session)] == [plan_id]
         with pytest.raises(InvalidInput, match="too short"):
@@ -83,21 +88,26 @@ def test_node_rows_remember_when_a_node_was_first_seen_gone(migrated: Engine) ->
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     with sessions.begin() as session:
         mirror.record_nodes(
-            session, [NodeObservation("a@h", "live", 2.0, "h1"), NodeObservation("b@h", "live")], t0
+            session,
+            [
+                NodeObservation("a@h", NodeState.LIVE, 2.0, "h1"),
+                NodeObservation("b@h", NodeState.LIVE),
+            ],
+            t0,
         )
     with sessions.begin() as session:
         mirror.record_nodes(
-            session, [NodeObservation("b@h", "suspect")], t0 + dt.timedelta(seconds=5)
+            session, [NodeObservation("b@h", NodeState.SUSPECT)], t0 + dt.timedelta(seconds=5)
         )
     with sessions.begin() as session:
         mirror.record_nodes(
-            session, [NodeObservation("b@h", "offline")], t0 + dt.timedelta(seconds=9)
+            session, [NodeObservation("b@h", NodeState.OFFLINE)], t0 + dt.timedelta(seconds=9)
         )
         assert mirror.departed_since(session) == {"b@h": t0 + dt.timedelta(seconds=5)}
 
     with sessions.begin() as session:
         mirror.record_nodes(
-            session, [NodeObservation("b@h", "live")], t0 + dt.timedelta(seconds=20)
+            session, [NodeObservation("b@h", NodeState.LIVE)], t0 + dt.timedelta(seconds=20)
         )
         assert mirror.departed_since(session) == {}
         a = session.get(Node, "a@h")

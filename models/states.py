@@ -1,0 +1,38 @@
+"""The node states and plan statuses SQL stores: part of the data contract (DESIGN.md, "SQL
+schema"), defined once here and used everywhere else (``allot.planner`` re-exports
+:class:`NodeState`).
+
+Both are :class:`~enum.StrEnum`: a member *is* its value string, so it is written to SQL,
+compared with a column and serialized to JSON as the plain string (``"live"``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class NodeState(enum.StrEnum):
+    """How the assigner sees a node (DESIGN.md, "Buckets, nodes, tables"); ``node.state``.
+
+    ``live`` nodes are eligible for buckets; ``suspect`` nodes keep what they hold and receive
+    nothing; ``offline`` nodes lose everything they hold.
+    """
+
+    LIVE = "live"
+    SUSPECT = "suspect"
+    OFFLINE = "offline"
+
+
+class PlanStatus(enum.StrEnum):
+    """What became of a recorded plan; ``plan.status``.
+
+    ``generated``: a dry run, waiting to be applied by hand. ``applying``: recorded before the
+    ZooKeeper transaction (a crash leaves it here; the next cycle finishes or fails it).
+    ``applied``, ``rejected`` (refused, e.g. stale), ``failed``.
+    """
+
+    GENERATED = "generated"
+    APPLYING = "applying"
+    APPLIED = "applied"
+    REJECTED = "rejected"
+    FAILED = "failed"
