@@ -51,19 +51,28 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot import mirror, plans
+from allot import plans
 from allot.classify import planner_snapshot
-from allot.errors import ApplyOutcomeUnknown, CoordinationError, StaleAssignment
+from allot.errors import (
+    ApplyOutcomeUnknown,
+    CoordinationError,
+    DatabaseUnavailable,
+    StaleAssignment,
+)
+from allot.fenced_sql import FencedSql
 from allot.observe import Observation, observe
 from allot.planner import Plan, plan
-from allot.report import CycleOutcome, CycleReport, publish
+from allot.report import CycleOutcome, CycleReport
 from allot.settings import Settings
 from allot.zk.lock import AssignmentLock, LockGuard
 from allot.zk.paths import ZkPaths
+from allot.zk.records import publish_last_cycle, republish_epoch, write_departures
 from allot.zk.store import AssignmentStore
 from models.base import utcnow
 from models.states import PlanStatus
@@ -72,6 +81,7 @@ log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 3
 Clock = Callable[[], dt.datetime]
+T = TypeVar("T")
 
 
 @dataclass
@@ -86,25 +96,30 @@ class CycleHooks:
 class LockedSection:
     """The body's side of :meth:`AssignmentCycle._locked`: ``guard`` (None: the body must not
     run, ``report`` says why), the plans recovery settled, when the lock was taken
-    (``perf_counter`` and ISO time), and the ``report`` the body sets."""
+    (``perf_counter`` and ISO time), the holder's fenced SQL side (``sql``) and the
+    ``report`` the body sets."""
 
     trigger: str
     guard: LockGuard | None = None
+    sql: FencedSql | None = None
     recovered: list[str] = field(default_factory=list)
     report: CycleReport | None = None
     started: float = 0.0
     started_at: str | None = None
 
-    def abort(self, exc: CoordinationError) -> None:
+    def abort(self, exc: Exception) -> None:
         """Replace the report with an ``aborted`` one naming ``exc``."""
-        log.warning("cycle aborted: %s", exc)
-        self.report = CycleReport(CycleOutcome.ABORTED, self.trigger, reason=str(exc))
+        reason = str(exc) or type(exc).__name__
+        log.warning("cycle aborted: %s", reason)
+        self.report = CycleReport(CycleOutcome.ABORTED, self.trigger, reason=reason)
 
     @property
     def result(self) -> CycleReport:
         """The report the section ended with."""
         if self.report is None:
             raise RuntimeError("the locked section's body set no report")
+        if self.sql is not None:
+            self.report.sql = self.sql.problem
         return self.report
 
 
@@ -157,7 +172,7 @@ class AssignmentCycle:
         """
         with self._locked(trigger, lock_timeout) as section:
             if section.guard is not None:
-                section.report = self._rounds(section.guard, section, dry_run, max_moves)
+                section.report = self._rounds(section, dry_run, max_moves)
         return section.result
 
     def apply_stored(self, plan_id: str, *, lock_timeout: float = 30.0) -> CycleReport:
@@ -172,7 +187,7 @@ class AssignmentCycle:
         """
         with self._locked("apply", lock_timeout) as section:
             if section.guard is not None:
-                section.report = self._apply_stored(section.guard, plan_id)
+                section.report = self._apply_stored(section, plan_id)
         return section.result
 
     # -- steps 1 and 2: the locked section ---------------------------------------------------
@@ -183,8 +198,9 @@ class AssignmentCycle:
 
         The body runs only ``if section.guard is not None``; otherwise the section's report is
         already ``skipped`` (the lock was held for ``lock_timeout`` seconds) or ``aborted``
-        (recovery hit a :class:`~allot.errors.CoordinationError`). A ``CoordinationError``
-        escaping the body is logged and becomes an ``aborted`` report; any other error
+        (recovery lost the session or was superseded). A
+        :class:`~allot.errors.CoordinationError` or a ZooKeeper error (a session lost
+        mid-cycle) escaping the body becomes an ``aborted`` report; any other error
         propagates (after the release).
         """
         section = LockedSection(trigger)
@@ -196,41 +212,22 @@ class AssignmentCycle:
             return
         try:
             section.started, section.started_at = time.perf_counter(), self.clock().isoformat()
+            section.guard, section.sql = guard, FencedSql(self.sessions, guard, self.clock)
             try:
-                section.recovered = self._recover()
-                section.guard = guard
-            except CoordinationError as exc:
+                section.recovered = section.sql.recover(self.store.read_version)
+            except (CoordinationError, KazooException) as exc:
+                section.guard = None
                 section.abort(exc)
             try:
                 yield section
-            except CoordinationError as exc:
+            except (CoordinationError, KazooException) as exc:
                 section.abort(exc)
         finally:
             self.lock.release()
 
-    def _recover(self) -> list[str]:
-        """Finish or fail plans a crashed cycle left ``applying`` (SQL's bucket owners are
-        brought to ZooKeeper's by the round that follows)."""
-        with self.sessions() as session:
-            stuck = [row.plan_id for row in plans.plans_in_status(session, PlanStatus.APPLYING)]
-        if not stuck:
-            return []
-        version = self.store.read_version()
-        for plan_id in stuck:
-            landed = version.plan_id == plan_id and version.pending is None
-            with self.sessions.begin() as session:
-                plans.settle_applying(session, plan_id, version.epoch if landed else None)
-            if landed:
-                log.warning("plan %s had reached ZooKeeper; marked applied", plan_id)
-            else:
-                log.warning("plan %s never reached ZooKeeper; marked failed", plan_id)
-        return stuck
-
     # -- steps 3 to 6 ------------------------------------------------------------------------
 
-    def _rounds(
-        self, guard: LockGuard, section: LockedSection, dry_run: bool, max_moves: int | None
-    ) -> CycleReport:
+    def _rounds(self, section: LockedSection, dry_run: bool, max_moves: int | None) -> CycleReport:
         """Plan rounds until nothing changed under the last one (at most :data:`MAX_ROUNDS`);
         return the last round's report, published to ``{root}/last-cycle``."""
         trigger = section.trigger
@@ -239,7 +236,7 @@ class AssignmentCycle:
             membership = self._membership_version()
             began = time.monotonic()
             try:
-                report = self._round(guard, trigger, dry_run, max_moves)
+                report = self._round(section, dry_run, max_moves)
             except StaleAssignment as exc:
                 # someone wrote the assignment after this round read it (a worker leaving
                 # cleanly deletes its entry): read again and plan again
@@ -252,72 +249,77 @@ class AssignmentCycle:
         report.recovered, report.rounds, report.departed = section.recovered, round_number, departed
         report.started_at, report.finished_at = section.started_at, self.clock().isoformat()
         report.duration_ms = round((time.perf_counter() - section.started) * 1000, 1)
-        publish(self.client, self.paths, report)
+        section.report = report
+        publish_last_cycle(self.client, self.paths, section.result.to_json())
         log.info(report.headline())
         return report
 
-    def _round(
-        self, guard: LockGuard, trigger: str, dry_run: bool, max_moves: int | None
-    ) -> CycleReport:
+    def _round(self, section: LockedSection, dry_run: bool, max_moves: int | None) -> CycleReport:
         """One round of steps 3 to 5; its report lacks the cycle-wide fields ``_rounds`` adds."""
+        trigger, guard, sql = section.trigger, section.guard, section.sql
+        assert guard is not None
+        assert sql is not None
         seen, planned = self._view(max_moves)  # steps 3 and 4
         if dry_run:
-            plan_id = self._record(seen, planned, trigger, PlanStatus.GENERATED, max_moves)
+            plan_id = plans.new_plan_id()
+            status = PlanStatus.GENERATED
+            if not sql.record(seen, planned, plan_id, trigger=trigger, status=status,
+                              max_moves=max_moves):  # fmt: skip
+                raise DatabaseUnavailable(f"a dry run keeps its plan in SQL: {sql.problem}")
             return CycleReport.from_round(CycleOutcome.GENERATED, trigger, seen, planned, plan_id)
+        self._keep_records(seen, guard)
         needs_write = (
             planned.moves
             or seen.classes.offline
+            or seen.repairs
             or set(seen.snapshot.corrupt) & set(seen.classes.live)
         )
         if not needs_write:  # step 4: nothing moves
             guard.check()
             self.store.touch(seen.snapshot, list(seen.classes.live), guard=guard)
-            with self.sessions.begin() as session:
-                fixed = mirror.mirror_assignment(session, seen.held, seen.snapshot.version.epoch)
-                mirror.record_nodes(session, seen.node_observations(), self.clock())
-            if fixed:
-                log.warning("SQL differed from ZooKeeper: %d bucket owner(s) fixed", fixed)
+            sql.catch_up(seen)
             return CycleReport.from_round(CycleOutcome.UNCHANGED, trigger, seen, planned)
-        plan_id = self._record(seen, planned, trigger, PlanStatus.APPLYING, max_moves)  # step 5
+        plan_id = plans.new_plan_id()  # step 5
+        sql.record(seen, planned, plan_id, trigger=trigger, status=PlanStatus.APPLYING,
+                   max_moves=max_moves)  # fmt: skip
         if self.hooks.after_plan_recorded is not None:
             self.hooks.after_plan_recorded(plan_id)
-        return self._apply(guard, trigger, seen, planned, plan_id)
+        return self._apply(section, seen, planned, plan_id, max_moves)
 
     def _view(self, max_moves: int | None, strategy: str | None = None) -> tuple[Observation, Plan]:
         """Steps 3 and 4: read and classify the cluster at the cycle's clock, then plan (with
         ``strategy``, default the configured one)."""
         settings = self.settings
-        timeout = settings.node_offline_timeout
         seen = observe(
-            self.client, self.paths, self.sessions, now=self.clock(), offline_timeout=timeout
-        )
+            self.client, self.paths, self.sessions, now=self.clock(),
+            offline_timeout=settings.node_offline_timeout, bucket_count=settings.bucket_count,
+        )  # fmt: skip
         snapshot = planner_snapshot(seen.classes, seen.held, settings.bucket_count, max_moves)
         return seen, plan(snapshot, strategy or settings.strategy)
 
-    def _record(
-        self,
-        seen: Observation,
-        planned: Plan,
-        trigger: str,
-        status: PlanStatus,
-        max_moves: int | None,
-    ) -> str:
-        """Record ``planned`` in ``status`` in one SQL transaction, with the node states when it
-        is about to be applied (``applying``); return its new id."""
-        plan_id = plans.new_plan_id()
-        with self.sessions.begin() as session:
-            plans.record_plan(
-                session, planned, plan_id=plan_id, trigger=trigger, status=status,
-                base_epoch=seen.snapshot.version.epoch, max_moves=max_moves,
-            )  # fmt: skip
-            if status is PlanStatus.APPLYING:
-                mirror.record_nodes(session, seen.node_observations(), self.clock())
-        return plan_id
+    def _keep_records(self, seen: Observation, guard: LockGuard) -> None:
+        """Store in ZooKeeper what later cycles decide from: when gone nodes were first seen
+        gone, and an epoch no lower than any known (``assignment-version`` deleted or behind)."""
+        times = seen.departure_times()
+        if times != seen.departures.times or seen.departures.problem:
+            write_departures(self.client, self.paths, seen.departures, times, guard)
+        version = seen.snapshot.version
+        if version.epoch < seen.epoch_floor:
+            republish_epoch(self.client, self.paths, version, seen.epoch_floor, guard)
+            raise StaleAssignment("assignment-version re-published; reading again")
 
     def _apply(
-        self, guard: LockGuard, trigger: str, seen: Observation, planned: Plan, plan_id: str
+        self,
+        section: LockedSection,
+        seen: Observation,
+        planned: Plan,
+        plan_id: str,
+        max_moves: int | None,
     ) -> CycleReport:
         """Step 5 after the record: apply the plan to ZooKeeper, then mirror it to SQL."""
+        guard, sql = section.guard, section.sql
+        assert guard is not None
+        assert sql is not None
         try:
             guard.check()
             result = self.store.apply(
@@ -327,33 +329,22 @@ class AssignmentCycle:
         except ApplyOutcomeUnknown:
             raise  # the plan stays `applying`: the next cycle's recovery asks ZooKeeper
         except Exception as exc:
-            with self.sessions.begin() as session:
-                plans.set_status(
-                    session, plan_id, PlanStatus.FAILED, error=str(exc),
-                    expected=[PlanStatus.APPLYING],
-                )  # fmt: skip
+            sql.fail(plan_id, str(exc))
             raise
         if self.hooks.after_zookeeper is not None:
             self.hooks.after_zookeeper(plan_id)
-        with self.sessions.begin() as session:
-            settled_here = plans.set_status(
-                session, plan_id, PlanStatus.APPLIED, epoch=result.epoch,
-                expected=[PlanStatus.APPLYING],
-            )  # fmt: skip
-            if settled_here:
-                mirror.mirror_assignment(session, planned.assignments, result.epoch)
-                mirror.record_nodes(session, seen.node_observations(), self.clock())
-            else:
-                # another cycle's recovery settled this plan while we were stalled: the
-                # assignment may have moved on since, so SQL is left to the newer cycles
-                log.warning("plan %s was settled by another cycle; not mirroring it", plan_id)
+        sql.finish(
+            seen, planned, plan_id, trigger=section.trigger,
+            epochs=(result.base_epoch, result.epoch), max_moves=max_moves,
+        )  # fmt: skip
         return CycleReport.from_round(
-            CycleOutcome.APPLIED, trigger, seen, planned, plan_id, epoch=result.epoch
+            CycleOutcome.APPLIED, section.trigger, seen, planned, plan_id, epoch=result.epoch
         )
 
-    def _apply_stored(self, guard: LockGuard, plan_id: str) -> CycleReport:
+    def _apply_stored(self, section: LockedSection, plan_id: str) -> CycleReport:
         """Steps 3 to 6 for a stored plan: refuse it if stale, else apply it as it is."""
-        trigger = "apply"
+        trigger, sql = section.trigger, section.sql
+        assert sql is not None
         with self.sessions() as session:
             stored = plans.find_plan(session, plan_id)
         row = stored.plan
@@ -362,23 +353,27 @@ class AssignmentCycle:
             return CycleReport(CycleOutcome.REJECTED, trigger, plan_id=row.plan_id, reason=reason)
         seen, planned = self._view(row.max_moves, row.strategy)
         stale = plans.stale_reason(stored, seen.snapshot.version.epoch, planned)
+        if stale is None and seen.repairs:
+            stale = "ZooKeeper holds data to repair first: let a cycle run"
         if stale is not None:
-            with self.sessions.begin() as session:
-                plans.set_status(session, row.plan_id, PlanStatus.REJECTED, error=f"stale: {stale}")
+            error = f"stale: {stale}"
+            sql.write(lambda s: plans.set_status(s, row.plan_id, PlanStatus.REJECTED, error=error))
             reason = f"plan {row.plan_id} is stale: {stale}; make a new one"
             return CycleReport.from_round(
                 CycleOutcome.REJECTED, trigger, seen, planned, row.plan_id, reason=reason
             )
-        with self.sessions.begin() as session:
-            moved_on = not plans.set_status(
-                session, row.plan_id, PlanStatus.APPLYING, expected=[PlanStatus.GENERATED]
+        moved_on = not sql.write(
+            lambda s: plans.set_status(
+                s, row.plan_id, PlanStatus.APPLYING, expected=[PlanStatus.GENERATED]
             )
+        )
         if moved_on:
-            reason = "the plan was applied meanwhile"
+            reason = "the plan was applied meanwhile (or SQL is unavailable)"
             return CycleReport(CycleOutcome.REJECTED, trigger, reason=reason)
-        report = self._apply(guard, trigger, seen, planned, row.plan_id)
+        report = self._apply(section, seen, planned, row.plan_id, row.max_moves)
         report.finished_at = self.clock().isoformat()
-        publish(self.client, self.paths, report)
+        section.report = report
+        publish_last_cycle(self.client, self.paths, section.result.to_json())
         return report
 
     # -- helpers -----------------------------------------------------------------------------

@@ -153,3 +153,9 @@ class NodeKeyTaken(CoordinationError):
     """Another live process holds the membership znode of this node key. Give each process its
     own ``ALLOT_NODE_KEY``, or wait for the other one's session to end.
     """
+
+
+class Superseded(CoordinationError):
+    """A newer assignment-lock holder has already written SQL (the mirror's fence holds a
+    larger token), or the write would take SQL's epoch backwards: this holder writes nothing.
+    """

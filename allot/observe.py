@@ -1,11 +1,14 @@
 """One read of the cluster, classified: what the assignment cycle plans from (step 3 of
 DESIGN.md's cycle) and what ``allot status`` shows.
 
-:func:`observe` reads the stored assignment and the membership from ZooKeeper and, from SQL's
-``node`` rows, when each departed node was first seen gone and which nodes were last recorded
-present; it classifies the nodes live / suspect / offline (:mod:`allot.classify`). Pure reads:
-it writes nothing, and it takes the client and the session factory from its caller (it opens
-no connection).
+:func:`observe` reads from ZooKeeper everything a decision needs: the stored assignment, the
+membership, when each departed node was first seen gone (``{root}/departures``) and the last
+published epoch; it repairs what a foreign writer left unplannable (:mod:`allot.repair`) and
+classifies the nodes live / suspect / offline (:mod:`allot.classify`). From SQL it reads only
+what the mirror needs (which nodes SQL last recorded present, the epoch SQL mirrors), and an
+SQL outage leaves those empty and says so in :attr:`Observation.sql_problem`: SQL never
+decides. Pure reads: it writes nothing, and it takes the client and the session factory from
+its caller (it opens no connection).
 
 Failure modes:
     SUSPENDED: the ZooKeeper reads retry through ``client.retry`` until the connection returns
@@ -15,7 +18,7 @@ Failure modes:
     ``snapshot.corrupt`` and counts as holding nothing, a foreign child name in
     ``snapshot.invalid``; a malformed or foreign ``nodes/`` child is reported by
     :class:`~allot.zk.members.Members`.
-    SQL unavailable: the SQLAlchemy error propagates.
+    SQL unavailable: reported in ``sql_problem``, never raised.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from allot import mirror
 from allot.classify import Classification, classify
-from allot.mirror import NodeObservation
+from allot.mirror import SQL_UNAVAILABLE, NodeObservation
+from allot.repair import repair_holdings
 from allot.zk.members import Members, read_members
 from allot.zk.model import AllAssignments
 from allot.zk.paths import ZkPaths
+from allot.zk.records import Departures, read_departures, read_last_cycle
 from allot.zk.store import AssignmentStore
 from models.states import NodeState
 
@@ -42,9 +47,14 @@ class Observation:
     """What one read saw.
 
     ``snapshot``: the stored assignment (with its version and ``corrupt`` entries); ``held``:
-    the buckets of every readable entry (``snapshot.buckets_by_node()``); ``members``: the
-    membership; ``classes``: the nodes classified at ``now``; ``recorded``: the nodes SQL last
-    recorded live or suspect (a node that stopped cleanly leaves no other trace).
+    the buckets of every readable entry, repaired (:func:`allot.repair.repair_holdings`:
+    ids out of range dropped, a bucket listed twice kept by one node) with ``repairs`` saying
+    per node what was dropped; ``members``: the membership; ``departures``: the stored grace
+    starts; ``classes``: the nodes classified at ``now``; ``recorded``: the nodes SQL last
+    recorded live or suspect (a node that stopped cleanly leaves no other trace);
+    ``epoch_floor``: the highest epoch known anywhere (``assignment-version``, the last
+    published cycle, SQL's mirror), below which no epoch may be published; ``sql_problem``:
+    why SQL could not be read (None when it could).
     """
 
     snapshot: AllAssignments
@@ -53,6 +63,17 @@ class Observation:
     classes: Classification
     recorded: frozenset[str]
     now: dt.datetime
+    repairs: Mapping[str, str]
+    departures: Departures
+    epoch_floor: int
+    sql_problem: str | None = None
+
+    def departure_times(self) -> dict[str, int]:
+        """The departures map this observation implies (epoch ms): every node gone but still
+        holding an entry, with the time it was first seen gone."""
+        return {
+            key: int(moment.timestamp() * 1000) for key, moment in self.classes.departed_at.items()
+        }
 
     def node_observations(self) -> list[NodeObservation]:
         """Every node's state for the ``node`` table (:func:`allot.mirror.record_nodes`): the
@@ -79,6 +100,7 @@ def observe(
     *,
     now: dt.datetime,
     offline_timeout: float,
+    bucket_count: int,
 ) -> Observation:
     """Read the cluster and classify its nodes (see the module docstring).
 
@@ -88,24 +110,44 @@ def observe(
         sessions: where to read the ``node`` rows from.
         now: the time the grace periods are measured at.
         offline_timeout: the grace period in seconds (``node_offline_timeout``).
+        bucket_count: valid bucket ids are ``1..bucket_count``.
 
     Raises:
         AccessDenied: ZooKeeper refused reading the assignment.
         kazoo.exceptions.KazooException: ZooKeeper could not be read.
-        sqlalchemy.exc.SQLAlchemyError: SQL could not be read.
     """
     snapshot = AssignmentStore(client, paths).read_all()
     members = read_members(client, paths)
-    with sessions() as session:
-        departed = mirror.departed_since(session)
-        recorded = mirror.present_nodes(session)
-    held = snapshot.buckets_by_node()
+    departures = read_departures(client, paths)
+    published = read_last_cycle(client, paths) or {}
+    recorded: set[str] = set()
+    sql_epoch, sql_problem = 0, None
+    try:
+        with sessions() as session:
+            recorded = mirror.present_nodes(session)
+            sql_epoch = mirror.mirrored_epoch(session)
+    except SQL_UNAVAILABLE as exc:
+        sql_problem = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+    repaired = repair_holdings(snapshot.buckets_by_node(), bucket_count, members.live)
     classes = classify(
         {key: node.weight for key, node in members.live.items()},
-        held,
+        repaired.held,
         set(snapshot.nodes) | set(snapshot.corrupt),
-        departed,
+        {key: _moment(ms) for key, ms in departures.times.items()},
         now,
         offline_timeout,
     )
-    return Observation(snapshot, held, members, classes, frozenset(recorded), now)
+    published_epoch = published.get("epoch")
+    floor = max(
+        snapshot.version.epoch,
+        sql_epoch,
+        published_epoch if isinstance(published_epoch, int) else 0,
+    )
+    return Observation(
+        snapshot, repaired.held, members, classes, frozenset(recorded), now,
+        repaired.problems, departures, floor, sql_problem,
+    )  # fmt: skip
+
+
+def _moment(epoch_ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)

@@ -11,7 +11,7 @@ Functions take a :class:`~sqlalchemy.orm.Session` and leave the commit to the ca
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,10 +19,10 @@ from sqlalchemy import CursorResult, Table, select, update
 from sqlalchemy.orm import Session
 
 from allot.errors import InvalidInput, NotFound
-from allot.planner import Plan
+from allot.planner import Move, Plan
 from models.base import utcnow
+from models.schema import Bucket, PlanMove
 from models.schema import Plan as PlanRow
-from models.schema import PlanMove
 from models.states import PlanStatus
 
 ERROR_LENGTH = 2000
@@ -71,22 +71,22 @@ def record_plan(
     )
     session.add(row)
     session.flush()
-    if plan.moves:
-        table = PlanMove.__table__
-        assert isinstance(table, Table)
-        session.execute(
-            table.insert(),
-            [
-                {
-                    "plan_id": plan_id,
-                    "bucket_id": move.bucket,
-                    "from_node": move.source,
-                    "to_node": move.target,
-                }
-                for move in plan.moves
-            ],
-        )
+    _insert_moves(session, plan_id, plan.moves)
     return row
+
+
+def _insert_moves(session: Session, plan_id: str, moves: Sequence[Move]) -> None:
+    if not moves:
+        return
+    table = PlanMove.__table__
+    assert isinstance(table, Table)
+    session.execute(
+        table.insert(),
+        [
+            {"plan_id": plan_id, "bucket_id": m.bucket, "from_node": m.source, "to_node": m.target}
+            for m in moves
+        ],
+    )
 
 
 def set_status(
@@ -129,6 +129,65 @@ def settle_applying(session: Session, plan_id: str, landed_epoch: int | None) ->
         session, plan_id, PlanStatus.FAILED, expected=[PlanStatus.APPLYING],
         error="its cycle stopped before the ZooKeeper transaction committed",
     )  # fmt: skip
+
+
+def fail_applying(session: Session, plan_id: str, error: str) -> bool:
+    """Mark an ``applying`` plan ``failed`` with ``error``; False when it was not applying."""
+    return set_status(
+        session, plan_id, PlanStatus.FAILED, error=error, expected=[PlanStatus.APPLYING]
+    )
+
+
+def finish_applying(
+    session: Session, plan: Plan, plan_id: str, *, trigger: str, base_epoch: int,
+    epoch: int, max_moves: int | None,
+) -> bool:  # fmt: skip
+    """Mark a plan that reached ZooKeeper ``applied`` at ``epoch``, recording it first when SQL
+    never got it (it was unavailable when the plan was made).
+
+    Returns:
+        False when the plan was no longer ``applying`` (another cycle settled it).
+    """
+    if session.get(PlanRow, plan_id) is None:
+        record_plan(
+            session, plan, plan_id=plan_id, trigger=trigger, status=PlanStatus.APPLYING,
+            base_epoch=base_epoch, max_moves=max_moves,
+        )  # fmt: skip
+    return set_status(
+        session, plan_id, PlanStatus.APPLIED, epoch=epoch, expected=[PlanStatus.APPLYING]
+    )
+
+
+def record_missed(
+    session: Session, plan_id: str | None, epoch: int, held: Mapping[str, Iterable[int]]
+) -> bool:
+    """Record the plan ZooKeeper names (``plan_id`` at ``epoch``) when SQL has no row for it
+    and its bucket owners differ from ``held``: a plan applied while SQL was unavailable. Its
+    moves are what SQL has to change (several plans applied during one outage show as one);
+    its trigger is ``catch-up``. Returns whether a plan was recorded.
+    """
+    if plan_id is None or session.get(PlanRow, plan_id) is not None:
+        return False
+    target = {bucket: node for node, buckets in held.items() for bucket in buckets}
+    current = dict(session.execute(select(Bucket.bucket_id, Bucket.node_key)).all())
+    moves = [
+        Move(bucket, source, target[bucket])
+        for bucket, source in sorted(current.items())
+        if bucket in target and target[bucket] != source
+    ]
+    if not moves:
+        return False
+    session.add(
+        PlanRow(
+            plan_id=plan_id, trigger="catch-up", status=PlanStatus.APPLIED, strategy="unknown",
+            base_epoch=epoch - 1, epoch=epoch, max_moves=None, moves=len(moves), min_moves=0,
+            spread_before=0, spread_after=0, created_at=utcnow(), applied_at=utcnow(),
+            error="applied while SQL was unavailable; recorded when it came back",
+        )
+    )  # fmt: skip
+    session.flush()
+    _insert_moves(session, plan_id, moves)
+    return True
 
 
 def find_plan(session: Session, plan_id: str) -> PlanDetail:

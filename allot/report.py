@@ -1,23 +1,14 @@
-"""The summary of one assignment cycle: what Flower shows as the task's result, and its copy
-at ``{root}/last-cycle`` that ``allot status`` shows (:func:`publish`, :func:`read_published`).
-"""
+"""The summary of one assignment cycle: what Flower shows as the task's result (its copy at
+``{root}/last-cycle``, which ``allot status`` shows, is kept by :mod:`allot.zk.records`)."""
 
 from __future__ import annotations
 
 import enum
-import json
-import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
-
 from allot.observe import Observation
 from allot.planner import Plan
-from allot.zk.paths import ZkPaths
-
-log = logging.getLogger(__name__)
 
 
 class CycleOutcome(enum.StrEnum):
@@ -74,7 +65,10 @@ class CycleReport:
     next_deadline: float | None = None
     recovered: list[str] = field(default_factory=list)
     corrupt: dict[str, str] = field(default_factory=dict)
+    repaired: dict[str, str] = field(default_factory=dict)
+    foreign: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    sql: str | None = None
     reason: str | None = None
     rounds: int = 1
     started_at: str | None = None
@@ -119,6 +113,7 @@ class CycleReport:
             buckets={key: len(buckets) for key, buckets in planned.assignments.items()},
             next_deadline=classes.next_deadline,
             corrupt=dict(seen.snapshot.corrupt),
+            repaired=dict(seen.repairs),
             warnings=list(stats.warnings),
             reason=reason,
         )
@@ -138,34 +133,3 @@ class CycleReport:
             f"{self.moves} move(s)"
         )
         return text if self.reason is None else f"{text}: {self.reason}"
-
-
-def publish(client: KazooClient, paths: ZkPaths, report: CycleReport) -> None:
-    """Write ``report`` as compact JSON to ``{root}/last-cycle`` (best effort: a ZooKeeper
-    error is logged, never raised; the next cycle writes it again)."""
-    data = json.dumps(report.to_json(), separators=(",", ":")).encode()
-    try:
-        try:
-            client.set(paths.last_cycle, data)
-        except NoNodeError:
-            client.create(paths.last_cycle, data, makepath=True)
-    except KazooException as exc:
-        log.warning("could not publish the cycle report: %s", exc)
-
-
-def read_published(client: KazooClient, paths: ZkPaths) -> dict[str, Any] | None:
-    """The last published report as a dict; None when none was published (or it is not a
-    JSON object); a stand-in with outcome ``unreadable`` when it is not JSON.
-
-    Raises:
-        kazoo.exceptions.KazooException: ZooKeeper could not be read.
-    """
-    try:
-        data, _ = client.get(paths.last_cycle)
-    except NoNodeError:
-        return None
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return {"outcome": "unreadable", "reason": "the last-cycle znode is not JSON"}
-    return value if isinstance(value, dict) else None

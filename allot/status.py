@@ -11,9 +11,9 @@ from kazoo.client import KazooClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.observe import observe
-from allot.report import read_published
 from allot.settings import Settings
 from allot.zk.paths import ZkPaths
+from allot.zk.records import read_last_cycle
 from models.base import utcnow
 
 
@@ -29,8 +29,9 @@ def cluster_status(
     """
     paths = ZkPaths(settings.zk_root)
     seen = observe(
-        client, paths, sessions, now=utcnow(), offline_timeout=settings.node_offline_timeout
-    )
+        client, paths, sessions, now=utcnow(), offline_timeout=settings.node_offline_timeout,
+        bucket_count=settings.bucket_count,
+    )  # fmt: skip
     snapshot, held, classes = seen.snapshot, seen.held, seen.classes
     nodes = []
     for key in sorted(set(classes.live) | set(held) | set(snapshot.corrupt)):
@@ -60,5 +61,5 @@ def cluster_status(
         "unowned": max(settings.bucket_count - owned, 0),
         "nodes": nodes,
         "corrupt": dict(snapshot.corrupt),
-        "last_cycle": read_published(client, paths),
+        "last_cycle": read_last_cycle(client, paths),
     }

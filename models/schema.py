@@ -9,14 +9,22 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, utcnow
 from models.states import NodeState, PlanStatus
 
 # The Alembic revision these models describe (the newest migration; a test keeps them equal).
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 NAME_LENGTH = 128
 NODE_KEY_LENGTH = 128
 
@@ -117,3 +125,21 @@ class PlanMove(Base):
     bucket_id: Mapped[int] = mapped_column(ForeignKey("bucket.bucket_id"), primary_key=True)
     from_node: Mapped[str | None] = mapped_column(String(NODE_KEY_LENGTH))
     to_node: Mapped[str] = mapped_column(String(NODE_KEY_LENGTH))
+
+
+class MirrorState(Base):
+    """The fence of the SQL mirror (one row, ``name = 'assignment'``).
+
+    ``holder_token`` is the fencing token of the assignment-lock holder that last wrote SQL
+    (the ``czxid`` of its lock znode: ZooKeeper's transaction ids only grow, so a later holder
+    always has a larger token); ``epoch`` is the highest assignment epoch SQL has mirrored.
+    Every SQL transaction of a cycle first raises both, conditionally, so a stale holder
+    writes nothing once a newer one has written and the epoch never goes backwards.
+    """
+
+    __tablename__ = "mirror_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    epoch: Mapped[int] = mapped_column(default=0, server_default="0")
+    updated_at: Mapped[dt.datetime | None]

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 # A grace-period follow-up runs this long after the deadline, so the node is surely offline.
 GRACE_MARGIN = 0.1
-# Event-driven cycles (not beat ticks) retry when skipped, once a second, this many times.
+# Event-driven cycles (not beat ticks) that are skipped, aborted or fail retry once a second,
+# this many times.
 EVENT_TRIGGERS = ("membership", "grace")
 EVENT_ATTEMPTS = 30
 
@@ -37,16 +38,26 @@ def _follow_up(report: CycleReport) -> None:
 def assign(trigger: str = "beat", attempt: int = 1) -> dict[str, Any]:
     """Run one assignment cycle; a held lock means ``skipped``.
 
-    A membership or grace-period cycle that is skipped tries again a second later (up to
-    :data:`EVENT_ATTEMPTS` times): the cycle holding the lock may have read the cluster before
-    the event, and the event must not wait for the next beat tick.
+    A membership or grace-period cycle that does not get its work done (skipped: the cycle
+    holding the lock may have read the cluster before the event; aborted; or failed with an
+    error) tries again a second later, up to :data:`EVENT_ATTEMPTS` times: an event must not
+    wait for the next beat tick.
     """
-    report = get_runtime().cycle.run(trigger)
-    skipped = report.outcome == CycleOutcome.SKIPPED
-    if skipped and trigger in EVENT_TRIGGERS and attempt < EVENT_ATTEMPTS:
-        assign.apply_async(kwargs={"trigger": trigger, "attempt": attempt + 1}, countdown=1)
+    try:
+        report = get_runtime().cycle.run(trigger)
+    except Exception:
+        _retry_event(trigger, attempt, "failed")
+        raise
+    if report.outcome in (CycleOutcome.SKIPPED, CycleOutcome.ABORTED):
+        _retry_event(trigger, attempt, str(report.outcome))
     _follow_up(report)
     return report.to_json()
+
+
+def _retry_event(trigger: str, attempt: int, outcome: str) -> None:
+    if trigger in EVENT_TRIGGERS and attempt < EVENT_ATTEMPTS:
+        assign.apply_async(kwargs={"trigger": trigger, "attempt": attempt + 1}, countdown=1)
+        log.info("%s cycle %s (attempt %d): trying again in 1 s", trigger, outcome, attempt)
 
 
 @app.task(name="allot.rebalance", acks_late=True)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from allot.cycle import AssignmentCycle, CycleHooks
 from allot.database import check_schema, database_errors
+from allot.errors import DatabaseUnavailable
 from allot.settings import Settings, get_settings
 from allot.zk.client import connect
 from models.engine import make_engine, session_factory
@@ -55,7 +56,8 @@ def get_runtime() -> Runtime:
     """This process's runtime, created on first use (and again after a fork).
 
     Raises:
-        ZooKeeperUnavailable, DatabaseNotReady, BucketCountMismatch: the process cannot work.
+        ZooKeeperUnavailable, DatabaseNotReady, BucketCountMismatch: the process cannot work
+            (an unreachable database is not one of them: cycles go on without SQL).
     """
     global _runtime
     if _runtime is not None and _runtime.pid == os.getpid():
@@ -63,8 +65,12 @@ def get_runtime() -> Runtime:
     settings = get_settings()
     engine = make_engine(settings.database_url)
     try:
-        with database_errors(settings.database_url), engine.connect() as connection:
-            check_schema(connection, settings.bucket_count)
+        try:
+            with database_errors(settings.database_url), engine.connect() as connection:
+                check_schema(connection, settings.bucket_count)
+        except DatabaseUnavailable as exc:
+            # ZooKeeper alone decides: a cycle runs without SQL and the mirror catches up
+            log.warning("%s; the schema is checked when a later process starts", exc)
         client = connect(settings)
     except BaseException:
         engine.dispose()

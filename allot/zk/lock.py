@@ -12,6 +12,7 @@ before the commit: a holder whose session ended cannot commit anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -63,11 +64,21 @@ class LockGuard:
     """
 
     def __init__(
-        self, client: KazooClient, lock_node: str, interruptions: _Interruptions, baseline: int
+        self,
+        client: KazooClient,
+        lock_node: str,
+        interruptions: _Interruptions,
+        baseline: int,
+        token: int = 0,
     ) -> None:
         self.client = client
         self.lock_node = lock_node
         """Full path of this holder's ephemeral lock znode (fence it inside transactions)."""
+        self.token = token
+        """This holder's fencing token: the ``czxid`` of its lock znode. ZooKeeper's
+        transaction ids only grow, and a holder's znode is created before it can hold the
+        lock, which it gets only after every earlier holder's znode is gone: a later holder
+        always has a larger token (SQL's fence, :func:`allot.mirror.claim`, relies on it)."""
         self.session_id: int = client.client_id[0]
         self._interruptions = interruptions
         self._baseline = baseline
@@ -104,6 +115,21 @@ class LockGuard:
         problem = self.problem()
         if problem is not None:
             raise LockLost(f"{problem}: stopping without writing")
+
+    def confirm(self) -> None:
+        """:meth:`check`, then ask ZooKeeper (one round trip) that the lock znode still exists
+        and belongs to this session: what a write outside ZooKeeper (SQL) is committed on.
+
+        Raises:
+            LockLost: the guard tripped, or the lock znode is gone or not this session's.
+        """
+        self.check()
+        try:
+            stat = self.client.exists(self.lock_node)
+        except KazooException as exc:
+            raise LockLost(f"the assignment lock could not be confirmed ({exc!r})") from None
+        if stat is None or stat.ephemeralOwner != self.session_id:
+            raise LockLost("the assignment lock znode is gone: stopping without writing")
 
     def _release(self) -> None:
         self._released = True
@@ -183,8 +209,21 @@ class AssignmentLock:
         if not got:
             interruptions.close()
             return None
+        node = f"{lock.path}/{lock.node}"
+        try:
+            stat = self.client.exists(node)
+        except BaseException:
+            stat = None
+            raise
+        finally:
+            if stat is None:  # the session ended or broke right after taking the lock
+                interruptions.close()
+                with contextlib.suppress(KazooException):
+                    lock.release()
+        if stat is None:
+            return None
         self._lock, self._interruptions = lock, interruptions
-        self._guard = LockGuard(self.client, f"{lock.path}/{lock.node}", interruptions, baseline)
+        self._guard = LockGuard(self.client, node, interruptions, baseline, stat.czxid)
         return self._guard
 
     def release(self) -> None:

@@ -284,13 +284,19 @@ def test_a_session_lost_mid_cycle_aborts_without_writing(cluster: Cluster) -> No
 
     report = cluster.cycle(CycleHooks(after_plan_recorded=lose_session)).run("beat")
 
+    # Then it aborts and writes nothing, to ZooKeeper or to SQL (not even its plan's failure)
     assert report.outcome == "aborted"
     assert cluster.zk_assignment() == {}
     assert cluster.sql_assignment() == {}
     with session_factory(cluster.engine)() as session:
-        [failed] = plans.list_plans(session)
-    assert failed.status == "failed"
-    assert cluster.cycle().run("beat").outcome == "applied"
+        [stuck] = plans.list_plans(session)
+    assert stuck.status == "applying"
+    # And the next holder, whose token proves the old one gone, fails it and applies its own
+    following = cluster.cycle().run("beat")
+    assert following.outcome == "applied"
+    assert following.recovered == [stuck.plan_id]
+    with session_factory(cluster.engine)() as session:
+        assert plans.find_plan(session, stuck.plan_id).plan.status == "failed"
     cluster.assert_consistent()
 
 

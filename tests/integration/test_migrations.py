@@ -11,7 +11,7 @@ from allot import database
 from allot.errors import BucketCountMismatch, DatabaseNotReady
 from models import Base, Bucket
 
-SCHEMA_TABLES = {"bucket", "node", "plan", "plan_move", "table_identifier"}
+SCHEMA_TABLES = {"bucket", "mirror_state", "node", "plan", "plan_move", "table_identifier"}
 
 
 def table_names(engine: Engine) -> set[str]:
