@@ -23,22 +23,20 @@ write lost the race to another writer (a worker leaving cleanly deletes its own 
 cycles that find the lock held retry a second later (``tasks.assign``), so an event never waits
 for the next beat tick.
 
-Failure modes:
-    SUSPENDED or LOST session during the cycle: the lock guard trips and every ZooKeeper write
-    is fenced on the lock znode, so the cycle aborts without writing (outcome ``aborted``);
-    the plan it recorded is marked ``failed``.
-    Someone else wrote first (``assignment-version`` moved): the plan is ``failed`` and the
-    cycle plans again from a fresh read.
-    Connection cut during the commit (outcome unknown): the plan stays ``applying`` and the
-    next cycle's recovery asks ``assignment-version`` whether it landed.
-    Stalled holder (its session expired after its ZooKeeper write, and another cycle already
-    settled its plan): it does not touch SQL, which newer cycles own.
-    Crash between recording the plan and the ZooKeeper transaction: the plan stays
-    ``applying``; the next cycle sees ``assignment-version`` does not name it and fails it.
-    Crash between the ZooKeeper transaction and the SQL mirror: the next cycle sees
-    ``assignment-version`` names the plan, mirrors ZooKeeper into SQL and marks it applied.
-    Corrupt assignment data: the node is treated as holding nothing and the next applied plan
-    rewrites (live node) or removes (gone node) its entry.
+Failure modes (each has a test in tests/integration/test_cycle.py or test_faults.py):
+    Session SUSPENDED or LOST mid-cycle: the guard trips, every ZooKeeper write checks the lock
+    znode and every SQL write confirms it (:mod:`allot.fenced_sql`): the cycle ends
+    ``aborted`` having written nothing more; a plan it left ``applying`` is settled by the next
+    holder. A frozen holder waking after a newer one wrote SQL is ``Superseded``.
+    Someone else wrote first (``assignment-version`` moved): the plan is ``failed``, the cycle
+    reads and plans again. Commit cut (outcome unknown): the plan stays ``applying`` and the
+    next recovery asks ``assignment-version``. Crash after the record: the next cycle fails
+    the plan; crash after ZooKeeper: the next cycle mirrors it and marks it applied.
+    SQL unavailable: the cycle decides and applies from ZooKeeper alone and says so in the
+    report (``sql``); a later cycle brings SQL to ZooKeeper and records the plan it missed.
+    Unplannable data in ZooKeeper (an id out of range, a bucket under two nodes, corrupt JSON,
+    a foreign member znode, ``assignment-version`` deleted or behind): repaired by this cycle's
+    write, reported (``repaired``, ``corrupt``, ``foreign``), never an error.
 """
 
 from __future__ import annotations
@@ -88,8 +86,10 @@ T = TypeVar("T")
 class CycleHooks:
     """Fault injection points for tests: called inside the cycle, may raise."""
 
+    after_lock: Callable[[LockGuard], None] | None = None
     after_plan_recorded: Callable[[str], None] | None = None
     after_zookeeper: Callable[[str], None] | None = None
+    before_catch_up: Callable[[], None] | None = None
 
 
 @dataclass
@@ -214,6 +214,8 @@ class AssignmentCycle:
             section.started, section.started_at = time.perf_counter(), self.clock().isoformat()
             section.guard, section.sql = guard, FencedSql(self.sessions, guard, self.clock)
             try:
+                if self.hooks.after_lock is not None:
+                    self.hooks.after_lock(guard)
                 section.recovered = section.sql.recover(self.store.read_version)
             except (CoordinationError, KazooException) as exc:
                 section.guard = None
@@ -277,6 +279,8 @@ class AssignmentCycle:
         if not needs_write:  # step 4: nothing moves
             guard.check()
             self.store.touch(seen.snapshot, list(seen.classes.live), guard=guard)
+            if self.hooks.before_catch_up is not None:
+                self.hooks.before_catch_up()
             sql.catch_up(seen)
             return CycleReport.from_round(CycleOutcome.UNCHANGED, trigger, seen, planned)
         plan_id = plans.new_plan_id()  # step 5

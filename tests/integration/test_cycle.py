@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 from kazoo.client import KazooClient
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from allot import plans
 from allot.cycle import AssignmentCycle, CycleHooks
@@ -53,9 +54,20 @@ class Cluster:
     clock: Clock
     nodes: dict[str, KazooClient] = field(default_factory=dict)
 
-    def cycle(self, hooks: CycleHooks | None = None) -> AssignmentCycle:
+    def cycle(
+        self,
+        hooks: CycleHooks | None = None,
+        *,
+        client: KazooClient | None = None,
+        sessions: sessionmaker[Session] | None = None,
+    ) -> AssignmentCycle:
+        """A cycle on this cluster (through another ZooKeeper client or database if given)."""
         return AssignmentCycle(
-            self.client, session_factory(self.engine), self.settings, clock=self.clock, hooks=hooks
+            client or self.client,
+            sessions or session_factory(self.engine),
+            self.settings,
+            clock=self.clock,
+            hooks=hooks,
         )
 
     def join(self, key: str, weight: float = 1.0) -> None:
