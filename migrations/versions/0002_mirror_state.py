@@ -30,9 +30,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_mirror_state")),
     )
     # the epoch SQL already mirrors, so it never goes backwards from here on
-    epoch = sa.select(sa.func.coalesce(sa.func.max(sa.column("epoch")), 0)).select_from(
-        sa.table("bucket", sa.column("epoch"))
-    )
+    bucket = sa.table("bucket", sa.column("epoch", sa.Integer()))
+    epoch = sa.select(sa.func.coalesce(sa.func.max(bucket.c.epoch), 0))
     op.execute(
         sa.insert(mirror_state).from_select(
             ["name", "holder_token", "epoch"],

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, inspect, select, update
 
 from allot import database
 from allot.errors import BucketCountMismatch, DatabaseNotReady
 from models import Base, Bucket
+from models.schema import MirrorState
 
 SCHEMA_TABLES = {"bucket", "mirror_state", "node", "plan", "plan_move", "table_identifier"}
 
@@ -74,3 +75,17 @@ def test_the_schema_revision_constant_is_alembics_head() -> None:
     assert ScriptDirectory.from_config(database.alembic_config()).get_heads() == [
         database.head_revision()
     ]
+
+
+def test_0002_starts_the_mirror_fence_at_the_epoch_sql_already_mirrors(engine: Engine) -> None:
+    # Given a database at 0001 whose buckets were mirrored up to epoch 7
+    database.upgrade(engine, bucket_count=8)
+    database.downgrade(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(update(Bucket).where(Bucket.bucket_id == 3).values(epoch=7))
+    # When it is upgraded to 0002
+    database.upgrade(engine, bucket_count=8)
+    # Then the fence starts at epoch 7 with no holder, so SQL's epoch never goes backwards
+    with engine.connect() as connection:
+        row = connection.execute(select(MirrorState.holder_token, MirrorState.epoch)).one()
+    assert tuple(row) == (0, 7)
