@@ -81,9 +81,7 @@ class Observation:
         still records present that are now gone without a trace (offline)."""
         live = self.members.live
         found = [
-            NodeObservation(
-                key, NodeState.LIVE, node.weight, node.info.host if node.info is not None else None
-            )
+            NodeObservation(key, NodeState.LIVE, node.weight, node.info.host)
             for key, node in live.items()
         ]
         found += [NodeObservation(key, NodeState.SUSPECT) for key in self.classes.suspect]

@@ -114,6 +114,7 @@ class CycleReport:
             next_deadline=classes.next_deadline,
             corrupt=dict(seen.snapshot.corrupt),
             repaired=dict(seen.repairs),
+            foreign=seen.members.ignored(),
             warnings=list(stats.warnings),
             reason=reason,
         )

@@ -42,7 +42,7 @@ def cluster_status(
                 "state": classes.state_of(key).value,
                 "weight": live.weight if live is not None else None,
                 "buckets": len(held.get(key, [])),
-                "host": live.info.host if live is not None and live.info is not None else None,
+                "host": live.info.host if live is not None else None,
                 "offline_in": round(classes.suspect[key], 1) if key in classes.suspect else None,
             }
         )

@@ -1,8 +1,11 @@
 """Reading membership: which nodes are live, with what info; and a watch on changes.
 
-A node is live while its ephemeral znode ``{root}/nodes/{nodeKey}`` exists. Reads never fail
-on bad data: a znode whose info is malformed is still a live node (its session is alive) and
-is reported with the reason; a child whose name is not a valid node key is reported apart.
+A node is live while its ephemeral znode ``{root}/nodes/{nodeKey}`` exists and holds allot's
+member info naming that key. Reads never fail on bad data: anything else under ``nodes/`` is
+not allot's (another program sharing the root, e.g. Amoro's own AMS members
+``node-0000000002`` with ``{"host","restBindPort","thriftBindPort"}``, or a hand edit) and is
+ignored, reported in :attr:`Members.foreign`; a child whose name is not a valid node key is
+reported in :attr:`Members.invalid`. A foreign znode never gets buckets.
 """
 
 from __future__ import annotations
@@ -27,33 +30,33 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LiveNode:
-    """A live node: its published info (None when malformed, see ``problem``), the session
-    holding its znode and when the znode was created (epoch ms)."""
+    """A live node: its published info, the session holding its znode and when the znode was
+    created (epoch ms)."""
 
     node_key: str
-    info: NodeInfo | None
+    info: NodeInfo
     session_id: int
     registered_at: int
-    problem: str | None = None
 
     @property
     def weight(self) -> float:
-        """The node's weight; 1.0 (the default) when its info is malformed."""
-        return 1.0 if self.info is None else self.info.weight
+        """The node's weight (capacity)."""
+        return self.info.weight
 
 
 @dataclass(frozen=True)
 class Members:
-    """A read of ``{root}/nodes``: ``live`` nodes (including those with malformed info) and
-    ``invalid`` child names that are not node keys (with the reason)."""
+    """A read of ``{root}/nodes``: ``live`` allot nodes; ``foreign`` children whose data is not
+    allot's member info (with the reason; ignored); ``invalid`` child names that are not node
+    keys (with the reason; ignored)."""
 
     live: Mapping[str, LiveNode]
     invalid: Mapping[str, str] = field(default_factory=dict)
+    foreign: Mapping[str, str] = field(default_factory=dict)
 
-    @property
-    def malformed(self) -> dict[str, str]:
-        """``{node_key: reason}`` of live nodes whose info cannot be decoded."""
-        return {k: n.problem for k, n in self.live.items() if n.problem is not None}
+    def ignored(self) -> dict[str, str]:
+        """Every child that is not a live allot node, with the reason (for reports)."""
+        return {**self.invalid, **self.foreign}
 
 
 def read_members(client: KazooClient, paths: ZkPaths) -> Members:
@@ -79,22 +82,23 @@ def _read_members(client: KazooClient, paths: ZkPaths) -> Members:
         except InvalidNodeKey as exc:
             invalid[child] = str(exc)
     live: dict[str, LiveNode] = {}
+    foreign: dict[str, str] = {}
     for key, found in zip(keys, get_many(client, [paths.node(k) for k in keys]), strict=True):
         if found is None:
             continue  # gone between listing and reading: not live
         data, stat = found
-        info: NodeInfo | None = None
-        problem = None
         try:
             info = decode_node_info(data)
-            if info.node_key != key:
-                problem, info = f"its info names node key {info.node_key!r}", None
         except ValueError as exc:
-            problem = str(exc)
-        if problem is not None:
-            log.warning("membership info of %s is malformed: %s", key, problem)
-        live[key] = LiveNode(key, info, stat.ephemeralOwner, stat.ctime, problem)
-    return Members(live, invalid)
+            foreign[key] = f"not an allot member ({exc})"
+            continue
+        if info.node_key != key:
+            foreign[key] = f"not an allot member (its info names node key {info.node_key!r})"
+            continue
+        live[key] = LiveNode(key, info, stat.ephemeralOwner, stat.ctime)
+    for key, reason in foreign.items():
+        log.warning("ignoring %s: %s", paths.node(key), reason)
+    return Members(live, invalid, foreign)
 
 
 class MembershipWatch:

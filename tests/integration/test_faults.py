@@ -234,3 +234,26 @@ def test_sql_refuses_a_mirror_that_would_take_its_epoch_backwards(cluster: Clust
     # Then the cycle re-publishes ZooKeeper's epoch at 9 instead of mirroring 1 over 9
     assert report.epoch == 9
     cluster.assert_consistent()
+
+
+def test_an_amoro_member_under_nodes_gets_no_bucket(cluster: Cluster) -> None:
+    # Given Amoro's own AMS registered under the same nodes/ beside two allot nodes
+    amoro = KazooClient(hosts=cluster.settings.zk_hosts, timeout=4.0)
+    amoro.start()
+    try:
+        member = b'{"host":"10.0.0.7","restBindPort":1630,"thriftBindPort":1260}'
+        amoro.ensure_path(paths(cluster).nodes)
+        amoro.create(f"{paths(cluster).nodes}/node-", member, ephemeral=True, sequence=True)
+        for key in ("a@h", "b@h"):
+            cluster.join(key)
+        # When a cycle runs
+        report = cluster.cycle().run("membership")
+    finally:
+        amoro.stop()
+        amoro.close()
+    # Then only allot's nodes get buckets, and the report names the foreign znode
+    assert report.live == ["a@h", "b@h"]
+    assert sizes(cluster.assert_consistent()) == {"a@h": 50, "b@h": 50}
+    [name] = report.foreign
+    assert name.startswith("node-")
+    assert "not an allot member" in report.foreign[name]

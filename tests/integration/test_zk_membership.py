@@ -85,19 +85,26 @@ def test_register_and_list_live_nodes(client: KazooClient, settings: Settings) -
     assert read_members(client, paths).live == {}
 
 
-def test_malformed_membership_is_reported_not_fatal(
+def test_foreign_membership_znodes_are_reported_and_ignored(
     client: KazooClient, settings: Settings
 ) -> None:
+    # Given an allot node, Amoro's own AMS member on the same root, a malformed and a lying
+    # znode, and a child whose name is not a node key
     paths = ZkPaths(settings.zk_root)
     NodeRegistration(client, paths, this_process("good@h")).register()
+    amoro = b'{"host":"10.0.0.7","restBindPort":1630,"thriftBindPort":1260}'
+    client.create(f"{paths.nodes}/node-0000000002", amoro, ephemeral=True)
     client.create(paths.node("bad@h"), b"{oops", ephemeral=True)
     client.create(paths.node("liar@h"), encode_node_info(this_process("other@h")), ephemeral=True)
     client.create(f"{paths.nodes}/not a key", b"", ephemeral=True)
+    # When membership is read
     members = read_members(client, paths)
-    assert set(members.live) == {"good@h", "bad@h", "liar@h"}  # their sessions are alive
-    assert set(members.malformed) == {"bad@h", "liar@h"}
-    assert members.live["bad@h"].weight == 1.0
+    # Then only the allot node is live; every other child is reported with its reason
+    assert set(members.live) == {"good@h"}
+    assert set(members.foreign) == {"node-0000000002", "bad@h", "liar@h"}
+    assert "not an allot member" in members.foreign["node-0000000002"]
     assert list(members.invalid) == ["not a key"]
+    assert set(members.ignored()) == {"node-0000000002", "bad@h", "liar@h", "not a key"}
 
 
 def test_a_killed_workers_node_is_taken_over_by_its_successor_at_once(
