@@ -100,6 +100,7 @@ class LockedSection:
     ``report`` the body sets."""
 
     trigger: str
+    worker: str = ""
     guard: LockGuard | None = None
     sql: FencedSql | None = None
     recovered: list[str] = field(default_factory=list)
@@ -120,6 +121,7 @@ class LockedSection:
             raise RuntimeError("the locked section's body set no report")
         if self.sql is not None:
             self.report.sql = self.sql.problem
+        self.report.worker = self.worker
         return self.report
 
 
@@ -203,7 +205,7 @@ class AssignmentCycle:
         mid-cycle) escaping the body becomes an ``aborted`` report; any other error
         propagates (after the release).
         """
-        section = LockedSection(trigger)
+        section = LockedSection(trigger, self.lock.identifier)
         guard = self.lock.acquire(lock_timeout)
         if guard is None:
             reason = "another cycle holds the lock"

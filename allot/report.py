@@ -44,7 +44,10 @@ class CycleReport:
 
     ``outcome`` is a :class:`CycleOutcome`. A report of a cycle that read the cluster is built
     by :meth:`from_round`; one that stopped before (``skipped``, ``aborted``) names only its
-    outcome, trigger and ``reason``.
+    outcome, trigger and ``reason``. ``repaired`` says what was dropped from stored lists a
+    foreign writer made unplannable, ``foreign`` which ``nodes/`` children were ignored, ``sql``
+    why SQL fell behind (None while it keeps up), ``worker`` which process ran the cycle
+    (``host:pid``, its lock identifier).
     """
 
     outcome: CycleOutcome
@@ -69,6 +72,7 @@ class CycleReport:
     foreign: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     sql: str | None = None
+    worker: str = ""
     reason: str | None = None
     rounds: int = 1
     started_at: str | None = None

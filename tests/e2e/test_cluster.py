@@ -8,17 +8,21 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import select
 
+from allot.zk.records import read_last_cycle
 from models import Plan
 from tests.cli import allot
 from tests.e2e.cluster import LocalCluster, no_double_owner
+from tests.e2e.conftest import SESSION_TIMEOUT
 
 START = 60.0  # seconds allowed for workers to start and a cycle to settle
+GRACE = 8.0  # long enough for a killed worker's cold restart, short enough for a quick failover
 
 
 def sizes(assignment: dict[str, list[int]]) -> list[int]:
@@ -54,7 +58,7 @@ def watching_for_double_owners(cluster: LocalCluster) -> Iterator[list[dict[str,
 
 
 def test_join_death_and_restart_move_exactly_the_minimum(cluster: LocalCluster) -> None:
-    cluster.env["ALLOT_NODE_OFFLINE_TIMEOUT"] = "5"
+    cluster.env["ALLOT_NODE_OFFLINE_TIMEOUT"] = str(GRACE)
     n1, n2, n3, n4 = (cluster.key(f"node{i}") for i in range(1, 5))
     with watching_for_double_owners(cluster) as double_owners:
         # Given three workers and beat: the first assignment is 34/33/33, in ZooKeeper and SQL
@@ -95,14 +99,20 @@ def test_join_death_and_restart_move_exactly_the_minimum(cluster: LocalCluster) 
         assert moved(joined, after_death) == set(joined[n4])
         assert cluster.epoch() == killed_at + 1
 
-        # When node3 is killed and restarted within the grace period, nothing moves
+        # When node3 is killed and restarted within the grace period, nothing moves: a cycle
+        # that started after it registered again finds it live and changes nothing
         epoch = cluster.epoch()
+        killed = time.monotonic()
         cluster.processes["node3"].kill()
         cluster.worker("node3")
         cluster.wait_for(lambda: n3 in cluster.client.get_children(cluster.store.paths.nodes),
                          "node3 to register again", 30)  # fmt: skip
-        deadline = dt.datetime.now() + dt.timedelta(seconds=8)  # past session + grace
-        cluster.wait_for(lambda: dt.datetime.now() > deadline, "the grace period to pass", 10)
+        back = dt.datetime.now(dt.UTC)
+        assert time.monotonic() - killed < SESSION_TIMEOUT + GRACE, "restarted too late"
+        report = cluster.wait_for(
+            lambda: cycle_after(cluster, back, n3), "a cycle that sees node3 back", 30
+        )
+        assert report["outcome"] == "unchanged"
         assert cluster.zk() == after_death
         assert cluster.sql() == after_death
         assert cluster.epoch() == epoch
@@ -111,15 +121,28 @@ def test_join_death_and_restart_move_exactly_the_minimum(cluster: LocalCluster) 
     assert first_epoch >= 1
 
 
+def cycle_after(cluster: LocalCluster, moment: dt.datetime, live: str) -> dict[str, object] | None:
+    """The last published cycle report, once it is of a cycle that started after ``moment``
+    and found ``live`` live."""
+    report = read_last_cycle(cluster.client, cluster.store.paths)
+    if report is None or not report.get("started_at") or live not in report.get("live", []):
+        return None
+    started = dt.datetime.fromisoformat(str(report["started_at"]))
+    return report if started > moment else None
+
+
 def test_manual_rebalances_serialize_and_a_stale_dry_run_is_refused(
     cluster: LocalCluster,
 ) -> None:
     n1, n2 = cluster.key("node1"), cluster.key("node2")
-    cluster.worker("node1")
-    cluster.worker("node2")
+    # every cycle holds the lock 1.5 s, so a second rebalance sent meanwhile goes to the other
+    # (idle) worker and must wait for the lock there
+    for name in ("node1", "node2"):
+        cluster.worker(name, app="tests.e2e.pausing_app", ALLOT_E2E_HOLD_LOCK="1.5")
     cluster.wait_for(lambda: cluster.settled({n1: 50, n2: 50}), "50/50", START)
 
-    # Two `allot rebalance` at once: both run (neither is skipped), one after the other
+    # Two `allot rebalance` at once: both run (neither is skipped), on two workers, one after
+    # the other
     command = [sys.executable, "-m", "allot", "rebalance", "--format", "json", "--timeout", "60"]
     calls = [
         subprocess.Popen(command, env=cluster.env, stdout=subprocess.PIPE, text=True)
@@ -128,6 +151,7 @@ def test_manual_rebalances_serialize_and_a_stale_dry_run_is_refused(
     reports = [json.loads(call.communicate(timeout=90)[0]) for call in calls]
     assert [r["outcome"] for r in reports] == ["unchanged", "unchanged"]
     first, second = sorted(reports, key=lambda r: r["started_at"])
+    assert first["worker"] != second["worker"]
     assert first["finished_at"] <= second["started_at"]
 
     # A dry run, then a membership change: applying the plan is refused as stale
@@ -163,3 +187,33 @@ def test_a_crash_between_zookeeper_and_sql_converges(cluster: LocalCluster, tmp_
     with cluster.engine.connect() as connection:
         rows = connection.execute(select(Plan.plan_id, Plan.status, Plan.epoch)).all()
     assert [tuple(row) for row in rows] == [(crashed_plan, "applied", 1)]
+
+
+def test_two_beats_at_once_are_harmless(cluster: LocalCluster, tmp_path: Path) -> None:
+    # Given two workers and TWO beat processes (a deployment mistake)
+    n1, n2 = cluster.key("node1"), cluster.key("node2")
+    for name in ("node1", "node2"):
+        cluster.worker(name)
+    cluster.beat()
+    second = cluster.group.celery(
+        "beat2", ["beat", "--schedule", str(tmp_path / "second-schedule"), "-l", "INFO"],
+        cluster.env,
+    )  # fmt: skip
+    settled = cluster.wait_for(lambda: cluster.settled({n1: 50, n2: 50}), "50/50", START)
+    epoch = cluster.epoch()
+    # When both send their ticks for four intervals
+    with watching_for_double_owners(cluster) as double_owners:
+        received = cluster.count_in_logs("allot.assign")
+        cluster.wait_for(
+            lambda: cluster.count_in_logs("Sending due task") >= 8, "eight beat ticks", 60
+        )
+        cluster.wait_for(
+            lambda: cluster.count_in_logs("allot.assign") >= received + 8, "their cycles", 60
+        )
+    # Then every tick ran or was skipped, nothing moved, and no bucket ever had two owners
+    assert second.returncode is None
+    assert cluster.zk() == settled
+    assert cluster.sql() == settled
+    assert cluster.epoch() == epoch
+    assert double_owners == []
+    assert cluster.count_in_logs("Traceback") == 0

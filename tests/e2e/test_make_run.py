@@ -108,8 +108,14 @@ def test_make_run_brings_up_the_cluster_and_ctrl_c_stops_everything(
 
             # And Flower shows the runs, to the right credentials only
             assert http("GET", f"{base}/api/tasks")[0] == 401
-            runs = flower_tasks(base, credentials, taskname="allot.assign")
-            assert any(task["state"] == "SUCCESS" for task in runs.values())
+            processes.wait_for(
+                lambda: any(
+                    task["state"] == "SUCCESS"
+                    for task in flower_tasks(base, credentials, taskname="allot.assign").values()
+                ),
+                "Flower to show a successful allot.assign",
+                timeout=60,
+            )
 
             # And a rebalance can be triggered through Flower's API, as the README shows
             sent = http_json(
