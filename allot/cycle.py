@@ -248,6 +248,7 @@ class AssignmentCycle:
                 report = CycleReport(CycleOutcome.ABORTED, trigger, reason=str(exc))
                 continue
             departed += [key for key in report.departed if key not in departed]
+            report.membership = membership
             if dry_run or not self._due_again(membership, began, report):
                 break
         report.recovered, report.rounds, report.departed = section.recovered, round_number, departed

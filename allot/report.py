@@ -47,7 +47,8 @@ class CycleReport:
     outcome, trigger and ``reason``. ``repaired`` says what was dropped from stored lists a
     foreign writer made unplannable, ``foreign`` which ``nodes/`` children were ignored, ``sql``
     why SQL fell behind (None while it keeps up), ``worker`` which process ran the cycle
-    (``host:pid``, its lock identifier).
+    (``host:pid``, its lock identifier), ``membership`` the version of ``{root}/nodes`` its
+    last round read (or later).
     """
 
     outcome: CycleOutcome
@@ -73,6 +74,7 @@ class CycleReport:
     warnings: list[str] = field(default_factory=list)
     sql: str | None = None
     worker: str = ""
+    membership: int = -1
     reason: str | None = None
     rounds: int = 1
     started_at: str | None = None

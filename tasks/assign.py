@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from allot.cycle import AssignmentCycle
 from allot.report import CycleOutcome, CycleReport
+from allot.zk.records import read_last_cycle
 from tasks.app import app
 from tasks.runtime import get_runtime
 
@@ -35,28 +37,44 @@ def _follow_up(report: CycleReport) -> None:
 
 
 @app.task(name="allot.assign", acks_late=True)
-def assign(trigger: str = "beat", attempt: int = 1) -> dict[str, Any]:
+def assign(
+    trigger: str = "beat", attempt: int = 1, membership: int | None = None
+) -> dict[str, Any]:
     """Run one assignment cycle; a held lock means ``skipped``.
 
     A membership or grace-period cycle that does not get its work done (skipped: the cycle
     holding the lock may have read the cluster before the event; aborted; or failed with an
     error) tries again a second later, up to :data:`EVENT_ATTEMPTS` times: an event must not
-    wait for the next beat tick.
+    wait for the next beat tick. A membership cycle (``membership``: the version of
+    ``{root}/nodes`` it was sent for) stops retrying as soon as a finished cycle saw that
+    version, so a burst of joins costs a handful of cycles, not one per join.
     """
+    runtime = get_runtime()
+    if attempt > 1 and membership is not None and _seen(runtime.cycle, membership):
+        reason = f"a finished cycle already saw membership version {membership}"
+        return CycleReport(CycleOutcome.SKIPPED, trigger, reason=reason).to_json()
     try:
-        report = get_runtime().cycle.run(trigger)
+        report = runtime.cycle.run(trigger)
     except Exception:
-        _retry_event(trigger, attempt, "failed")
+        _retry_event(trigger, attempt, "failed", membership)
         raise
     if report.outcome in (CycleOutcome.SKIPPED, CycleOutcome.ABORTED):
-        _retry_event(trigger, attempt, str(report.outcome))
+        _retry_event(trigger, attempt, str(report.outcome), membership)
     _follow_up(report)
     return report.to_json()
 
 
-def _retry_event(trigger: str, attempt: int, outcome: str) -> None:
+def _seen(cycle: AssignmentCycle, membership: int) -> bool:
+    """True when the last published cycle read membership version ``membership`` or later."""
+    published = read_last_cycle(cycle.client, cycle.paths) or {}
+    seen = published.get("membership")
+    return isinstance(seen, int) and seen >= membership
+
+
+def _retry_event(trigger: str, attempt: int, outcome: str, membership: int | None) -> None:
     if trigger in EVENT_TRIGGERS and attempt < EVENT_ATTEMPTS:
-        assign.apply_async(kwargs={"trigger": trigger, "attempt": attempt + 1}, countdown=1)
+        kwargs = {"trigger": trigger, "attempt": attempt + 1, "membership": membership}
+        assign.apply_async(kwargs=kwargs, countdown=1)
         log.info("%s cycle %s (attempt %d): trying again in 1 s", trigger, outcome, attempt)
 
 

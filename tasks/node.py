@@ -83,7 +83,8 @@ class WorkerNode:
         try:
             stat = client.exists(self.paths.nodes)
             if stat is not None and claim(client, self.paths.membership_trigger, stat.cversion):
-                app.send_task("allot.assign", kwargs={"trigger": "membership"})
+                kwargs = {"trigger": "membership", "membership": stat.cversion}
+                app.send_task("allot.assign", kwargs=kwargs)
                 log.info("membership changed (version %d): cycle requested", stat.cversion)
         except Exception:
             log.exception("could not request a cycle after a membership change")
