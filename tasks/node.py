@@ -5,9 +5,10 @@ In the worker's main process (``worker_ready`` / ``worker_shutdown``):
 - register ``{root}/nodes/{key}`` (key: ``ALLOT_NODE_KEY`` or the Celery hostname, e.g.
   ``node1@host``; weight ``ALLOT_NODE_WEIGHT``), taking over the znode of a crashed predecessor
   with the same key (:mod:`allot.zk.membership`);
-- watch membership and, for each change, send one ``allot.assign`` task per change across all
-  workers (:mod:`allot.zk.triggers` deduplicates), so a join or a death is handled within a
-  second instead of at the next beat tick;
+- queue for the trigger duty: the one worker holding it watches membership and sends one
+  ``allot.assign`` per change (:mod:`allot.zk.triggers`), so a join or a death is handled
+  within a second instead of at the next beat tick, and 1,000 workers cost one watch, not
+  1,000;
 - on a clean stop, remove the membership znode and the node's assignment entry, so its buckets
   move at once (a crash is detected through the session instead, and gets the grace period).
 
@@ -26,18 +27,17 @@ from kazoo.client import KazooClient
 
 from allot.settings import Settings, get_settings
 from allot.zk.client import connect
-from allot.zk.members import MembershipWatch
 from allot.zk.membership import NodeRegistration, this_process
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
-from allot.zk.triggers import claim
+from allot.zk.triggers import TriggerDuty
 from tasks.app import app
 
 log = logging.getLogger(__name__)
 
 
 class WorkerNode:
-    """This worker's membership, its membership watch and its clean departure."""
+    """This worker's membership, its place in the trigger duty and its clean departure."""
 
     def __init__(self, settings: Settings, hostname: str) -> None:
         self.settings = settings
@@ -45,11 +45,11 @@ class WorkerNode:
         self.paths = ZkPaths(settings.zk_root)
         self.client: KazooClient | None = None
         self.registration: NodeRegistration | None = None
-        self.watch: MembershipWatch | None = None
+        self.duty: TriggerDuty | None = None
 
     def start(self) -> None:
         """Connect, register (waiting up to one session timeout for a stale znode of another
-        host to expire) and start watching membership.
+        host to expire) and queue for the trigger duty.
 
         Raises:
             NodeKeyTaken: another live process holds this node key.
@@ -70,34 +70,24 @@ class WorkerNode:
             self.client = None
             raise
         log.info("registered as node %s (weight %g)", self.key, self.settings.node_weight)
-        self.watch = MembershipWatch(self.client, self.paths, self._on_members)
+        self.duty = TriggerDuty(self.client, self.paths, self.key, self._request_cycle)
 
-    def _on_members(self, _members: frozenset[str]) -> None:
-        # Runs on kazoo's event thread: hand the ZooKeeper calls and the send to a thread.
-        threading.Thread(target=self._trigger, name="allot-trigger", daemon=True).start()
-
-    def _trigger(self) -> None:
-        client = self.client
-        if client is None:
-            return
-        try:
-            stat = client.exists(self.paths.nodes)
-            if stat is not None and claim(client, self.paths.membership_trigger, stat.cversion):
-                kwargs = {"trigger": "membership", "membership": stat.cversion}
-                app.send_task("allot.assign", kwargs=kwargs)
-                log.info("membership changed (version %d): cycle requested", stat.cversion)
-        except Exception:
-            log.exception("could not request a cycle after a membership change")
+    def _request_cycle(self, membership: int) -> None:
+        """Send one ``allot.assign`` for membership version ``membership`` (the trigger duty
+        claimed it: no other worker sends one for it)."""
+        kwargs = {"trigger": "membership", "membership": membership}
+        app.send_task("allot.assign", kwargs=kwargs)
+        log.info("membership changed (version %d): cycle requested", membership)
 
     def stop(self, timeout: float = 3.0) -> None:
-        """Leave at once: stop watching, drop the membership znode and the assignment entry.
+        """Leave at once: quit the trigger duty, drop the membership znode and the assignment.
 
         Gives ZooKeeper ``timeout`` seconds; if it does not answer (it may be down while the
         worker shuts down), the node leaves when its session expires instead, and the stop
         still finishes.
         """
-        if self.watch is not None:
-            self.watch.stop()
+        if self.duty is not None:
+            self.duty.stop()
         client, registration = self.client, self.registration
         self.client = None
         if client is None:

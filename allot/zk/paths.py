@@ -81,6 +81,11 @@ class ZkPaths:
         return self._under("locks", "assign")
 
     @property
+    def trigger_lock(self) -> str:
+        """The kazoo ``Lock`` path of the trigger duty (the one worker watching membership)."""
+        return self._under("locks", "trigger")
+
+    @property
     def assignment_version(self) -> str:
         """The znode holding the epoch and plan id of the last applied plan."""
         return self._under("assignment-version")

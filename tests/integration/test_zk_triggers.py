@@ -9,7 +9,9 @@ import pytest
 from kazoo.client import KazooClient
 
 from allot.devservers import ServerProcess
-from allot.zk.triggers import claim
+from allot.zk.paths import ZkPaths
+from allot.zk.testing import expire_session, wait_until
+from allot.zk.triggers import TriggerDuty, claim
 
 
 @pytest.fixture
@@ -58,3 +60,39 @@ def test_an_old_or_repeated_token_is_never_claimed_again(
     clients[0].set(path, b"garbage")
     assert claim(clients[2], path, 1)  # malformed data counts as 0 and is rewritten
     assert clients[0].get(path)[0] == b"1"
+
+
+def test_one_worker_at_a_time_holds_the_trigger_duty_and_a_successor_takes_over(
+    clients: list[KazooClient], zk_root: str, zookeeper: ServerProcess
+) -> None:
+    # Given eight workers queueing for the trigger duty
+    paths = ZkPaths(zk_root)
+    claimed: list[tuple[int, int]] = []
+    duties = [
+        TriggerDuty(client, paths, f"w{i}", lambda version, i=i: claimed.append((i, version)))
+        for i, client in enumerate(clients)
+    ]
+    try:
+        assert wait_until(lambda: sum(d.holding.is_set() for d in duties) == 1)
+        [holder] = [i for i, d in enumerate(duties) if d.holding.is_set()]
+        # When a member joins, exactly one cycle is requested, by the holder
+        before = len(claimed)
+        clients[0].create(paths.node("a@h"), b"{}", ephemeral=True, makepath=True)
+        version = clients[0].exists(paths.nodes).cversion
+        assert wait_until(lambda: (holder, version) in claimed)
+        # When the holder's session ends
+        expire_session(clients[holder], zookeeper.address)
+        # Then another worker takes the duty and acts on the next change
+        assert wait_until(
+            lambda: any(d.holding.is_set() for i, d in enumerate(duties) if i != holder)
+        )
+        clients[1 if holder != 1 else 2].create(paths.node("b@h"), b"{}", ephemeral=True)
+        later = clients[2].exists(paths.nodes).cversion
+        assert wait_until(lambda: any(v >= later for _, v in claimed))
+        # And no version was ever claimed twice
+        versions = [v for _, v in claimed]
+        assert len(versions) == len(set(versions))
+        assert before <= len(claimed)
+    finally:
+        for duty in duties:
+            duty.stop()
