@@ -109,17 +109,15 @@ class FencedSql:
         status: PlanStatus,
         max_moves: int | None,
     ) -> bool:
-        """Record ``planned`` in ``status`` (with the node states when it is about to be
-        applied); False when SQL is unavailable (an ``applying`` plan goes on unrecorded and is
-        recorded with its mirror)."""
+        """Record ``planned`` in ``status``; False when SQL is unavailable (an ``applying``
+        plan goes on unrecorded and is recorded with its mirror). The node states are recorded
+        with the mirror (:meth:`finish`), off the failover's path."""
 
         def record(session: Session) -> bool:
             plans.record_plan(
                 session, planned, plan_id=plan_id, trigger=trigger, status=status,
                 base_epoch=seen.snapshot.version.epoch, max_moves=max_moves,
             )  # fmt: skip
-            if status is PlanStatus.APPLYING:
-                mirror.record_nodes(session, seen.node_observations(), self.clock())
             return True
 
         return bool(self.write(record))

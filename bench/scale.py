@@ -1,0 +1,203 @@
+"""Scale benchmark: 1,000 members joining within a second, 16,384 buckets.
+
+Run: ``.venv/bin/python bench/scale.py`` (``--help`` for options; ``--record`` writes
+bench/RESULTS.md). It starts its own ZooKeeper and Redis (allot.devservers), a SQLite database
+with 16,384 buckets and two real ``celery worker`` processes (which run the cycles and are two
+of the members), then starts the other members as lightweight processes
+(:mod:`bench.members`, 100 real ZooKeeper sessions each, each queueing for the trigger duty like
+a worker node does). It measures:
+
+- how many cycles the burst of joins costs (cycles that planned, not skipped retries);
+- the convergence time: from the last join until ZooKeeper shows every member holding its
+  share (polled every 50 ms);
+- a steady-state cycle's time at that size, run in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from allot.cycle import AssignmentCycle
+from allot.database import upgrade
+from allot.devservers import start_redis, start_zookeeper
+from allot.settings import Settings
+from allot.zk.client import connect
+from bench.results import record_section
+from models.engine import make_engine, session_factory
+from tests.e2e.cluster import LocalCluster
+
+BUCKETS = 16_384
+HERE = Path(__file__).resolve().parent
+
+
+def balanced(held: dict[str, list[int]], members: int) -> bool:
+    """Every one of ``members`` nodes holds the floor or the ceiling of an equal share."""
+    low = BUCKETS // members
+    counts = [len(buckets) for buckets in held.values() if buckets]
+    return len(counts) == members and all(low <= c <= low + 1 for c in counts)
+
+
+def cycles_logged(cluster: LocalCluster) -> int:
+    """Cycles that read the cluster and planned (each logs its headline once; skips do not)."""
+    return sum(
+        cluster.count_in_logs(f"cycle {outcome} (") for outcome in ("applied", "unchanged")
+    ) + cluster.count_in_logs("cycle aborted")
+
+
+def tasks_received(cluster: LocalCluster) -> int:
+    """``allot.assign`` messages the workers received (skipped retries included)."""
+    return sum(
+        "allot.assign[" in line and " received" in line
+        for process in cluster.group.started
+        for line in process.output().splitlines()
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, default=1000, help="members besides the workers")
+    parser.add_argument("--per-process", type=int, default=100)
+    parser.add_argument("--cycles", type=int, default=10, help="steady-state cycles to time")
+    parser.add_argument(
+        "--no-duty", action="store_true",
+        help="members only register (no trigger duty): the cost of the joins alone",
+    )  # fmt: skip
+    parser.add_argument("--record", action="store_true", help="write bench/RESULTS.md")
+    args = parser.parse_args()
+    console = Console(width=120, record=True, file=io.StringIO() if args.record else None)
+    workdir = Path(tempfile.mkdtemp(prefix="allot-scale-"))
+    zookeeper = start_zookeeper(workdir / "zookeeper")
+    redis = start_redis(workdir / "redis")
+    database_url = f"sqlite:///{workdir / 'allot.db'}"
+    engine = make_engine(database_url)
+    upgrade(engine, BUCKETS)
+    root = "/bench/allot"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLOT_")} | {
+        "ALLOT_ZK_HOSTS": zookeeper.address,
+        "ALLOT_ZK_ROOT": root,
+        "ALLOT_ZK_SESSION_TIMEOUT": "10",
+        "ALLOT_BROKER_URL": f"redis://{redis.address}/0",
+        "ALLOT_DATABASE_URL": database_url,
+        "ALLOT_BUCKET_COUNT": str(BUCKETS),
+        "ALLOT_ASSIGN_INTERVAL": "30",
+        "PYTHONUNBUFFERED": "1",
+    }
+    settings = Settings(
+        zk_hosts=zookeeper.address, zk_root=root, database_url=database_url, bucket_count=BUCKETS
+    )
+    client = connect(settings)
+    cluster = LocalCluster(workdir, env, client, engine, root)
+    members: list[subprocess.Popen[str]] = []
+    total = args.members + 2
+    try:
+        for name in ("node1", "node2"):
+            cluster.worker(name)
+        cluster.wait_for(lambda: balanced(cluster.zk(), 2), "two workers sharing the buckets", 90)
+        before = cycles_logged(cluster)
+        received = tasks_received(cluster)
+        for index in range(0, args.members, args.per_process):
+            count = min(args.per_process, args.members - index)
+            members.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(HERE / "members.py"),
+                        "--count",
+                        str(count),
+                        "--prefix",
+                        f"m{index // args.per_process}",
+                    ],
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for process in members:  # every session open, nobody registered yet
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+        started = time.time()
+        for process in members:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        joined = []
+        for process in members:
+            assert process.stdout is not None
+            joined.append(float(process.stdout.readline().split()[1]))
+        last_join = max(joined)
+        while not balanced(cluster.zk(), total):
+            if time.time() - last_join > 300:
+                raise AssertionError(f"no convergence within 300 s\n{cluster.logs()}")
+            time.sleep(0.05)
+        converged = time.time() - last_join
+        time.sleep(3)  # let retries that were already queued run, so they are counted
+        cycles = cycles_logged(cluster) - before
+        tasks = tasks_received(cluster) - received
+        cycle = AssignmentCycle(client, session_factory(engine), settings)
+        durations = []
+        for _ in range(args.cycles):
+            began = time.perf_counter()
+            report = cycle.run("bench", lock_timeout=30)
+            durations.append((time.perf_counter() - began) * 1000)
+            assert report.outcome == "unchanged", report.headline()
+    finally:
+        for process in members:
+            if process.stdin is not None:
+                process.stdin.close()
+        for process in members:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        cluster.stop_all()
+        client.stop()
+        client.close()
+        engine.dispose()
+        redis.stop()
+        zookeeper.stop()
+    table = Table(title=f"allot at scale: {total} members, {BUCKETS:,} buckets, SQLite")
+    for column in ("measure", "value", "target", "met"):
+        table.add_column(column, justify="right")
+    joining = last_join - started
+    table.add_row("members joining (s, from 'go' to the last join)", f"{joining:.2f}", "<= 1",
+                  "yes" if joining <= 1 else "NO")  # fmt: skip
+    table.add_row("cycles run for the burst", str(cycles), "a handful (<= 5)",
+                  "yes" if cycles <= 5 else "NO")  # fmt: skip
+    table.add_row("allot.assign tasks received (skips included)", str(tasks), "", "")
+    table.add_row("convergence after the last join (s)", f"{converged:.2f}", "<= 2",
+                  "yes" if converged <= 2 else "NO")  # fmt: skip
+    table.add_row(f"steady-state cycle, median of {len(durations)} (ms)",
+                  f"{statistics.median(durations):.0f}", "", "")  # fmt: skip
+    console.print(table)
+    if args.record:
+        record_section(
+            HERE / "RESULTS.md",
+            "Scale: 1,000 members, 16,384 buckets",
+            "python bench/scale.py --record",
+            [
+                "Members are real ZooKeeper sessions, 100 per process, each queueing for the "
+                "trigger duty as a worker node does; two real Celery workers run the cycles.",
+                "Cycles counted from the workers' logs (each cycle that planned logs one "
+                "headline; skipped retries log none).",
+            ],
+            console.export_text(),
+        )
+        print(console.export_text())
+
+
+if __name__ == "__main__":
+    main()
