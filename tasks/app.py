@@ -8,8 +8,11 @@ and the beat schedule runs ``allot.assign`` every ``ALLOT_ASSIGN_INTERVAL`` seco
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
 
+from allot.errors import ConfigurationError
 from allot.settings import Settings, get_settings
 
 TASK_MODULES = ["tasks.assign", "tasks.node"]
@@ -53,4 +56,15 @@ def create_app(settings: Settings | None = None) -> Celery:
     return celery_app
 
 
-app = create_app()
+def _app_or_exit() -> Celery:
+    """:func:`create_app`, or one line on stderr and exit status 2 for a bad setting: a worker,
+    beat or Flower started with, say, ``ALLOT_NODE_WEIGHT=abc`` says which setting is wrong
+    instead of printing a traceback."""
+    try:
+        return create_app()
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
+app = _app_or_exit()

@@ -22,15 +22,19 @@ import logging
 import threading
 from typing import Any
 
+from celery.exceptions import WorkerShutdown
 from celery.signals import worker_ready, worker_shutdown
 from kazoo.client import KazooClient
 
+from allot.database import check_schema, database_errors
+from allot.errors import BucketCountMismatch, DatabaseNotReady, DatabaseUnavailable
 from allot.settings import Settings, get_settings
 from allot.zk.client import connect
 from allot.zk.membership import NodeRegistration, this_process
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from allot.zk.triggers import TriggerDuty
+from models.engine import make_engine
 from tasks.app import app
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class WorkerNode:
             NodeKeyTaken: another live process holds this node key.
             ZooKeeperUnavailable: ZooKeeper cannot be reached.
         """
+        self.check_database()
         self.client = connect(self.settings)
         self.registration = NodeRegistration(
             self.client,
@@ -71,6 +76,25 @@ class WorkerNode:
             raise
         log.info("registered as node %s (weight %g)", self.key, self.settings.node_weight)
         self.duty = TriggerDuty(self.client, self.paths, self.key, self._request_cycle)
+
+    def check_database(self) -> None:
+        """Refuse to become a node of a database this worker does not fit: another bucket count
+        or no schema. An unreachable database is no reason to refuse (ZooKeeper alone decides;
+        cycles run without SQL): it is logged and the node registers.
+
+        Raises:
+            BucketCountMismatch: ``ALLOT_BUCKET_COUNT`` differs from the database's.
+            DatabaseNotReady: the database has no allot schema (or an older one).
+        """
+        url = self.settings.database_url
+        engine = make_engine(url)
+        try:
+            with database_errors(url), engine.connect() as connection:
+                check_schema(connection, self.settings.bucket_count)
+        except DatabaseUnavailable as exc:
+            log.warning("%s; registering anyway (the SQL mirror catches up later)", exc)
+        finally:
+            engine.dispose()
 
     def _request_cycle(self, membership: int) -> None:
         """Send one ``allot.assign`` for membership version ``membership`` (the trigger duty
@@ -125,6 +149,10 @@ def _register(sender: Any = None, **_: Any) -> None:
         node = WorkerNode(get_settings(), hostname)
         node.start()
         _node = node
+    except (BucketCountMismatch, DatabaseNotReady) as exc:
+        # a worker that does not fit the database must not run cycles either: stop it
+        log.error("worker %s stops: %s", hostname, exc)
+        raise WorkerShutdown(exc.exit_code) from None
     except Exception:
         log.exception("worker %s could not register as an allot node", hostname)
 
