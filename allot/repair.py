@@ -56,7 +56,7 @@ def repair_holdings(
         out_of_range = sorted({b for b in held[key] if not 1 <= b <= bucket_count})
         if out_of_range:
             dropped.setdefault(key, []).append(
-                f"bucket id(s) {_ids(out_of_range)} out of range 1..{bucket_count}"
+                f"bucket id(s) {format_ids(out_of_range)} out of range 1..{bucket_count}"
             )
         for bucket in sorted({b for b in held[key] if 1 <= b <= bucket_count}):
             listers.setdefault(bucket, []).append(key)
@@ -69,10 +69,13 @@ def repair_holdings(
             if key != winner:
                 lost.setdefault((key, winner), []).append(bucket)
     for (key, winner), buckets in sorted(lost.items()):
-        dropped.setdefault(key, []).append(f"bucket(s) {_ids(buckets)} also listed by {winner}")
+        dropped.setdefault(key, []).append(
+            f"bucket(s) {format_ids(buckets)} also listed by {winner}"
+        )
     return Repair(kept, {key: "; ".join(reasons) for key, reasons in sorted(dropped.items())})
 
 
-def _ids(buckets: Sequence[int]) -> str:
+def format_ids(buckets: Sequence[int]) -> str:
+    """Bucket ids for a message: the first ten, then how many more."""
     shown = ", ".join(str(b) for b in buckets[:10])
     return shown if len(buckets) <= 10 else f"{shown} and {len(buckets) - 10} more"

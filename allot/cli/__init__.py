@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from allot.cli import cluster, db, plan, plans, tables
+from allot.cli import cluster, db, plan, plans, tables, verify
 from allot.cli._common import err_console
 from allot.errors import AllotError
 
@@ -31,6 +31,7 @@ app.add_typer(plans.app, name="plans")
 app.command("status")(cluster.status)
 app.command("nodes")(cluster.nodes)
 app.command("rebalance")(cluster.rebalance)
+app.command("verify")(verify.verify)
 
 
 def main() -> None:
