@@ -13,9 +13,16 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from allot.zk.paths import ZkPaths
+from tests.cli import allot
 from tests.e2e.cluster import LocalCluster
 from tests.e2e.proxy import Proxy
 from tests.e2e.test_cluster import START, sizes, watching_for_double_owners
+
+
+def assert_verified(cluster: LocalCluster) -> None:
+    """``allot verify`` finds every invariant holding."""
+    result = allot("verify", env=cluster.env)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_cycle_frozen_past_its_session_writes_nothing_when_it_wakes(
@@ -55,6 +62,7 @@ def test_a_cycle_frozen_past_its_session_writes_nothing_when_it_wakes(
     assert cluster.sql() == after
     assert cluster.count_in_logs("Traceback") == 0
     assert double_owners == []
+    assert_verified(cluster)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -86,6 +94,7 @@ def test_an_sql_outage_does_not_hold_back_a_failover(
             lambda: cluster.settled([50, 50], {n1, n2}), "SQL to catch up", 60
         )
         assert caught_up == failed_over
+        assert_verified(cluster)
     finally:
         proxy.cut()
 
@@ -112,3 +121,4 @@ def test_foreign_data_in_zookeeper_never_stops_a_failover(cluster: LocalCluster)
     owned = sorted(bucket for buckets in after.values() for bucket in buckets)
     assert owned == list(range(1, 101))
     assert taken in after[n2]
+    assert_verified(cluster)
