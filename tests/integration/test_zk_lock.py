@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.retry import KazooRetry
 
 from allot.devservers import ServerProcess, start_zookeeper
 from allot.errors import LockLost, ZooKeeperUnavailable
@@ -96,7 +97,10 @@ def test_a_suspension_trips_the_guard_even_when_the_session_survives(tmp_path: P
     # Given a lock held through a server of this test's own
     server = start_zookeeper(tmp_path / "zk")
     states: list[str] = []
-    client = KazooClient(hosts=server.address, timeout=20)
+    # keep reconnecting while the server is down (kazoo's default policy may give up)
+    client = KazooClient(
+        hosts=server.address, timeout=20, connection_retry=KazooRetry(max_tries=-1, max_delay=1.0)
+    )
 
     def listen(state: str) -> bool:
         states.append(str(state))
