@@ -31,10 +31,10 @@ from allot.database import upgrade
 from allot.devservers.ensemble import start_ensemble
 from allot.settings import Settings
 from allot.zk.client import connect
-from allot.zk.codec import NodeInfo
+from allot.zk.codec import MemberInfo
 from allot.zk.members import read_members
-from allot.zk.membership import NodeRegistration
 from allot.zk.paths import ZkPaths
+from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
 from bench.results import record_section
 from models.engine import make_engine, session_factory
@@ -61,7 +61,9 @@ def main() -> None:
     paths = ZkPaths(settings.zk_root)
     members = [connect(settings) for _ in range(MEMBERS)]
     for index, client in enumerate(members):
-        NodeRegistration(client, paths, NodeInfo(f"m{index}@bench", "bench", 1, 1.0, 0)).register()
+        NodeRegistration(
+            client, paths, MemberInfo(f"m{index}@bench", "bench", 1, 1.0, 0)
+        ).register()
     cycler, reader = connect(settings), connect(settings)
     cycle = AssignmentCycle(cycler, session_factory(engine), settings)
     log: list[tuple[float, str]] = []

@@ -23,9 +23,9 @@ from kazoo.client import KazooClient
 
 from allot.settings import get_settings
 from allot.zk.client import connect
-from allot.zk.codec import encode_node_info
-from allot.zk.membership import this_process
+from allot.zk.codec import encode_member_info
 from allot.zk.paths import ZkPaths
+from allot.zk.registration import this_process
 from allot.zk.triggers import TriggerDuty
 from tasks.app import app
 
@@ -49,7 +49,7 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=32) as pool:
         clients.extend(pool.map(open_session, range(args.count)))
     keys = [f"{args.prefix}-{index}@bench" for index in range(args.count)]
-    records = [encode_node_info(this_process(key, 1.0)) for key in keys]
+    records = [encode_member_info(this_process(key, 1.0)) for key in keys]
     print("ready", flush=True)
     sys.stdin.readline()
     # a fresh key's registration is one ephemeral create (NodeRegistration adds the takeover

@@ -4,7 +4,7 @@ In the worker's main process (``worker_ready`` / ``worker_shutdown``):
 
 - register ``{root}/nodes/{key}`` (key: ``ALLOT_NODE_KEY`` or the Celery hostname, e.g.
   ``node1@host``; weight ``ALLOT_NODE_WEIGHT``), taking over the znode of a crashed predecessor
-  with the same key (:mod:`allot.zk.membership`);
+  with the same key (:mod:`allot.zk.registration`);
 - queue for the trigger duty: the one worker holding it watches membership and sends one
   ``allot.assign`` per change (:mod:`allot.zk.triggers`), so a join or a death is handled
   within a second instead of at the next beat tick, and 1,000 workers cost one watch, not
@@ -30,8 +30,8 @@ from allot.database import check_schema, database_errors
 from allot.errors import BucketCountMismatch, DatabaseNotReady, DatabaseUnavailable
 from allot.settings import Settings, get_settings
 from allot.zk.client import connect
-from allot.zk.membership import NodeRegistration, this_process
 from allot.zk.paths import ZkPaths
+from allot.zk.registration import NodeRegistration, this_process
 from allot.zk.store import AssignmentStore
 from allot.zk.triggers import TriggerDuty
 from models.engine import make_engine

@@ -2,19 +2,27 @@
 
 One module per idea:
 
-- :mod:`allot.zk.paths`: the layout (:class:`ZkPaths`);
-- :mod:`allot.zk.codec`: the bytes (Amoro's formats), strict decoders;
+- :mod:`allot.zk.paths`: the layout, every znode path (:class:`ZkPaths`); no I/O;
+- :mod:`allot.zk.codec`: the bytes (Amoro's formats), strict decoders, :class:`MemberInfo`;
 - :mod:`allot.zk.client`: the only place that opens connections (:func:`connect`), ACLs;
-- :mod:`allot.zk.store`: the assignment subtree (:class:`AssignmentStore`);
-- :mod:`allot.zk.model`: the values read (:class:`AllAssignments`, :class:`AssignmentVersion`);
-- :mod:`allot.zk.apply`, :mod:`allot.zk.steps`, :mod:`allot.zk.batch`: applying a plan in
-  fenced transactions within ZooKeeper's request limit; :mod:`allot.zk.refresh`: refreshing
-  ``last-update-time`` when nothing moves;
-- :mod:`allot.zk.membership` / :mod:`allot.zk.members`: registering a live node, taking over
-  a crashed predecessor's znode; reading and watching membership;
-- :mod:`allot.zk.lock`: the assignment cycle's lock and its guard;
+- :mod:`allot.zk.multiread`: reading many znodes in one round trip (``multiRead``);
+- :mod:`allot.zk.model`: the values read (:class:`AllAssignments`, :class:`AssignmentVersion`)
+  and :func:`~allot.zk.model.read_version`, the one read every writer starts from;
+- :mod:`allot.zk.batch`: a plan as fenced transactions within ZooKeeper's request limit (pure);
+- :mod:`allot.zk.apply`: committing them (:func:`apply_plan`), and :func:`touch` when
+  nothing moves;
+- :mod:`allot.zk.store`: the assignment subtree's reads and writes (:class:`AssignmentStore`);
+- :mod:`allot.zk.records`: departures, the epoch floor and the last cycle's report;
+- :mod:`allot.zk.registration`: registering this node, taking over a crashed predecessor's
+  znode (:class:`NodeRegistration`);
+- :mod:`allot.zk.members`: reading and watching the member list (:func:`read_members`);
 - :mod:`allot.zk.process`: is a pid of this host still running (takeover decisions);
+- :mod:`allot.zk.lock`: the assignment cycle's lock and its guard (:class:`AssignmentLock`);
+- :mod:`allot.zk.triggers`: the trigger duty, one cycle per membership change;
 - :mod:`allot.zk.testing`: fault injection for tests (session expiry).
+
+The write path's imports point one way, ``paths``/``codec`` -> ``model`` -> ``batch`` ->
+``apply`` -> ``store``, and no module here imports one that imports it back.
 
 The assignment cycle, in short::
 
@@ -34,15 +42,14 @@ The assignment cycle, in short::
 
 from __future__ import annotations
 
-from allot.zk.apply import DEFAULT_MAX_REQUEST_BYTES, ApplyResult, apply_plan
+from allot.zk.apply import DEFAULT_MAX_REQUEST_BYTES, ApplyResult, apply_plan, touch
 from allot.zk.client import connect, default_acl, ensure_layout, make_client
-from allot.zk.codec import NodeInfo, now_ms
+from allot.zk.codec import MemberInfo, now_ms
 from allot.zk.lock import AssignmentLock, LockGuard
 from allot.zk.members import LiveNode, Members, MembershipWatch, read_members
-from allot.zk.membership import NodeRegistration, this_process
 from allot.zk.model import AllAssignments, AssignmentVersion, NodeAssignment
 from allot.zk.paths import ZkPaths
-from allot.zk.refresh import touch
+from allot.zk.registration import NodeRegistration, this_process
 from allot.zk.store import AssignmentStore
 
 __all__ = [
@@ -54,10 +61,10 @@ __all__ = [
     "AssignmentVersion",
     "LiveNode",
     "LockGuard",
+    "MemberInfo",
     "Members",
     "MembershipWatch",
     "NodeAssignment",
-    "NodeInfo",
     "NodeRegistration",
     "ZkPaths",
     "apply_plan",

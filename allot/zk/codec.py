@@ -27,8 +27,9 @@ from typing import Any
 from allot.errors import InvalidNodeKey
 from allot.names import validate_node_key
 
-Clock = Callable[[], int]
-"""A function returning the current time in epoch milliseconds (injectable in tests)."""
+MsClock = Callable[[], int]
+"""A function returning the current time in epoch milliseconds (injectable in tests). Not
+:data:`allot.cycle.Clock`, which returns a datetime."""
 
 _DECIMAL = re.compile(r"[0-9]{1,18}")
 
@@ -151,12 +152,13 @@ def decode_version(data: bytes | None) -> VersionRecord:
 
 
 @dataclass(frozen=True)
-class NodeInfo:
-    """What a live node publishes in its ephemeral membership znode.
+class MemberInfo:
+    """What a live node publishes in its ephemeral membership znode (not to be confused with
+    :class:`allot.planner.NodeInfo`, a node's weight and state as the planner sees them).
 
     ``started_at`` is the epoch milliseconds at which the process built this record (before it
-    registered); :mod:`allot.zk.membership` compares it with a process's start time to tell a
-    crashed predecessor from a live process reusing its pid.
+    registered); :mod:`allot.zk.registration` compares it with a process's start time to tell
+    a crashed predecessor from a live process reusing its pid.
     """
 
     node_key: str
@@ -166,7 +168,7 @@ class NodeInfo:
     started_at: int
 
 
-def encode_node_info(info: NodeInfo) -> bytes:
+def encode_member_info(info: MemberInfo) -> bytes:
     """Membership bytes: ``{"node_key","host","pid","weight","started_at"}`` as compact JSON."""
     return _compact(
         {
@@ -179,7 +181,7 @@ def encode_node_info(info: NodeInfo) -> bytes:
     )
 
 
-def decode_node_info(data: bytes | None) -> NodeInfo:
+def decode_member_info(data: bytes | None) -> MemberInfo:
     """Decode a membership znode.
 
     Raises:
@@ -210,4 +212,4 @@ def decode_node_info(data: bytes | None) -> NodeInfo:
         raise ValueError(f"weight {weight!r} is not a number > 0")
     if not isinstance(started_at, int) or isinstance(started_at, bool):
         raise ValueError(f"started_at {started_at!r} is not an integer")
-    return NodeInfo(node_key, host, pid, float(weight), started_at)
+    return MemberInfo(node_key, host, pid, float(weight), started_at)

@@ -21,7 +21,7 @@ from kazoo.recipe.watchers import ChildrenWatch
 from allot.errors import InvalidNodeKey
 from allot.names import validate_node_key
 from allot.zk.client import ensure_layout
-from allot.zk.codec import NodeInfo, decode_node_info
+from allot.zk.codec import MemberInfo, decode_member_info
 from allot.zk.multiread import get_many
 from allot.zk.paths import ZkPaths
 
@@ -34,7 +34,7 @@ class LiveNode:
     created (epoch ms)."""
 
     node_key: str
-    info: NodeInfo
+    info: MemberInfo
     session_id: int
     registered_at: int
 
@@ -88,7 +88,7 @@ def _read_members(client: KazooClient, paths: ZkPaths) -> Members:
             continue  # gone between listing and reading: not live
         data, stat = found
         try:
-            info = decode_node_info(data)
+            info = decode_member_info(data)
         except ValueError as exc:
             foreign[key] = f"not an allot member ({exc})"
             continue
@@ -104,10 +104,16 @@ def _read_members(client: KazooClient, paths: ZkPaths) -> Members:
 class MembershipWatch:
     """Calls ``callback(node_keys)`` with the set of member names now and on every change.
 
-    Wraps kazoo's ``ChildrenWatch``, which re-arms itself after a reconnection and after a
-    new session (LOST), so the cycle keeps being told. The callback runs on kazoo's event
-    thread: it must be quick (e.g. enqueue a Celery task) and must not block. An exception in
-    it is logged and the watch continues.
+    Wraps kazoo's ``ChildrenWatch``. The callback runs on kazoo's event thread: it must be
+    quick (e.g. enqueue a Celery task) and must not block. An exception in it is logged and
+    the watch continues.
+
+    Failure modes:
+        SUSPENDED / LOST: ``ChildrenWatch`` re-arms itself after a reconnection and in the new
+        session, so the cycle keeps being told; changes made while disconnected arrive as one
+        call with the set as it is then.
+        Stale ephemeral znode of a crashed node: listed until its session expires (it is a
+        member until then; the cycle's grace period starts when it goes).
     """
 
     def __init__(

@@ -1,4 +1,10 @@
-"""The values the ZooKeeper store reads and hands to an apply: pure data, no I/O."""
+"""The values read from the assignment subtree, and the one read every writer starts from.
+
+:class:`NodeAssignment`, :class:`AssignmentVersion` and :class:`AllAssignments` are pure data,
+decoded by :func:`version_from` and :func:`decode_node`. :func:`read_version` is the single
+``get`` of ``assignment-version``: the store reads it for its callers, an apply reads it to tell
+a repeated plan from a stale one. It sits here, below both, so neither imports the other.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from allot.zk.codec import decode_buckets, decode_time, decode_version
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError, NoNodeError
 
-log = logging.getLogger("allot.zk.store")
+from allot.errors import AccessDenied
+from allot.zk.codec import decode_buckets, decode_time, decode_version
+from allot.zk.paths import ZkPaths
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,37 @@ def version_from(data: bytes | None, zversion: int) -> AssignmentVersion:
     return AssignmentVersion(
         record.epoch, record.plan_id, record.applied_at, zversion, record.pending
     )
+
+
+def get_result(result: Any) -> tuple[bytes, Any] | None:
+    """The ``(data, stat)`` of a ``get_async`` result, or None when the znode does not exist.
+
+    Raises:
+        AccessDenied: ZooKeeper refused the read (``ALLOT_ZK_AUTH``).
+    """
+    try:
+        data, stat = result.get()
+    except NoNodeError:
+        return None
+    except NoAuthError:
+        raise AccessDenied(
+            "ZooKeeper refused to read the assignment: check ALLOT_ZK_AUTH"
+        ) from None
+    return data, stat
+
+
+def read_version(client: KazooClient, paths: ZkPaths) -> AssignmentVersion:
+    """The current ``assignment-version`` (epoch 0 and ``zversion`` -1 when absent).
+
+    Failure modes: SUSPENDED: retried through ``client.retry`` until it gives up
+    (``ConnectionLoss`` / ``RetryFailedError`` escape then); a malformed record is reported in
+    :attr:`AssignmentVersion.problem`, never raised.
+
+    Raises:
+        AccessDenied: ZooKeeper refused the read.
+    """
+    found = client.retry(lambda: get_result(client.get_async(paths.assignment_version)))
+    return AssignmentVersion() if found is None else version_from(found[0], found[1].version)
 
 
 def decode_node(

@@ -8,7 +8,8 @@ reads fine; a child whose name is not a valid node key is reported in
 applied plan that names it overwrites it.
 
 Writes: the assignment cycle uses :meth:`AssignmentStore.apply` (a fenced multi-op
-transaction, see :mod:`allot.zk.apply`). :meth:`AssignmentStore.save` and
+transaction) and :meth:`AssignmentStore.touch` (fenced time refresh), both thin fronts for
+:mod:`allot.zk.apply`, which never imports this module back. :meth:`AssignmentStore.save` and
 :meth:`AssignmentStore.delete` are single-node writes for tools and tests; they are atomic per
 node and bump the znode version of ``assignment-version`` (not its epoch), so a cycle that read
 the tree before them fails its apply with :class:`~allot.errors.StaleAssignment` instead of
@@ -23,50 +24,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoNodeError
 
 from allot.errors import AccessDenied, CorruptAssignment, InvalidNodeKey, StaleAssignment
 from allot.names import validate_node_key
+from allot.zk.apply import DEFAULT_MAX_REQUEST_BYTES, ApplyResult, apply_plan, touch
 from allot.zk.client import ensure_layout
 from allot.zk.codec import (
-    Clock,
+    MsClock,
     VersionRecord,
     encode_buckets,
     encode_time,
     encode_version,
     now_ms,
 )
+from allot.zk.lock import LockGuard
 from allot.zk.model import (
     AllAssignments,
     AssignmentVersion,
     NodeAssignment,
     decode_node,
+    get_result,
+    read_version,
     version_from,
 )
 from allot.zk.multiread import get_many
 from allot.zk.paths import ASSIGNMENTS, LAST_UPDATE_TIME, ZkPaths
 
-if TYPE_CHECKING:
-    from allot.zk.apply import ApplyResult
-    from allot.zk.lock import LockGuard
-
 log = logging.getLogger(__name__)
-
-
-def _get(result: Any) -> tuple[bytes, Any] | None:
-    """The (data, stat) of a ``get_async`` result, or None when the znode does not exist."""
-    try:
-        data, stat = result.get()
-    except NoNodeError:
-        return None
-    except NoAuthError:
-        raise AccessDenied(
-            "ZooKeeper refused to read the assignment: check ALLOT_ZK_AUTH"
-        ) from None
-    return data, stat
 
 
 class AssignmentStore:
@@ -86,7 +74,7 @@ class AssignmentStore:
         :meth:`read_all`; :meth:`read` raises :class:`~allot.errors.CorruptAssignment`.
     """
 
-    def __init__(self, client: KazooClient, paths: ZkPaths, clock: Clock = now_ms) -> None:
+    def __init__(self, client: KazooClient, paths: ZkPaths, clock: MsClock = now_ms) -> None:
         self.client = client
         self.paths = paths
         self.clock = clock
@@ -94,11 +82,9 @@ class AssignmentStore:
     # -- reads ---------------------------------------------------------------------------------
 
     def read_version(self) -> AssignmentVersion:
-        """The current ``assignment-version`` (epoch 0 and ``zversion`` -1 when absent)."""
-        found = self.client.retry(
-            lambda: _get(self.client.get_async(self.paths.assignment_version))
-        )
-        return AssignmentVersion() if found is None else version_from(found[0], found[1].version)
+        """The current ``assignment-version`` (epoch 0 and ``zversion`` -1 when absent): see
+        :func:`allot.zk.model.read_version`."""
+        return read_version(self.client, self.paths)
 
     def read_all(self) -> AllAssignments:
         """Every node's assignment, with ``assignment-version`` read *first*.
@@ -140,7 +126,7 @@ class AssignmentStore:
             raise AccessDenied(
                 "ZooKeeper refused to read the assignment: check ALLOT_ZK_AUTH"
             ) from None
-        found_version = _get(version_result)
+        found_version = get_result(version_result)
         version = (
             AssignmentVersion()
             if found_version is None
@@ -178,7 +164,7 @@ class AssignmentStore:
         def read_both() -> tuple[tuple[bytes, Any] | None, tuple[bytes, Any] | None]:
             first = self.client.get_async(assignments_path)
             second = self.client.get_async(time_path)
-            return _get(first), _get(second)
+            return get_result(first), get_result(second)
 
         assignments, updated = self.client.retry(read_both)
         entry = self.paths.node_entry(node_key)
@@ -268,8 +254,6 @@ class AssignmentStore:
         Returns:
             The number of nodes refreshed.
         """
-        from allot.zk.refresh import touch
-
         return touch(self.client, self.paths, snapshot, node_keys, guard=guard, clock=self.clock)
 
     def apply(
@@ -283,8 +267,6 @@ class AssignmentStore:
         max_request_bytes: int | None = None,
     ) -> ApplyResult:
         """Apply a plan read against ``snapshot``: see :func:`allot.zk.apply.apply_plan`."""
-        from allot.zk.apply import DEFAULT_MAX_REQUEST_BYTES, apply_plan
-
         return apply_plan(
             self.client,
             self.paths,
@@ -311,7 +293,7 @@ class AssignmentStore:
     def _bump_version(self, transaction: Any) -> None:
         """Add a write that raises the version znode's data version and keeps its content."""
         path = self.paths.assignment_version
-        found = _get(self.client.get_async(path))
+        found = get_result(self.client.get_async(path))
         if found is None:
             transaction.create(path, encode_version(VersionRecord(0, None, None)))
         else:

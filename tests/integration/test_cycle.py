@@ -20,10 +20,10 @@ from allot.cycle import AssignmentCycle, CycleHooks
 from allot.devservers import ServerProcess
 from allot.settings import Settings
 from allot.zk.client import connect
-from allot.zk.codec import NodeInfo
+from allot.zk.codec import MemberInfo
 from allot.zk.lock import AssignmentLock
-from allot.zk.membership import NodeRegistration
 from allot.zk.paths import ZkPaths
+from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
 from allot.zk.testing import expire_session
 from models import Bucket, Node, Plan
@@ -73,7 +73,7 @@ class Cluster:
     def join(self, key: str, weight: float = 1.0) -> None:
         node = connect(self.settings)
         NodeRegistration(
-            node, ZkPaths(self.settings.zk_root), NodeInfo(key, "host", 1, weight, 0)
+            node, ZkPaths(self.settings.zk_root), MemberInfo(key, "host", 1, weight, 0)
         ).register()
         self.nodes[key] = node
 

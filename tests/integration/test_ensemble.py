@@ -19,10 +19,10 @@ from allot.cycle import AssignmentCycle
 from allot.devservers.ensemble import Ensemble, start_ensemble
 from allot.settings import Settings
 from allot.zk.client import connect
-from allot.zk.codec import NodeInfo
+from allot.zk.codec import MemberInfo
 from allot.zk.members import read_members
-from allot.zk.membership import NodeRegistration
 from allot.zk.paths import ZkPaths
+from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
 from allot.zk.testing import wait_until
 from models.engine import session_factory
@@ -104,7 +104,7 @@ def test_killing_the_leader_mid_cycles_loses_nothing(
 
     def join(key: str) -> None:
         client = connect(settings)
-        NodeRegistration(client, paths, NodeInfo(key, "host", 1, 1.0, 0)).register()
+        NodeRegistration(client, paths, MemberInfo(key, "host", 1, 1.0, 0)).register()
         nodes[key] = client
 
     for key in ("a@h", "b@h", "c@h"):

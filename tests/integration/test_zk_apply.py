@@ -13,8 +13,7 @@ from allot.errors import InvalidPlan, LockLost, StaleAssignment
 from allot.settings import Settings
 from allot.zk import AllAssignments, AssignmentLock, AssignmentStore, ZkPaths, connect
 from allot.zk.apply import commit_ops
-from allot.zk.batch import diff, first_failure
-from allot.zk.steps import plan_steps
+from allot.zk.batch import diff, first_failure, plan_steps
 from allot.zk.testing import expire_session
 
 BUCKETS = 64

@@ -17,15 +17,15 @@ from allot.devservers import ServerProcess
 from allot.errors import NodeKeyTaken
 from allot.settings import Settings
 from allot.zk import (
+    MemberInfo,
     MembershipWatch,
-    NodeInfo,
     NodeRegistration,
     ZkPaths,
     connect,
     read_members,
     this_process,
 )
-from allot.zk.codec import decode_node_info, encode_node_info
+from allot.zk.codec import decode_member_info, encode_member_info
 from allot.zk.testing import expire_session, wait_until
 
 # A worker that registers and then lives until killed; its session outlives a kill -9 by
@@ -95,7 +95,7 @@ def test_foreign_membership_znodes_are_reported_and_ignored(
     amoro = b'{"host":"10.0.0.7","restBindPort":1630,"thriftBindPort":1260}'
     client.create(f"{paths.nodes}/node-0000000002", amoro, ephemeral=True)
     client.create(paths.node("bad@h"), b"{oops", ephemeral=True)
-    client.create(paths.node("liar@h"), encode_node_info(this_process("other@h")), ephemeral=True)
+    client.create(paths.node("liar@h"), encode_member_info(this_process("other@h")), ephemeral=True)
     client.create(f"{paths.nodes}/not a key", b"", ephemeral=True)
     # When membership is read
     members = read_members(client, paths)
@@ -125,7 +125,7 @@ def test_a_killed_workers_node_is_taken_over_by_its_successor_at_once(
     data, stat = client.get(path)
     assert elapsed < 2.0
     assert stat.ephemeralOwner == client.client_id[0] != stale.ephemeralOwner
-    assert decode_node_info(data).pid == os.getpid()
+    assert decode_member_info(data).pid == os.getpid()
 
 
 def test_a_live_process_is_never_robbed_of_its_key(
@@ -152,7 +152,7 @@ def test_another_hosts_znode_is_waited_for_not_taken(
     paths = ZkPaths(settings.zk_root)
     other = connect(settings)
     try:
-        elsewhere = NodeInfo("n@h", "another-host", os.getpid(), 1.0, 1)
+        elsewhere = MemberInfo("n@h", "another-host", os.getpid(), 1.0, 1)
         NodeRegistration(other, paths, elsewhere).register()
         threading.Timer(0.3, other.stop).start()  # its session ends: the znode goes
         NodeRegistration(client, paths, this_process("n@h")).register(wait=5)
@@ -186,7 +186,7 @@ def test_a_displaced_node_does_not_steal_back(client: KazooClient, settings: Set
     # When another live session replaces its znode (a misconfigured twin)
     twin = connect(settings)
     try:
-        twin_info = encode_node_info(NodeInfo("n@h", "twin-host", 1, 1.0, 1))
+        twin_info = encode_member_info(MemberInfo("n@h", "twin-host", 1, 1.0, 1))
         replace = twin.transaction()
         replace.delete(paths.node("n@h"))
         replace.create(paths.node("n@h"), twin_info, ephemeral=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from kazoo.client import KazooClient
@@ -68,10 +68,11 @@ def test_one_worker_at_a_time_holds_the_trigger_duty_and_a_successor_takes_over(
     # Given eight workers queueing for the trigger duty
     paths = ZkPaths(zk_root)
     claimed: list[tuple[int, int]] = []
-    duties = [
-        TriggerDuty(client, paths, f"w{i}", lambda version, i=i: claimed.append((i, version)))
-        for i, client in enumerate(clients)
-    ]
+
+    def recorder(worker: int) -> Callable[[int], None]:
+        return lambda version: claimed.append((worker, version))
+
+    duties = [TriggerDuty(client, paths, f"w{i}", recorder(i)) for i, client in enumerate(clients)]
     try:
         assert wait_until(lambda: sum(d.holding.is_set() for d in duties) == 1)
         [holder] = [i for i, d in enumerate(duties) if d.holding.is_set()]

@@ -12,11 +12,10 @@ from kazoo.protocol.serialization import Transaction
 from kazoo.security import OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, make_digest_acl
 
 from allot.errors import InvalidPlan, PlanTooLarge
-from allot.zk.batch import REQUEST_OVERHEAD_BYTES, Op, diff, op_size
+from allot.zk.batch import REQUEST_OVERHEAD_BYTES, Op, diff, op_size, plan_steps
 from allot.zk.codec import decode_buckets, decode_version, encode_buckets
 from allot.zk.model import AllAssignments, AssignmentVersion, NodeAssignment
 from allot.zk.paths import ASSIGNMENTS, LAST_UPDATE_TIME, ZkPaths
-from allot.zk.steps import plan_steps
 
 PATHS = ZkPaths("/default/allot")
 BOTH = frozenset({ASSIGNMENTS, LAST_UPDATE_TIME})

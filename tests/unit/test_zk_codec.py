@@ -6,19 +6,19 @@ import pytest
 
 from allot.errors import InvalidNodeKey
 from allot.zk.codec import (
-    NodeInfo,
+    MemberInfo,
     VersionRecord,
     decode_buckets,
-    decode_node_info,
+    decode_member_info,
     decode_time,
     decode_version,
     encode_buckets,
-    encode_node_info,
+    encode_member_info,
     encode_time,
     encode_version,
 )
-from allot.zk.membership import dead_predecessor
 from allot.zk.paths import ZkPaths
+from allot.zk.registration import dead_predecessor
 
 
 def test_buckets_are_written_exactly_like_amoro() -> None:
@@ -72,10 +72,10 @@ def test_version_record_round_trips_and_is_compact() -> None:
             decode_version(bad)
 
 
-def test_node_info_round_trips_and_refuses_bad_fields() -> None:
-    info = NodeInfo("node1@host", "host", 42, 2.0, 1_700_000_000_000)
-    assert decode_node_info(encode_node_info(info)) == info
-    assert encode_node_info(info) == (
+def test_member_info_round_trips_and_refuses_bad_fields() -> None:
+    info = MemberInfo("node1@host", "host", 42, 2.0, 1_700_000_000_000)
+    assert decode_member_info(encode_member_info(info)) == info
+    assert encode_member_info(info) == (
         b'{"node_key":"node1@host","host":"host","pid":42,"weight":2.0,"started_at":1700000000000}'
     )
     for bad, reason in (
@@ -86,7 +86,7 @@ def test_node_info_round_trips_and_refuses_bad_fields() -> None:
         (b"null", "expected a JSON object"),
     ):
         with pytest.raises(ValueError, match=reason):
-            decode_node_info(bad)
+            decode_member_info(bad)
 
 
 def test_paths_follow_the_documented_layout() -> None:
@@ -115,7 +115,7 @@ def test_paths_refuse_unusable_roots(root: str) -> None:
         ZkPaths(root)
 
 
-ME = NodeInfo("n@h", "hostA", 100, 1.0, 10_000)
+ME = MemberInfo("n@h", "hostA", 100, 1.0, 10_000)
 
 
 def test_takeover_only_for_a_provably_dead_predecessor() -> None:
@@ -128,11 +128,11 @@ def test_takeover_only_for_a_provably_dead_predecessor() -> None:
     def unknown_start(pid: int) -> int | None:
         return None
 
-    dead = NodeInfo("n@h", "hostA", 55, 1.0, 5_000)
+    dead = MemberInfo("n@h", "hostA", 55, 1.0, 5_000)
     # Given a predecessor on this host whose process no longer runs: take it over.
     assert dead_predecessor(dead, ME, never_running, unknown_start) is not None
     # Given the same pid as ours (an earlier session of this process, a restarted container).
-    assert dead_predecessor(NodeInfo("n@h", "hostA", 100, 1.0, 1), ME, always_running) is not None
+    assert dead_predecessor(MemberInfo("n@h", "hostA", 100, 1.0, 1), ME, always_running) is not None
     # Given a live process on this host: never.
     assert dead_predecessor(dead, ME, always_running, unknown_start) is None
     # Given its pid reused by a process started after it registered: dead.
@@ -140,4 +140,4 @@ def test_takeover_only_for_a_provably_dead_predecessor() -> None:
     # ...but a process started before it registered may be it: not taken.
     assert dead_predecessor(dead, ME, always_running, lambda pid: 4_000) is None
     # Given another host: never, whatever its pid.
-    assert dead_predecessor(NodeInfo("n@h", "hostB", 55, 1.0, 1), ME, never_running) is None
+    assert dead_predecessor(MemberInfo("n@h", "hostB", 55, 1.0, 1), ME, never_running) is None

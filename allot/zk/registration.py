@@ -1,4 +1,7 @@
-"""Membership: a node announces itself with an ephemeral ``{root}/nodes/{nodeKey}`` znode.
+"""Registration: this node announces itself with an ephemeral ``{root}/nodes/{nodeKey}`` znode.
+
+Reading and watching the member list is :mod:`allot.zk.members`; this module only writes
+this process's own znode.
 
 Taking over a crashed predecessor's znode
     A process killed with ``kill -9`` leaves its znode until its session expires
@@ -46,7 +49,7 @@ from kazoo.protocol.states import EventType, WatchedEvent
 
 from allot.errors import AccessDenied, NodeKeyTaken
 from allot.zk.client import ensure_layout
-from allot.zk.codec import Clock, NodeInfo, decode_node_info, encode_node_info, now_ms
+from allot.zk.codec import MemberInfo, MsClock, decode_member_info, encode_member_info, now_ms
 from allot.zk.paths import ZkPaths
 from allot.zk.process import pid_running, process_started_ms
 
@@ -56,14 +59,14 @@ PID_REUSE_SLACK_MS = 2_000
 """A process that started this long after a registration cannot be the one that registered."""
 
 
-def this_process(node_key: str, weight: float = 1.0, clock: Clock = now_ms) -> NodeInfo:
+def this_process(node_key: str, weight: float = 1.0, clock: MsClock = now_ms) -> MemberInfo:
     """The membership info of the calling process (host name, pid, ``started_at`` = now)."""
-    return NodeInfo(node_key, socket.gethostname(), os.getpid(), weight, clock())
+    return MemberInfo(node_key, socket.gethostname(), os.getpid(), weight, clock())
 
 
 def dead_predecessor(
-    holder: NodeInfo,
-    me: NodeInfo,
+    holder: MemberInfo,
+    me: MemberInfo,
     running: Callable[[int], bool] = pid_running,
     started_ms: Callable[[int], int | None] = process_started_ms,
 ) -> str | None:
@@ -102,10 +105,10 @@ class NodeRegistration:
         self,
         client: KazooClient,
         paths: ZkPaths,
-        info: NodeInfo,
+        info: MemberInfo,
         *,
         on_displaced: Callable[[str], None] | None = None,
-        judge: Callable[[NodeInfo, NodeInfo], str | None] = dead_predecessor,
+        judge: Callable[[MemberInfo, MemberInfo], str | None] = dead_predecessor,
     ) -> None:
         self.client = client
         self.paths = paths
@@ -115,7 +118,7 @@ class NodeRegistration:
         self.judge = judge
         self.displaced: str | None = None
         """Why another session holds our key after we had registered (None: not displaced)."""
-        self._data = encode_node_info(info)
+        self._data = encode_member_info(info)
         self._mutex = threading.RLock()
         self._active = False
 
@@ -207,7 +210,7 @@ class NodeRegistration:
 
     def _judge(self, data: bytes, takeover: bool) -> tuple[str | None, str]:
         try:
-            holder = decode_node_info(data)
+            holder = decode_member_info(data)
         except ValueError as exc:
             return None, f"unreadable info: {exc}"
         description = f"host {holder.host}, pid {holder.pid}"
