@@ -81,6 +81,14 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        from models.engine import normalize_url
+
+        normalize_url(value)  # UnsupportedDatabaseUrl is a ValueError: a validation error
+        return value
+
     @field_validator("strategy")
     @classmethod
     def _check_strategy(cls, value: str) -> str:

@@ -21,24 +21,28 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot.errors import ConfigurationError
-
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class UnsupportedDatabaseUrl(ValueError):
+    """The URL cannot be parsed or names a database allot does not support. (The SQL layer
+    depends on nothing above it: allot's settings turn this into a ``ConfigurationError``.)"""
 
 
 def normalize_url(url: str | URL) -> URL:
     """Parse ``url`` and pick allot's driver for PostgreSQL (psycopg 3).
 
     Raises:
-        ConfigurationError: the URL cannot be parsed or names a database allot does not support.
+        UnsupportedDatabaseUrl: the URL cannot be parsed or names a database allot does not
+            support.
     """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ConfigurationError(f"invalid database URL {str(url)!r}: {exc}") from None
+        raise UnsupportedDatabaseUrl(f"invalid database URL {str(url)!r}: {exc}") from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
-        raise ConfigurationError(
+        raise UnsupportedDatabaseUrl(
             f"unsupported database {backend!r} in ALLOT_DATABASE_URL: use sqlite or postgresql"
         )
     if parsed.drivername == "postgresql":
@@ -69,7 +73,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` (SQLite or PostgreSQL) configured as described above.
 
     Raises:
-        ConfigurationError: the URL is invalid or names an unsupported database.
+        UnsupportedDatabaseUrl: the URL is invalid or names an unsupported database.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":

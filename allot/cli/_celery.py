@@ -1,4 +1,7 @@
-"""Sending a task to the workers from the command line and waiting for its result."""
+"""Sending a task to the workers from the command line and waiting for its result.
+
+The CLI sends tasks by name through a client-only Celery app of its own: it never imports the
+workers' app (``tasks``), which sits above the domain."""
 
 from __future__ import annotations
 
@@ -15,13 +18,19 @@ def call_task(name: str, kwargs: dict[str, Any], timeout: float) -> dict[str, An
         ServiceError: the broker cannot be reached, no worker answered in time, or the task
             failed (the message carries the worker's error).
     """
+    from celery import Celery
     from celery.exceptions import TimeoutError as CeleryTimeout
     from kombu.exceptions import OperationalError
 
-    from tasks.app import create_app
-
     settings = load_settings()
-    app = create_app(settings)
+    app = Celery("allot-cli", broker=settings.broker_url, backend=settings.celery_result_backend)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_send_sent_event=True,  # Flower lists the task as sent by the CLI
+    )
     try:
         result = app.send_task(name, kwargs=kwargs)
     except Exception as exc:  # kombu's OperationalError, or the backend's retry giving up

@@ -33,9 +33,8 @@ from tests.e2e.processes import (
     flower_tasks,
     http,
     http_json,
-    still_running,
-    watching_tree,
 )
+from tests.e2e.proctree import still_running, watching_tree
 
 
 @pytest.fixture
