@@ -165,7 +165,9 @@ def register_tables(session: Session, names: Iterable[TableName]) -> list[Regist
     repeated in ``names``, keep their bucket and are reported with ``created=False``.
 
     Raises:
-        DatabaseNotReady: the schema or the buckets are missing (via the caller's error mapping).
+        NotFound: the database has no buckets (``allot db upgrade`` creates them). A missing
+            schema raises the driver's error, which the caller's
+            :func:`allot.database.database_errors` turns into ``DatabaseNotReady``.
     """
     unique = list(dict.fromkeys(names))
     if not unique:
