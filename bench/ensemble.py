@@ -1,7 +1,7 @@
 """Ensemble benchmark: killing the ZooKeeper leader of a three-server ensemble under cycles.
 
 Run: ``.venv/bin/python bench/ensemble.py`` (``--trials N``; ``--record`` writes
-bench/RESULTS.md). It starts three ZooKeeper servers (allot.devservers.ensemble), a SQLite
+bench/RESULTS.md). It starts three ZooKeeper servers (allot.testing.ensemble), a SQLite
 database, five member sessions and a loop of assignment cycles in this process, with a 10 s
 session timeout. Each trial kills the current leader (SIGKILL) and measures the time until a
 new leader serves, the time until the next cycle completes (``applied`` or ``unchanged``),
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allot.cycle import AssignmentCycle
 from allot.database import upgrade
-from allot.devservers.ensemble import start_ensemble
 from allot.settings import Settings
+from allot.testing.ensemble import start_ensemble
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.members import read_members

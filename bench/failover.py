@@ -1,7 +1,7 @@
 """Failover benchmark: from ``kill -9`` of a worker to the new assignment in ZooKeeper and SQL.
 
 Run: ``.venv/bin/python bench/failover.py`` (``--help`` for options). It starts its own
-ZooKeeper and Redis (allot.devservers), a SQLite database, four ``celery worker`` processes and
+ZooKeeper and Redis (allot.testing), a SQLite database, four ``celery worker`` processes and
 ``celery beat``, with a 4 s ZooKeeper session and a 2 s offline timeout. Each trial kills one
 worker with SIGKILL, measures the time until ZooKeeper and SQL both show its buckets on the
 survivors (polled every 10 ms), then restarts it and waits for the cluster to settle again.
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allot.cycle import AssignmentCycle
 from allot.database import upgrade
-from allot.devservers import start_redis, start_zookeeper
 from allot.settings import Settings
+from allot.testing.servers import start_redis, start_zookeeper
 from allot.zk.client import connect
 from models.engine import make_engine, session_factory
 from tests.e2e.cluster import LocalCluster

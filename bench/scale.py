@@ -1,7 +1,7 @@
 """Scale benchmark: 1,000 members joining within a second, 16,384 buckets.
 
 Run: ``.venv/bin/python bench/scale.py`` (``--help`` for options; ``--record`` writes
-bench/RESULTS.md). It starts its own ZooKeeper and Redis (allot.devservers), a SQLite database
+bench/RESULTS.md). It starts its own ZooKeeper and Redis (allot.testing), a SQLite database
 with 16,384 buckets and two real ``celery worker`` processes (which run the cycles and are two
 of the members), then starts the other members as lightweight processes
 (:mod:`bench.members`, 100 real ZooKeeper sessions each, each queueing for the trigger duty like
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allot.cycle import AssignmentCycle
 from allot.database import upgrade
-from allot.devservers import start_redis, start_zookeeper
 from allot.settings import Settings
+from allot.testing.servers import start_redis, start_zookeeper
 from allot.zk.client import connect
 from bench.results import record_section
 from models.engine import make_engine, session_factory

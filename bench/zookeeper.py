@@ -1,6 +1,6 @@
 """ZooKeeper store benchmark: read every assignment, apply plans, measure request sizes.
 
-Starts its own ZooKeeper (``allot.devservers.start_zookeeper``, the Debian jars) in a temporary
+Starts its own ZooKeeper (``allot.testing.start_zookeeper``, the Debian jars) in a temporary
 directory and stops it at the end. For 100 and 1,000 nodes sharing 16,384 buckets it times:
 
 - ``read_all``: every node's ``assignments`` and ``last-update-time`` plus the version
@@ -36,8 +36,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from allot.devservers import ServerProcess, start_zookeeper
 from allot.settings import Settings
+from allot.testing.servers import ServerProcess, start_zookeeper
 from allot.zk import (
     DEFAULT_MAX_REQUEST_BYTES,
     AllAssignments,

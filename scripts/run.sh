@@ -70,7 +70,7 @@ import shlex
 import socket
 
 from allot.database import safe_url
-from allot.devservers import redis_address, redis_answers, zookeeper_address, zookeeper_answers
+from allot.testing.servers import redis_address, redis_answers, zookeeper_address, zookeeper_answers
 from allot.settings import load_settings
 from sqlalchemy.engine import make_url
 

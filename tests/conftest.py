@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from allot.devservers import ServerProcess, start_redis, start_zookeeper
 from allot.settings import get_settings
+from allot.testing.servers import ServerProcess, start_redis, start_zookeeper
 from models.engine import make_engine
 
 POSTGRES_ADMIN_URL = os.environ.get(

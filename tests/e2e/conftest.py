@@ -10,8 +10,8 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from allot.devservers import ServerProcess
 from allot.settings import Settings
+from allot.testing.servers import ServerProcess
 from allot.zk.client import connect
 from tests.e2e.cluster import LocalCluster
 

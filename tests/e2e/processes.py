@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import redis
 
 from allot.database import upgrade
-from allot.devservers import ServerProcess
+from allot.testing.servers import ServerProcess
 from models.engine import make_engine
 
 ROOT = Path(__file__).resolve().parents[2]

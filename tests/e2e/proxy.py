@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 
-from allot.devservers import free_port
+from allot.testing.servers import free_port
 
 
 class Proxy:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from allot.devservers import ServerProcess, free_port
+from allot.testing.servers import ServerProcess, free_port
 from tests.e2e.processes import Processes, flower_env, flower_tasks, fresh_allot_env
 
 CHROMIUM = "/usr/bin/chromium"

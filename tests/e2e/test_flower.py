@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from allot.devservers import ServerProcess, free_port
+from allot.testing.servers import ServerProcess, free_port
 from tests.e2e.processes import (
     FLOWER_CONFIG,
     Processes,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from allot.devservers import (
+from allot.testing.servers import (
     ServerProcess,
     free_port,
     redis_answers,

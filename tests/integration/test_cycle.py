@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from allot import plans
 from allot.cycle import AssignmentCycle, CycleHooks
-from allot.devservers import ServerProcess
 from allot.settings import Settings
+from allot.testing.servers import ServerProcess
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.lock import AssignmentLock

@@ -16,8 +16,8 @@ from kazoo.client import KazooClient
 from sqlalchemy import Engine
 
 from allot.cycle import AssignmentCycle
-from allot.devservers.ensemble import Ensemble, start_ensemble
 from allot.settings import Settings
+from allot.testing.ensemble import Ensemble, start_ensemble
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.members import read_members

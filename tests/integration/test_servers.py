@@ -6,7 +6,7 @@ import redis
 from kazoo.client import KazooClient
 from sqlalchemy import Engine, text
 
-from allot.devservers import ServerProcess
+from allot.testing.servers import ServerProcess
 
 
 def test_zookeeper_accepts_sessions_and_writes(zookeeper: ServerProcess, zk_root: str) -> None:

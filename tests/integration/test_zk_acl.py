@@ -9,9 +9,9 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import Permissions
 
-from allot.devservers import ServerProcess
 from allot.errors import AccessDenied
 from allot.settings import Settings
+from allot.testing.servers import ServerProcess
 from allot.zk import (
     AssignmentLock,
     AssignmentStore,

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from kazoo.client import KazooClient
 
-from allot.devservers import ServerProcess
 from allot.errors import InvalidPlan, LockLost, StaleAssignment
 from allot.settings import Settings
+from allot.testing.servers import ServerProcess
 from allot.zk import AllAssignments, AssignmentLock, AssignmentStore, ZkPaths, connect
 from allot.zk.apply import commit_ops
 from allot.zk.batch import diff, first_failure, plan_steps

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from allot.devservers import ServerProcess, free_port
 from allot.errors import ZooKeeperUnavailable
 from allot.settings import Settings
+from allot.testing.servers import ServerProcess, free_port
 from allot.zk import ZkPaths, connect, ensure_layout, make_client
 
 

@@ -11,9 +11,9 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.retry import KazooRetry
 
-from allot.devservers import ServerProcess, start_zookeeper
 from allot.errors import LockLost, ZooKeeperUnavailable
 from allot.settings import Settings
+from allot.testing.servers import ServerProcess, start_zookeeper
 from allot.zk import AssignmentLock, ZkPaths, connect
 from allot.zk.testing import expire_session, wait_until
 

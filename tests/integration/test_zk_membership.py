@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 from kazoo.client import KazooClient
 
-from allot.devservers import ServerProcess
 from allot.errors import NodeKeyTaken
 from allot.settings import Settings
+from allot.testing.servers import ServerProcess
 from allot.zk import (
     MemberInfo,
     MembershipWatch,

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from kazoo.client import KazooClient
 
-from allot.devservers import ServerProcess
 from allot.errors import CorruptAssignment, InvalidNodeKey
 from allot.settings import Settings
+from allot.testing.servers import ServerProcess
 from allot.zk import AssignmentStore, ZkPaths, connect
 from allot.zk.multiread import use_multi_read
 

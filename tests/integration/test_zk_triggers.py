@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kazoo.client import KazooClient
 
-from allot.devservers import ServerProcess
+from allot.testing.servers import ServerProcess
 from allot.zk.paths import ZkPaths
 from allot.zk.testing import expire_session, wait_until
 from allot.zk.triggers import TriggerDuty, claim

@@ -1,10 +1,10 @@
-"""``python -m allot.devservers``: a local ZooKeeper or Redis in the foreground, for a Procfile.
+"""``python -m allot.testing``: a local ZooKeeper or Redis in the foreground, for a Procfile.
 
 ::
 
-    python -m allot.devservers zookeeper --dir var/zookeeper   # on ALLOT_ZK_HOSTS' address
-    python -m allot.devservers redis --dir var/redis           # on ALLOT_BROKER_URL's address
-    python -m allot.devservers wait --timeout 120              # until both answer
+    python -m allot.testing zookeeper --dir var/zookeeper   # on ALLOT_ZK_HOSTS' address
+    python -m allot.testing redis --dir var/redis           # on ALLOT_BROKER_URL's address
+    python -m allot.testing wait --timeout 120              # until both answer
 
 ``zookeeper`` and ``redis`` run until SIGTERM or SIGINT. Where a server already answers on the
 configured address they use it: they say so and wait for the signal without starting anything,
@@ -26,7 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from allot.devservers import (
+from allot.errors import AllotError, ServiceError
+from allot.testing.servers import (
     ServerProcess,
     client_count,
     redis_address,
@@ -36,7 +37,6 @@ from allot.devservers import (
     zookeeper_address,
     zookeeper_answers,
 )
-from allot.errors import AllotError, ServiceError
 
 
 def _is_local(host: str) -> bool:
@@ -139,9 +139,9 @@ def _wait(timeout: float) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``python -m allot.devservers``; return the exit status."""
+    """Run ``python -m allot.testing``; return the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m allot.devservers",
+        prog="python -m allot.testing",
         description="Run a local ZooKeeper or Redis in the foreground until SIGTERM/SIGINT, on "
         "the address allot's settings name (ALLOT_ZK_HOSTS, ALLOT_BROKER_URL), or wait for them.",
     )

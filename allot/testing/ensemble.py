@@ -14,14 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from allot.devservers import (
+from allot.errors import ServiceError
+from allot.testing.servers import (
     ZOOKEEPER_JAR,
     ServerProcess,
     _ask,
     _wait_until_ready,
     free_port,
 )
-from allot.errors import ServiceError
 
 HOST = "127.0.0.1"
 QUORUM_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"

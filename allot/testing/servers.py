@@ -7,7 +7,7 @@ keeps its data under a directory of the caller's choosing, and is stopped with
 :meth:`ServerProcess.stop`. A missing package raises :class:`~allot.errors.ServiceError` naming
 the package to install; it never falls back silently.
 
-``python -m allot.devservers`` (:mod:`allot.devservers.__main__`) runs one of these servers in
+``python -m allot.testing`` (:mod:`allot.testing.__main__`) runs one of these servers in
 the foreground until SIGTERM or SIGINT, for ``make run``'s Procfile.
 """
 
@@ -120,7 +120,7 @@ def _server_popen_options(own_session: bool) -> dict[str, Any]:
     with everything else. ``own_session=True`` is for a caller that runs under a process manager
     which signals whole process groups (honcho): the server is then out of reach of that signal,
     so the caller decides when it stops (after its clients are gone: see
-    ``python -m allot.devservers``), and on Linux the kernel still stops it if the caller dies
+    ``python -m allot.testing``), and on Linux the kernel still stops it if the caller dies
     without doing so.
     """
     if not own_session:

@@ -1,0 +1,11 @@
+"""Support for tests, benchmarks and ``make run``: never needed by a production node.
+
+- :mod:`allot.testing.servers`: a ZooKeeper from the Debian jars and a ``redis-server``, each in
+  a child process on loopback (``python -m allot.testing zookeeper|redis|wait`` runs one in the
+  foreground for ``make run``'s Procfile);
+- :mod:`allot.testing.ensemble`: a three-server ZooKeeper ensemble whose leader a fault test can
+  kill.
+
+The production image leaves this package out (``.dockerignore``): it needs Java and the
+ZooKeeper jars, which the image does not have.
+"""
