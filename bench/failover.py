@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from allot.cycle import AssignmentCycle
 from allot.database import upgrade
 from allot.settings import Settings
+from allot.testing.cluster import LocalCluster
 from allot.testing.servers import start_redis, start_zookeeper
 from allot.zk.client import connect
 from models.engine import make_engine, session_factory
-from tests.e2e.cluster import LocalCluster
 
 SESSION_TIMEOUT = 4.0
 OFFLINE_TIMEOUT = 2.0

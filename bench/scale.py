@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from allot.cycle import AssignmentCycle
 from allot.database import upgrade
 from allot.settings import Settings
+from allot.testing.cluster import LocalCluster
 from allot.testing.servers import start_redis, start_zookeeper
 from allot.zk.client import connect
 from bench.results import record_section
 from models.engine import make_engine, session_factory
-from tests.e2e.cluster import LocalCluster
 
 BUCKETS = 16_384
 HERE = Path(__file__).resolve().parent

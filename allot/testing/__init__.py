@@ -4,7 +4,10 @@
   a child process on loopback (``python -m allot.testing zookeeper|redis|wait`` runs one in the
   foreground for ``make run``'s Procfile);
 - :mod:`allot.testing.ensemble`: a three-server ZooKeeper ensemble whose leader a fault test can
-  kill.
+  kill;
+- :mod:`allot.testing.processes` and :mod:`allot.testing.cluster`: real ``celery`` processes
+  started, waited for and stopped, and a local cluster of them with observers, shared by the
+  end-to-end tests and the benchmarks.
 
 The production image leaves this package out (``.dockerignore``): it needs Java and the
 ZooKeeper jars, which the image does not have.

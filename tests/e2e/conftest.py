@@ -11,9 +11,9 @@ import redis
 from sqlalchemy import Engine
 
 from allot.settings import Settings
+from allot.testing.cluster import LocalCluster
 from allot.testing.servers import ServerProcess
 from allot.zk.client import connect
-from tests.e2e.cluster import LocalCluster
 
 SESSION_TIMEOUT = 2.0
 OFFLINE_TIMEOUT = 2.0

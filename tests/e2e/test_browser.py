@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from allot.testing.processes import Processes, flower_env, flower_tasks, fresh_allot_env
 from allot.testing.servers import ServerProcess, free_port
-from tests.e2e.processes import Processes, flower_env, flower_tasks, fresh_allot_env
 
 CHROMIUM = "/usr/bin/chromium"
 WINDOW = (1400, 900)

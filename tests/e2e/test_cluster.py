@@ -15,10 +15,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from allot.testing.cluster import LocalCluster, no_double_owner
 from allot.zk.records import read_last_cycle
 from models import Plan
 from tests.cli import allot
-from tests.e2e.cluster import LocalCluster, no_double_owner
 from tests.e2e.conftest import SESSION_TIMEOUT
 
 START = 60.0  # seconds allowed for workers to start and a cycle to settle

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from allot.testing.cluster import LocalCluster
 from allot.zk.paths import ZkPaths
 from tests.cli import allot
-from tests.e2e.cluster import LocalCluster
 from tests.e2e.proxy import Proxy
 from tests.e2e.test_cluster import START, sizes, watching_for_double_owners
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from allot.testing.servers import ServerProcess, free_port
-from tests.e2e.processes import (
+from allot.testing.processes import (
     FLOWER_CONFIG,
     Processes,
     flower_env,
@@ -25,6 +24,7 @@ from tests.e2e.processes import (
     http,
     http_json,
 )
+from allot.testing.servers import ServerProcess, free_port
 
 SAVE_INTERVAL_MS = 500
 

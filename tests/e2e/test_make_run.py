@@ -20,19 +20,19 @@ from typing import Any
 import pytest
 import redis
 
-from allot.testing.servers import (
-    ServerProcess,
-    free_port,
-    redis_answers,
-    zookeeper_answers,
-)
-from tests.e2e.processes import (
+from allot.testing.processes import (
     ROOT,
     VENV_BIN,
     Processes,
     flower_tasks,
     http,
     http_json,
+)
+from allot.testing.servers import (
+    ServerProcess,
+    free_port,
+    redis_answers,
+    zookeeper_answers,
 )
 from tests.e2e.proctree import still_running, watching_tree
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from allot.settings import Settings
+from allot.testing.processes import ROOT
 from allot.zk.client import connect
 from allot.zk.paths import ZkPaths
-from tests.e2e.processes import ROOT
 
 WORKER = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-c", "1", "-n", "bad@test",
           "--without-mingle", "--without-gossip"]  # fmt: skip

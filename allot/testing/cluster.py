@@ -1,5 +1,5 @@
-"""A real local cluster for end-to-end tests: ``celery worker`` and ``celery beat`` processes
-against the session's ZooKeeper and Redis and a fresh database, plus observers that read the
+"""A real local cluster for end-to-end tests and benchmarks: ``celery worker`` and ``celery
+beat`` processes against given ZooKeeper, Redis and database, plus observers that read the
 assignment from ZooKeeper and SQL."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import TypeVar
 from kazoo.client import KazooClient
 from sqlalchemy import Engine, select
 
+from allot.testing.processes import ManagedProcess, Processes
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models import Bucket
-from tests.e2e.processes import ManagedProcess, Processes
 
 T = TypeVar("T")
 

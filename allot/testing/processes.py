@@ -47,6 +47,7 @@ from allot.database import upgrade
 from allot.testing.servers import ServerProcess
 from models.engine import make_engine
 
+# the checkout that tests, benchmarks and make run run from
 ROOT = Path(__file__).resolve().parents[2]
 FLOWER_CONFIG = ROOT / "flowerconfig.py"
 VENV_BIN = Path(sys.executable).parent
