@@ -12,7 +12,6 @@ cluster. Prints a table; the target is every failover within session + offline t
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from allot.cycle import AssignmentCycle
 from allot.database import upgrade
 from allot.settings import Settings
 from allot.testing.cluster import LocalCluster
+from allot.testing.processes import allot_env
 from allot.testing.servers import start_redis, start_zookeeper
 from allot.zk.client import connect
 from models.engine import make_engine, session_factory
@@ -50,15 +50,15 @@ def main() -> None:
     engine = make_engine(database_url)
     upgrade(engine, 100)
     root = "/bench/allot"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLOT_")} | {
-        "ALLOT_ZK_HOSTS": zookeeper.address,
-        "ALLOT_ZK_ROOT": root,
-        "ALLOT_ZK_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
-        "ALLOT_NODE_OFFLINE_TIMEOUT": str(OFFLINE_TIMEOUT),
-        "ALLOT_BROKER_URL": f"redis://{redis.address}/0",
-        "ALLOT_DATABASE_URL": database_url,
-        "ALLOT_ASSIGN_INTERVAL": "30",
-    }
+    env = allot_env(
+        zk_hosts=zookeeper.address,
+        zk_root=root,
+        broker_url=f"redis://{redis.address}/0",
+        database_url=database_url,
+        zk_session_timeout=str(SESSION_TIMEOUT),
+        node_offline_timeout=str(OFFLINE_TIMEOUT),
+        assign_interval="30",
+    )
     settings = Settings(
         zk_hosts=zookeeper.address,
         zk_root=root,

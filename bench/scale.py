@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from allot.cycle import AssignmentCycle
 from allot.database import upgrade
 from allot.settings import Settings
 from allot.testing.cluster import LocalCluster
+from allot.testing.processes import allot_env
 from allot.testing.servers import start_redis, start_zookeeper
 from allot.zk.client import connect
 from bench.results import record_section
@@ -85,16 +85,15 @@ def main() -> None:
     engine = make_engine(database_url)
     upgrade(engine, BUCKETS)
     root = "/bench/allot"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLOT_")} | {
-        "ALLOT_ZK_HOSTS": zookeeper.address,
-        "ALLOT_ZK_ROOT": root,
-        "ALLOT_ZK_SESSION_TIMEOUT": "10",
-        "ALLOT_BROKER_URL": f"redis://{redis.address}/0",
-        "ALLOT_DATABASE_URL": database_url,
-        "ALLOT_BUCKET_COUNT": str(BUCKETS),
-        "ALLOT_ASSIGN_INTERVAL": "30",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = allot_env(
+        zk_hosts=zookeeper.address,
+        zk_root=root,
+        broker_url=f"redis://{redis.address}/0",
+        database_url=database_url,
+        zk_session_timeout="10",
+        bucket_count=str(BUCKETS),
+        assign_interval="30",
+    )
     settings = Settings(
         zk_hosts=zookeeper.address, zk_root=root, database_url=database_url, bucket_count=BUCKETS
     )

@@ -37,6 +37,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allot.settings import Settings
+from allot.testing.cluster import round_robin
 from allot.testing.servers import ServerProcess, start_zookeeper
 from allot.zk import (
     DEFAULT_MAX_REQUEST_BYTES,
@@ -64,11 +65,8 @@ class Row:
 
 
 def spread(keys: list[str], buckets: int = BUCKETS) -> dict[str, list[int]]:
-    """Buckets dealt round-robin: the balanced initial assignment."""
-    plan: dict[str, list[int]] = {k: [] for k in keys}
-    for bucket in range(1, buckets + 1):
-        plan[keys[(bucket - 1) % len(keys)]].append(bucket)
-    return plan
+    """The balanced initial assignment of these tests: buckets dealt round-robin."""
+    return round_robin(keys, buckets)
 
 
 def join(plan: dict[str, list[int]], newcomer: str) -> dict[str, list[int]]:

@@ -6,11 +6,15 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.database import check_schema, database_errors
+from allot.errors import ZooKeeperUnavailable
 from allot.settings import Settings, load_settings
+from allot.zk.client import connect
 from models.engine import make_engine, session_factory
 
 
@@ -41,3 +45,19 @@ def open_database(check: bool = True) -> Iterator[DatabaseContext]:
             yield DatabaseContext(settings, engine, session_factory(engine))
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def open_zookeeper(settings: Settings, doing: str) -> Iterator[KazooClient]:
+    """A ZooKeeper client for one command, closed afterwards; a connection lost while
+    ``doing`` (e.g. "reading the cluster") becomes one line
+    (:class:`~allot.errors.ZooKeeperUnavailable`)."""
+    client = connect(settings, timeout=10.0)
+    try:
+        yield client
+    except KazooException as exc:
+        lost = f"lost ZooKeeper at {settings.zk_hosts} while {doing}"
+        raise ZooKeeperUnavailable(f"{lost}: {type(exc).__name__} {exc}".rstrip()) from None
+    finally:
+        client.stop()
+        client.close()

@@ -5,15 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from kazoo.exceptions import KazooException
 from rich.table import Table
 
 from allot.cli._celery import call_task
 from allot.cli._common import FormatOption, OutputFormat, console, print_json
-from allot.cli._context import open_database
-from allot.errors import ZooKeeperUnavailable
+from allot.cli._context import open_database, open_zookeeper
 from allot.status import cluster_status
-from allot.zk.client import connect
 from models.states import NodeState
 
 STATE_STYLE = {NodeState.LIVE: "green", NodeState.SUSPECT: "yellow", NodeState.OFFLINE: "red"}
@@ -21,18 +18,8 @@ STATE_STYLE = {NodeState.LIVE: "green", NodeState.SUSPECT: "yellow", NodeState.O
 
 def _read_status() -> dict[str, Any]:
     """The cluster's state (:func:`allot.status.cluster_status`) with its own connections."""
-    with open_database() as db:
-        client = connect(db.settings, timeout=10.0)
-        try:
-            return cluster_status(client, db.sessions, db.settings)
-        except KazooException as exc:
-            raise ZooKeeperUnavailable(
-                f"lost ZooKeeper at {db.settings.zk_hosts} while reading the cluster: "
-                f"{type(exc).__name__} {exc}".rstrip()
-            ) from None
-        finally:
-            client.stop()
-            client.close()
+    with open_database() as db, open_zookeeper(db.settings, "reading the cluster") as client:
+        return cluster_status(client, db.sessions, db.settings)
 
 
 def _nodes_table(nodes: list[dict[str, Any]]) -> Table:

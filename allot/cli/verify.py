@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import typer
-from kazoo.exceptions import KazooException
 
 from allot.cli._common import FormatOption, OutputFormat, console, print_json
-from allot.cli._context import open_database
-from allot.errors import ZooKeeperUnavailable
+from allot.cli._context import open_database, open_zookeeper
 from allot.verify import Facts, read_facts, violations
-from allot.zk.client import connect
 
 
 def _read() -> Facts:
-    with open_database() as db:
-        client = connect(db.settings, timeout=10.0)
-        try:
-            return read_facts(client, db.sessions, db.settings)
-        except KazooException as exc:
-            raise ZooKeeperUnavailable(
-                f"lost ZooKeeper at {db.settings.zk_hosts} while verifying: "
-                f"{type(exc).__name__} {exc}".rstrip()
-            ) from None
-        finally:
-            client.stop()
-            client.close()
+    with open_database() as db, open_zookeeper(db.settings, "verifying") as client:
+        return read_facts(client, db.sessions, db.settings)
 
 
 def verify(output: FormatOption = OutputFormat.table) -> None:

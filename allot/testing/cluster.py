@@ -73,21 +73,14 @@ class LocalCluster:
 
     def zk(self) -> dict[str, list[int]]:
         """The assignment in ZooKeeper (nodes holding at least one bucket)."""
-        return {k: v for k, v in self.store.read_all().buckets_by_node().items() if v}
+        return zk_assignment(self.store)
 
     def epoch(self) -> int:
         return self.store.read_version().epoch
 
     def sql(self) -> dict[str, list[int]]:
-        owners: dict[str, list[int]] = {}
-        with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(Bucket.bucket_id, Bucket.node_key).order_by(Bucket.bucket_id)
-            )
-            for bucket, node in rows:
-                if node is not None:
-                    owners.setdefault(node, []).append(bucket)
-        return owners
+        """The assignment in SQL's ``bucket`` table (nodes holding at least one bucket)."""
+        return sql_assignment(self.engine)
 
     def settled(
         self, expected: dict[str, int] | list[int], nodes: set[str] | None = None
@@ -109,6 +102,32 @@ class LocalCluster:
         if not matches or zk != self.sql():
             return None
         return zk
+
+
+def zk_assignment(store: AssignmentStore) -> dict[str, list[int]]:
+    """The assignment in ZooKeeper: ``{node: buckets}`` of the nodes holding at least one."""
+    return {k: v for k, v in store.read_all().buckets_by_node().items() if v}
+
+
+def sql_assignment(engine: Engine) -> dict[str, list[int]]:
+    """The assignment in SQL's ``bucket`` table: ``{node: buckets}``, bucket ids in order."""
+    owners: dict[str, list[int]] = {}
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(Bucket.bucket_id, Bucket.node_key).order_by(Bucket.bucket_id)
+        )
+        for bucket, node in rows:
+            if node is not None:
+                owners.setdefault(node, []).append(bucket)
+    return owners
+
+
+def round_robin(keys: list[str], buckets: int) -> dict[str, list[int]]:
+    """Buckets ``1..buckets`` dealt round-robin over ``keys``: a balanced assignment."""
+    dealt: dict[str, list[int]] = {key: [] for key in keys}
+    for bucket in range(1, buckets + 1):
+        dealt[keys[(bucket - 1) % len(keys)]].append(bucket)
+    return dealt
 
 
 def no_double_owner(assignment: dict[str, list[int]]) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from sqlalchemy import Engine
 
 from allot.settings import Settings
 from allot.testing.cluster import LocalCluster
+from allot.testing.processes import allot_env
 from allot.testing.servers import ServerProcess
 from allot.zk.client import connect
 
@@ -25,17 +25,15 @@ def cluster_env(
 ) -> dict[str, str]:
     """Environment for the cluster's processes: short timeouts, this test's root and database."""
     redis.Redis(host=redis_server.host, port=redis_server.port).flushall()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLOT_")}
-    return env | {
-        "ALLOT_ZK_HOSTS": zookeeper.address,
-        "ALLOT_ZK_ROOT": zk_root,
-        "ALLOT_ZK_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
-        "ALLOT_NODE_OFFLINE_TIMEOUT": str(OFFLINE_TIMEOUT),
-        "ALLOT_BROKER_URL": f"redis://{redis_server.address}/0",
-        "ALLOT_DATABASE_URL": migrated.url.render_as_string(hide_password=False),
-        "ALLOT_ASSIGN_INTERVAL": "3",
-        "PYTHONUNBUFFERED": "1",
-    }
+    return allot_env(
+        zk_hosts=zookeeper.address,
+        zk_root=zk_root,
+        broker_url=f"redis://{redis_server.address}/0",
+        database_url=migrated.url.render_as_string(hide_password=False),
+        zk_session_timeout=str(SESSION_TIMEOUT),
+        node_offline_timeout=str(OFFLINE_TIMEOUT),
+        assign_interval="3",
+    )
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from allot import plans
 from allot.cycle import AssignmentCycle, CycleHooks
 from allot.settings import Settings
+from allot.testing.cluster import sql_assignment, zk_assignment
 from allot.testing.servers import ServerProcess
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
@@ -26,7 +27,7 @@ from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
 from allot.zk.testing import expire_session
-from models import Bucket, Node, Plan
+from models import Node, Plan
 from models.engine import session_factory
 from tests.cli import allot
 
@@ -84,18 +85,10 @@ class Cluster:
         node.close()
 
     def zk_assignment(self) -> dict[str, list[int]]:
-        store = AssignmentStore(self.client, ZkPaths(self.settings.zk_root))
-        return {k: v for k, v in store.read_all().buckets_by_node().items() if v}
+        return zk_assignment(AssignmentStore(self.client, ZkPaths(self.settings.zk_root)))
 
     def sql_assignment(self) -> dict[str, list[int]]:
-        owners: dict[str, list[int]] = {}
-        with self.engine.connect() as connection:
-            for bucket, node in connection.execute(
-                select(Bucket.bucket_id, Bucket.node_key).order_by(Bucket.bucket_id)
-            ):
-                if node is not None:
-                    owners.setdefault(node, []).append(bucket)
-        return owners
+        return sql_assignment(self.engine)
 
     def assert_consistent(self) -> dict[str, list[int]]:
         """ZooKeeper and SQL agree and every bucket has exactly one owner."""

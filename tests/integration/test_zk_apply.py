@@ -10,6 +10,7 @@ from kazoo.client import KazooClient
 
 from allot.errors import InvalidPlan, LockLost, StaleAssignment
 from allot.settings import Settings
+from allot.testing.cluster import round_robin
 from allot.testing.servers import ServerProcess
 from allot.zk import AllAssignments, AssignmentLock, AssignmentStore, ZkPaths, connect
 from allot.zk.apply import commit_ops
@@ -20,10 +21,8 @@ BUCKETS = 64
 
 
 def spread(nodes: list[str], buckets: int = BUCKETS) -> dict[str, list[int]]:
-    plan: dict[str, list[int]] = {n: [] for n in nodes}
-    for bucket in range(1, buckets + 1):
-        plan[nodes[(bucket - 1) % len(nodes)]].append(bucket)
-    return plan
+    """The balanced initial assignment of these tests: buckets dealt round-robin."""
+    return round_robin(nodes, buckets)
 
 
 def connect_to(zookeeper: ServerProcess, zk_root: str) -> KazooClient:

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from allot.planner import plan_from_json
+from tests.unit.snapshots import snapshots
 
 settings.register_profile(
     "planner-properties",
@@ -29,56 +30,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 PROPERTIES = settings(settings.get_profile("planner-properties"))
-
-KEYS = ["a", "b", "c", "d", "e", "f", "g", "h", "n1@host", "n2@host"]
-GHOSTS = ["gone1", "gone2"]  # listed in assignments only: offline by the contract
-STATES = [None, "live", "live", "live", "suspect", "offline"]  # None: the field is left out
-WEIGHTS = [None, 1.0, 0.5, 2.0, 3.0, 4.0, 1.5, 0.1, 0.3, 1 / 3, 2 / 3, 7.25, 99.9, 0.001, 1000.0]
-NODES = [(state, weight) for weight in WEIGHTS for state in STATES]
-
-
-@st.composite
-def snapshots(draw: st.DrawFn, limit: bool = True) -> dict[str, Any]:
-    """A valid snapshot: up to 64 buckets, up to 8 nodes in any state, ghosts, unowned buckets.
-
-    A few wide draws (bit masks, one byte per node or bucket) rather than one draw per element
-    keep generation cheap enough for 10,000 examples; they shrink towards fewer nodes, live
-    nodes of weight 1 and unowned buckets.
-    """
-    bucket_count = draw(st.integers(1, 64))
-    mask = draw(st.integers(0, 2 ** len(KEYS) - 1))
-    keys = [key for bit, key in enumerate(KEYS) if mask >> bit & 1][:8]
-    kinds = draw(st.binary(min_size=len(keys), max_size=len(keys)))
-    nodes: dict[str, Any] = {}
-    for key, byte in zip(keys, kinds, strict=True):
-        state, weight = NODES[byte % len(NODES)]
-        entry: dict[str, Any] = {}
-        if state is not None:
-            entry["state"] = state
-        if weight is not None:
-            entry["weight"] = weight
-        nodes[key] = entry
-    ghosts = draw(st.integers(0, 3))
-    holders = keys + [key for bit, key in enumerate(GHOSTS) if ghosts >> bit & 1]
-    empty = draw(st.integers(0, 2 ** len(holders) - 1))  # which holders list an empty entry
-    assignments: dict[str, list[int]] = {
-        key: [] for bit, key in enumerate(holders) if empty >> bit & 1
-    }
-    if holders:
-        owner = draw(st.binary(min_size=bucket_count, max_size=bucket_count))
-        for bucket, byte in enumerate(owner, start=1):
-            index = byte % (len(holders) + 1) - 1  # -1: nobody holds the bucket
-            if index >= 0:
-                assignments.setdefault(holders[index], []).append(bucket)
-    snapshot: dict[str, Any] = {
-        "bucket_count": bucket_count,
-        "nodes": nodes,
-        "assignments": assignments,
-    }
-    if limit:
-        snapshot["max_moves"] = draw(st.none() | st.integers(0, bucket_count))
-    return snapshot
-
 
 # --- an independent model of the contract -------------------------------------------------------
 
