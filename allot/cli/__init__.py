@@ -14,6 +14,7 @@ import typer
 
 from allot.cli import cluster, db, plan, plans, tables, verify
 from allot.cli._common import err_console
+from allot.cli._context import CliConfig
 from allot.errors import AllotError
 
 app = typer.Typer(
@@ -23,6 +24,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _configure(context: typer.Context) -> None:
+    """Shard a catalog of tables across worker nodes through fixed buckets."""
+    context.obj = CliConfig()
+
+
 app.add_typer(db.app, name="db")
 app.add_typer(tables.app, name="tables")
 app.command("mapping")(tables.mapping)

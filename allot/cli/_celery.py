@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from allot.cli._context import cli_config
 from allot.errors import AllotError, ServiceError
-from allot.settings import load_settings
 
 
 def call_task(name: str, kwargs: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def call_task(name: str, kwargs: dict[str, Any], timeout: float) -> dict[str, An
     from celery.exceptions import TimeoutError as CeleryTimeout
     from kombu.exceptions import OperationalError
 
-    settings = load_settings()
+    settings = cli_config().settings
     app = Celery("allot-cli", broker=settings.broker_url, backend=settings.celery_result_backend)
     app.conf.update(
         task_serializer="json",

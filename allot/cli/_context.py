@@ -1,11 +1,14 @@
-"""What a CLI command needs to reach the database: settings, an engine, sessions."""
+"""What a CLI command needs: the settings (read once per invocation, :class:`CliConfig`), the
+database (:func:`open_database`) and ZooKeeper (:func:`open_zookeeper`)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import click
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from sqlalchemy import Engine
@@ -16,6 +19,31 @@ from allot.errors import ZooKeeperUnavailable
 from allot.settings import Settings, load_settings
 from allot.zk.client import connect
 from models.engine import make_engine, session_factory
+
+
+class CliConfig:
+    """The one place a command's settings come from, built by the root callback of the ``allot``
+    app and kept in the click context (rq's ``CliConfig``). The settings are read on first use,
+    so ``allot --help`` and ``allot plan --input`` work with an environment they do not need."""
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        """The settings from the environment.
+
+        Raises:
+            ConfigurationError: a variable is invalid (the message names it).
+        """
+        return load_settings()
+
+
+def cli_config() -> CliConfig:
+    """The running command's :class:`CliConfig` (a fresh one outside a command, e.g. in tests
+    calling a helper directly)."""
+    context = click.get_current_context(silent=True)
+    root = None if context is None else context.find_root()
+    if root is not None and isinstance(root.obj, CliConfig):
+        return root.obj
+    return CliConfig()
 
 
 @dataclass
@@ -35,7 +63,7 @@ def open_database(check: bool = True) -> Iterator[DatabaseContext]:
     never runs against a database it does not understand. Driver errors raised inside the block
     become allot errors (:func:`allot.database.database_errors`).
     """
-    settings = load_settings()
+    settings = cli_config().settings
     engine = make_engine(settings.database_url)
     try:
         with database_errors(settings.database_url):

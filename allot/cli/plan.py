@@ -16,9 +16,9 @@ from typing import Annotated, Any
 import typer
 
 from allot.cli._common import err_console, print_json
+from allot.cli._context import cli_config
 from allot.errors import ConfigurationError, InvalidInput, InvalidSnapshot
 from allot.planner import get_strategy, plan_from_json, strategy_names
-from allot.settings import load_settings
 
 
 def plan_command(
@@ -50,7 +50,7 @@ def plan_command(
         InvalidSnapshot: the input is not JSON or breaks the snapshot contract.
         ConfigurationError: the strategy (option or ALLOT_STRATEGY) is unknown.
     """
-    chosen = strategy if strategy is not None else load_settings().strategy
+    chosen = strategy if strategy is not None else cli_config().settings.strategy
     try:
         get_strategy(chosen)
     except ConfigurationError as exc:
