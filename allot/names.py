@@ -11,6 +11,7 @@ ZooKeeper path components, so a slash or a relative component is never allowed).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from allot.errors import InvalidNodeKey, InvalidTableName
@@ -73,3 +74,16 @@ def validate_node_key(key: str) -> str:
             "(not '.' or '..')"
         )
     return key
+
+
+def split_node_keys(names: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """Sort ZooKeeper child ``names`` into valid node keys (sorted) and the others, each with
+    the reason it is not a node key (nothing under allot's parents is trusted blindly)."""
+    keys: list[str] = []
+    invalid: dict[str, str] = {}
+    for name in sorted(names):
+        try:
+            keys.append(validate_node_key(name))
+        except InvalidNodeKey as exc:
+            invalid[name] = str(exc)
+    return keys, invalid

@@ -23,14 +23,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from allot.cycle import AssignmentCycle
 from allot.database import upgrade
 from allot.settings import Settings
-from allot.testing.cluster import LocalCluster
+from allot.testing.cluster import LocalCluster, steady_cycles
 from allot.testing.processes import allot_env
 from allot.testing.servers import start_redis, start_zookeeper
 from allot.zk.client import connect
-from models.engine import make_engine, session_factory
+from models.engine import make_engine
 
 SESSION_TIMEOUT = 4.0
 OFFLINE_TIMEOUT = 2.0
@@ -102,13 +101,7 @@ def main() -> None:
             )
             cluster.worker(victim)
             cluster.wait_for(lambda: cluster.settled(balanced), f"{victim} to rejoin", 90)
-        cycle = AssignmentCycle(client, session_factory(engine), settings)
-        durations = []
-        for _ in range(args.cycles):
-            began = time.perf_counter()
-            report = cycle.run("bench", lock_timeout=10)
-            durations.append((time.perf_counter() - began) * 1000)
-            assert report.outcome == "unchanged", report.headline()
+        durations = steady_cycles(client, engine, settings, args.cycles)
     finally:
         cluster.stop_all()
         client.stop()

@@ -29,15 +29,14 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from allot.cycle import AssignmentCycle
 from allot.database import upgrade
 from allot.settings import Settings
-from allot.testing.cluster import LocalCluster
+from allot.testing.cluster import LocalCluster, steady_cycles
 from allot.testing.processes import allot_env
 from allot.testing.servers import start_redis, start_zookeeper
 from allot.zk.client import connect
 from bench.results import record_section
-from models.engine import make_engine, session_factory
+from models.engine import make_engine
 
 BUCKETS = 16_384
 HERE = Path(__file__).resolve().parent
@@ -146,13 +145,7 @@ def main() -> None:
         time.sleep(3)  # let retries that were already queued run, so they are counted
         cycles = cycles_logged(cluster) - before
         tasks = tasks_received(cluster) - received
-        cycle = AssignmentCycle(client, session_factory(engine), settings)
-        durations = []
-        for _ in range(args.cycles):
-            began = time.perf_counter()
-            report = cycle.run("bench", lock_timeout=30)
-            durations.append((time.perf_counter() - began) * 1000)
-            assert report.outcome == "unchanged", report.headline()
+        durations = steady_cycles(client, engine, settings, args.cycles)
     finally:
         for process in members:
             if process.stdin is not None:

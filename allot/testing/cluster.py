@@ -5,6 +5,7 @@ assignment from ZooKeeper and SQL."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -12,10 +13,13 @@ from typing import TypeVar
 from kazoo.client import KazooClient
 from sqlalchemy import Engine, select
 
+from allot.cycle import AssignmentCycle
+from allot.settings import Settings
 from allot.testing.processes import ManagedProcess, Processes
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models import Bucket
+from models.engine import session_factory
 
 T = TypeVar("T")
 
@@ -102,6 +106,24 @@ class LocalCluster:
         if not matches or zk != self.sql():
             return None
         return zk
+
+
+def steady_cycles(
+    client: KazooClient, engine: Engine, settings: Settings, count: int
+) -> list[float]:
+    """Run ``count`` cycles in this process on a settled cluster; their durations in ms.
+
+    Raises:
+        AssertionError: a cycle did something else than find nothing to move.
+    """
+    cycle = AssignmentCycle(client, session_factory(engine), settings)
+    durations = []
+    for _ in range(count):
+        began = time.perf_counter()
+        report = cycle.run("bench", lock_timeout=30)
+        durations.append((time.perf_counter() - began) * 1000)
+        assert report.outcome == "unchanged", report.headline()
+    return durations
 
 
 def zk_assignment(store: AssignmentStore) -> dict[str, list[int]]:

@@ -18,8 +18,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch
 
-from allot.errors import InvalidNodeKey
-from allot.names import validate_node_key
+from allot.names import split_node_keys
 from allot.zk.client import ensure_layout
 from allot.zk.codec import MemberInfo, decode_member_info
 from allot.zk.multiread import get_many
@@ -74,13 +73,7 @@ def _read_members(client: KazooClient, paths: ZkPaths) -> Members:
         children = client.get_children(paths.nodes)
     except NoNodeError:
         return Members({})
-    invalid: dict[str, str] = {}
-    keys: list[str] = []
-    for child in sorted(children):
-        try:
-            keys.append(validate_node_key(child))
-        except InvalidNodeKey as exc:
-            invalid[child] = str(exc)
+    keys, invalid = split_node_keys(children)
     live: dict[str, LiveNode] = {}
     foreign: dict[str, str] = {}
     for key, found in zip(keys, get_many(client, [paths.node(k) for k in keys]), strict=True):

@@ -29,8 +29,8 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoNodeError
 
-from allot.errors import AccessDenied, CorruptAssignment, InvalidNodeKey, StaleAssignment
-from allot.names import validate_node_key
+from allot.errors import AccessDenied, CorruptAssignment, StaleAssignment
+from allot.names import split_node_keys
 from allot.zk.apply import DEFAULT_MAX_REQUEST_BYTES, ApplyResult, apply_plan, touch
 from allot.zk.client import ensure_layout
 from allot.zk.codec import (
@@ -107,14 +107,9 @@ class AssignmentStore:
             children = self.client.get_children(self.paths.bucket_assignments)
         except NoNodeError:
             children = []
-        invalid: dict[str, str] = {}
-        keys: list[str] = []
-        for child in sorted(children):
-            try:
-                keys.append(validate_node_key(child))
-            except InvalidNodeKey as exc:
-                log.warning("ignoring %s/%s: %s", self.paths.bucket_assignments, child, exc)
-                invalid[child] = str(exc)
+        keys, invalid = split_node_keys(children)
+        for child, reason in invalid.items():
+            log.warning("ignoring %s/%s: %s", self.paths.bucket_assignments, child, reason)
         reads = [
             path
             for key in keys
