@@ -14,14 +14,9 @@ One cycle, under the ZooKeeper lock ``{root}/locks/assign``:
    mirror it to ``bucket`` / ``node`` / ``plan`` in one SQL transaction;
 6. return a :class:`~allot.report.CycleReport` (:meth:`~allot.report.CycleReport.from_round`).
 
-Steps 1 and 2 and the ``aborted`` outcome are one context manager, :meth:`AssignmentCycle._locked`,
-shared by :meth:`~AssignmentCycle.run` and :meth:`~AssignmentCycle.apply_stored`.
-
-If membership changed while the cycle ran, or a suspect node's grace period ended, the cycle
-plans again before releasing the lock (at most :data:`MAX_ROUNDS` rounds); so does a round whose
-write lost the race to another writer (a worker leaving cleanly deletes its own entry). Event
-cycles that find the lock held retry a second later (``tasks.assign``), so an event never waits
-for the next beat tick.
+Steps 1 and 2 and the ``aborted`` outcome are one context manager. A cycle plans again before
+releasing the lock when membership changed under it, a grace period ended or its write lost a
+race (at most :data:`MAX_ROUNDS` rounds); event cycles that fail retry (``tasks.assign``).
 
 Failure modes (each has a test in tests/integration/test_cycle.py or test_faults.py):
     Session SUSPENDED or LOST mid-cycle: the guard trips, every ZooKeeper write checks the lock
@@ -62,6 +57,7 @@ from allot.errors import (
     CoordinationError,
     DatabaseUnavailable,
     StaleAssignment,
+    ZooKeeperUnavailable,
 )
 from allot.fenced_sql import FencedSql
 from allot.observe import Observation, observe
@@ -170,7 +166,7 @@ class AssignmentCycle:
             lock_timeout: seconds to wait for the lock; 0 skips at once when it is held.
 
         Raises:
-            ZooKeeperUnavailable, AccessDenied: not connected, or the ACL refused the lock.
+            AccessDenied: the ACL refused the lock (a lost connection is an ``aborted`` report).
         """
         with self._locked(trigger, lock_timeout) as section:
             if section.guard is not None:
@@ -185,7 +181,7 @@ class AssignmentCycle:
 
         Raises:
             NotFound, InvalidInput: no plan, or several, match ``plan_id``.
-            ZooKeeperUnavailable, AccessDenied: not connected, or the ACL refused the lock.
+            AccessDenied: the ACL refused the lock (a lost connection is an ``aborted`` report).
         """
         with self._locked("apply", lock_timeout) as section:
             if section.guard is not None:
@@ -206,7 +202,12 @@ class AssignmentCycle:
         propagates (after the release).
         """
         section = LockedSection(trigger, self.lock.identifier)
-        guard = self.lock.acquire(lock_timeout)
+        try:
+            guard = self.lock.acquire(lock_timeout)
+        except (ZooKeeperUnavailable, KazooException) as exc:  # the session is gone right now
+            section.abort(exc)
+            yield section
+            return
         if guard is None:
             reason = "another cycle holds the lock"
             section.report = CycleReport(CycleOutcome.SKIPPED, trigger, reason=reason)
