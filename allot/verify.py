@@ -1,163 +1,160 @@
-"""The invariants, checked against the live cluster (``allot verify``).
+"""``allot verify``'s read of the live cluster: the facts :func:`allot.invariants.evaluate`
+judges (the checks are listed there).
 
-:func:`violations` is pure: it takes what :func:`read_facts` read (ZooKeeper through
-:func:`allot.observe.observe`, the ``bucket`` and ``plan`` rows, the lease znodes, whether the
-assignment lock is held) and returns every broken invariant:
+:func:`read_facts` gathers the facts: ZooKeeper through :func:`allot.observe.observe`, then
+SQL, the lock, the leases. It writes nothing.
 
-1. ``one-owner``: every bucket ``1..N`` is listed by exactly one node in ZooKeeper, every id is
-   in range and every entry is readable (a bucket nobody holds counts only while a live node
-   could hold it);
-2. ``owner-state``: every owner is live or suspect (inside its grace period);
-3. ``sql-agrees``: ``bucket.node_key`` names the ZooKeeper owner of every bucket and SQL mirrors
-   the epoch of ``assignment-version``;
-4. ``lease-owner``: every lease ``{root}/leases/{bucket}`` names the bucket's owner (none exist
-   before table work runs: nothing to check);
-5. ``stuck-plan``: no plan is ``applying`` while nobody holds the assignment lock.
-
-Children of ``nodes/`` that are not allot's are notes, not violations.
+Failure modes of the read:
+    SUSPENDED: every ZooKeeper read retries through ``client.retry`` until it gives up
+    (``RetryFailedError``, a ``KazooException``, propagates). LOST: reads hold no ephemeral
+    state; kazoo's new session answers them.
+    Concurrent cycles: a read during which ``assignment-version`` or SQL's epoch moved is
+    repeated (up to ``attempts`` times), so a cycle applying meanwhile is not reported as a
+    disagreement; a plan counts as stuck only if it is ``applying`` both before and after the
+    lock was seen free.
+    Corrupt data: never raised; it is what the checks report.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot import mirror, plans
+from allot.database import safe_url
 from allot.errors import DatabaseUnavailable
+from allot.invariants import Facts
 from allot.observe import Observation, observe
-from allot.repair import format_ids
 from allot.settings import Settings
 from allot.zk.lock import AssignmentLock
+from allot.zk.model import read_version
+from allot.zk.multiread import get_many
 from allot.zk.paths import ZkPaths
 from models.base import utcnow
-from models.schema import Bucket
 from models.states import PlanStatus
 
 
-@dataclass(frozen=True)
-class Violation:
-    """One broken invariant: which ``check`` and what exactly."""
-
-    check: str
-    detail: str
+def leases_path(paths: ZkPaths) -> str:
+    """``{root}/leases``: one ephemeral child per bucket whose work a node runs."""
+    return f"{paths.root}/leases"
 
 
-@dataclass(frozen=True)
-class Facts:
-    """What :func:`violations` judges."""
+def read_facts(
+    client: KazooClient, sessions: sessionmaker[Session], settings: Settings, *, attempts: int = 3
+) -> Facts:
+    """Read what :func:`evaluate` judges, from ZooKeeper and SQL (writes nothing).
 
-    seen: Observation
-    bucket_count: int
-    sql_owners: Mapping[int, str | None]
-    sql_epoch: int
-    leases: Mapping[int, str] = field(default_factory=dict)
-    applying: Sequence[str] = ()
-    lock_held: bool = False
-
-
-def violations(facts: Facts) -> list[Violation]:
-    """Every invariant ``facts`` break (module docstring), in check order."""
-    seen, count = facts.seen, facts.bucket_count
-    found: list[Violation] = []
-    stored = seen.snapshot.buckets_by_node()
-    owners: dict[int, list[str]] = {}
-    for key, buckets in sorted(stored.items()):
-        for bucket in buckets:
-            if not 1 <= bucket <= count:
-                found.append(
-                    Violation("one-owner", f"{key} lists bucket {bucket}, not in 1..{count}")
-                )
-            else:
-                owners.setdefault(bucket, []).append(key)
-    for key, reason in sorted(seen.snapshot.corrupt.items()):
-        found.append(Violation("one-owner", f"the entry of {key} is unreadable: {reason}"))
-    for bucket, keys in sorted(owners.items()):
-        if len(keys) > 1:
-            found.append(Violation("one-owner", f"bucket {bucket} is listed by {', '.join(keys)}"))
-    unowned = [b for b in range(1, count + 1) if b not in owners]
-    if unowned and seen.classes.live:
-        found.append(
-            Violation("one-owner", f"{len(unowned)} bucket(s) have no owner: {format_ids(unowned)}")
-        )
-    for key in sorted(stored):
-        if stored[key] and key not in seen.classes.live and key not in seen.classes.suspect:
-            found.append(
-                Violation("owner-state", f"{key} holds {len(stored[key])} bucket(s) but is offline")
-            )
-    zk_owner = {bucket: keys[0] for bucket, keys in owners.items()}
-    differ = [b for b in range(1, count + 1) if facts.sql_owners.get(b) != zk_owner.get(b)]
-    if differ:
-        found.append(
-            Violation(
-                "sql-agrees", f"SQL names another owner than ZooKeeper for {format_ids(differ)}"
-            )
-        )
-    epoch = seen.snapshot.version.epoch
-    if facts.sql_epoch != epoch:
-        found.append(
-            Violation("sql-agrees", f"SQL mirrors epoch {facts.sql_epoch}, ZooKeeper is at {epoch}")
-        )
-    for bucket, holder in sorted(facts.leases.items()):
-        if zk_owner.get(bucket) != holder:
-            owner = zk_owner.get(bucket) or "nobody"
-            found.append(
-                Violation(
-                    "lease-owner", f"the lease of bucket {bucket} names {holder}, owner {owner}"
-                )
-            )
-    if facts.applying and not facts.lock_held:
-        found.append(
-            Violation("stuck-plan", f"plan(s) {', '.join(facts.applying)} applying, lock free")
-        )
-    return found
-
-
-def read_facts(client: KazooClient, sessions: sessionmaker[Session], settings: Settings) -> Facts:
-    """Read what :func:`violations` needs from ZooKeeper and SQL.
+    A read during which ``assignment-version`` or SQL's epoch moved (a cycle applied a plan
+    meanwhile) is repeated, at most ``attempts`` times in all; the last one is returned.
 
     Raises:
+        DatabaseUnavailable: SQL could not be read by :func:`allot.observe.observe`.
+        AccessDenied: ZooKeeper refused reading the assignment.
         kazoo.exceptions.KazooException: ZooKeeper could not be read.
         sqlalchemy.exc.SQLAlchemyError: SQL could not be read.
     """
     paths = ZkPaths(settings.zk_root)
+    for _ in range(max(attempts, 1) - 1):
+        facts, settled = _read_once(client, sessions, settings, paths)
+        if settled:
+            return facts
+    return _read_once(client, sessions, settings, paths)[0]
+
+
+@dataclass(frozen=True)
+class _SqlRead:
+    owners: dict[int, str | None]
+    epoch: int
+    applying: list[str]
+    settled: bool
+
+
+def _read_once(
+    client: KazooClient, sessions: sessionmaker[Session], settings: Settings, paths: ZkPaths
+) -> tuple[Facts, bool]:
+    """One read, and whether it settled (nothing it compares moved while it read)."""
     seen = observe(
         client, paths, sessions, now=utcnow(), offline_timeout=settings.node_offline_timeout,
         bucket_count=settings.bucket_count,
     )  # fmt: skip
     if seen.sql_problem is not None:
-        raise DatabaseUnavailable(f"cannot read SQL: {seen.sql_problem}")
-    with sessions() as session:
-        sql_owners = dict(session.execute(select(Bucket.bucket_id, Bucket.node_key)).all())
-        sql_epoch = mirror.mirrored_epoch(session)
-        applying = [row.plan_id for row in plans.plans_in_status(session, PlanStatus.APPLYING)]
-    lock_held = bool(AssignmentLock(client, paths).contenders()) if applying else False
+        raise DatabaseUnavailable(
+            f"cannot use the database at {safe_url(settings.database_url)}: {seen.sql_problem}"
+        )
+    sql = before = _read_sql(sessions)
+    lock_held = _lock_held(client, paths)
+    if not lock_held:
+        # read again now that the lock was seen free: a plan still applying was left behind
+        # by a cycle that ended (one in flight holds the lock from before it records the plan
+        # until after it finishes it), and a mirror in flight before has landed
+        after = _read_sql(sessions)
+        applying = [plan for plan in after.applying if plan in before.applying]
+        sql = _SqlRead(after.owners, after.epoch, applying, after.settled)
+    leases = _read_leases(client, paths)
+    unchanged = read_version(client, paths).zversion == seen.snapshot.version.zversion
+    return _facts(seen, settings, sql, leases, lock_held), sql.settled and unchanged
+
+
+def _facts(
+    seen: Observation,
+    settings: Settings,
+    sql: _SqlRead,
+    leases: dict[str, bytes] | None,
+    lock_held: bool,
+) -> Facts:
+    snapshot = seen.snapshot
+    version = snapshot.version
     return Facts(
-        seen, settings.bucket_count, sql_owners, sql_epoch, _leases(client, paths), applying,
-        lock_held,
-    )  # fmt: skip
+        bucket_count=settings.bucket_count,
+        stored=snapshot.buckets_by_node(),
+        now=seen.now,
+        live=frozenset(seen.members.live),
+        departures=dict(seen.departures.times),
+        grace=settings.node_offline_timeout,
+        unreadable={**snapshot.invalid, **snapshot.corrupt},
+        epoch=version.epoch,
+        version_problem=version.problem,
+        pending=version.pending,
+        sql_owners=sql.owners,
+        sql_epoch=sql.epoch,
+        applying=sql.applying,
+        leases=leases,
+        lock_held=lock_held,
+        ignored_members=seen.members.ignored(),
+        departures_problem=seen.departures.problem,
+    )
 
 
-def _leases(client: KazooClient, paths: ZkPaths) -> dict[int, str]:
-    parent = f"{paths.root}/leases"
+def _read_sql(sessions: sessionmaker[Session]) -> _SqlRead:
+    """SQL's owners, epoch and applying plans; ``settled``: the epoch did not move meanwhile."""
+    with sessions() as session:
+        epoch = mirror.mirrored_epoch(session)
+        owners = mirror.owners(session)
+        applying = [row.plan_id for row in plans.plans_in_status(session, PlanStatus.APPLYING)]
+        session.expire_all()
+        settled = mirror.mirrored_epoch(session) == epoch
+    return _SqlRead(owners, epoch, applying, settled)
+
+
+def _lock_held(client: KazooClient, paths: ZkPaths) -> bool:
+    """Whether anybody holds (or waits for) the assignment lock; creates nothing."""
+    if client.retry(client.exists, paths.assign_lock) is None:
+        return False
     try:
-        children = client.get_children(parent)
+        return bool(client.retry(AssignmentLock(client, paths).contenders))
     except NoNodeError:
-        return {}
-    leases: dict[int, str] = {}
-    for child in children:
-        if not child.isdigit():
-            continue
-        try:
-            data, _ = client.get(f"{parent}/{child}")
-            holder = json.loads(data).get("node_key")
-        except (NoNodeError, ValueError, AttributeError):
-            continue
-        if isinstance(holder, str):
-            leases[int(child)] = holder
-    return leases
+        return False
+
+
+def _read_leases(client: KazooClient, paths: ZkPaths) -> dict[str, bytes] | None:
+    """The data of every child of ``{root}/leases``; None when that znode does not exist."""
+    parent = leases_path(paths)
+    try:
+        children = sorted(client.retry(client.get_children, parent))
+    except NoNodeError:
+        return None
+    found = client.retry(get_many, client, [f"{parent}/{child}" for child in children])
+    return {child: hit[0] for child, hit in zip(children, found, strict=True) if hit is not None}

@@ -1,50 +1,79 @@
-"""``allot verify``: the invariants, checked against the live cluster."""
+"""``allot verify``: the invariants (:mod:`allot.invariants`), checked against the live cluster
+(:mod:`allot.verify`)."""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
 
 import typer
 
 from allot.cli._common import FormatOption, OutputFormat, console, print_json
 from allot.cli._context import open_database, open_zookeeper
-from allot.verify import Facts, read_facts, violations
-
-
-def _read() -> Facts:
-    with open_database() as db, open_zookeeper(db.settings, "verifying") as client:
-        return read_facts(client, db.sessions, db.settings)
+from allot.invariants import Facts, Verdict, evaluate
+from allot.verify import read_facts
 
 
 def verify(output: FormatOption = OutputFormat.table) -> None:
-    """Check the invariants on the live cluster: every bucket has one owner in ZooKeeper, owners
-    are live or in their grace period, SQL agrees with ZooKeeper, leases name the owners, no
-    plan is stuck applying. Exits 1 listing every violation, 0 when all hold."""
-    facts = _read()
-    found = violations(facts)
-    seen = facts.seen
-    epoch = seen.snapshot.version.epoch
-    notes = [f"ignored {name}: {why}" for name, why in sorted(seen.members.ignored().items())]
+    """Check the invariants on the live cluster; exit 0 when all hold, 1 listing every one
+    that does not (an error reaching ZooKeeper or SQL: one line, its own exit code).
+
+    \b
+    one-owner    every bucket has exactly one owner in ZooKeeper (none listed twice, no id
+                 out of range, no unreadable entry; an unowned one counts while a node is live)
+    owner-state  every owner is live or suspect (gone, within its grace period)
+    sql-agrees   bucket.node_key and SQL's mirrored epoch say what ZooKeeper says
+    lease-owner  every lease {root}/leases/{bucket} names the bucket's owner
+    stuck-plan   no plan is applying while nobody holds the assignment lock
+
+    What a cycle holding the lock is writing counts as in flight, and foreign znodes under
+    nodes/ are notes, not violations.
+    """
+    verdict = evaluate(_read())
     if output is OutputFormat.json:
-        print_json(
-            {
-                "ok": not found,
-                "epoch": epoch,
-                "buckets": facts.bucket_count,
-                "live": sorted(seen.classes.live),
-                "suspect": sorted(seen.classes.suspect),
-                "violations": [{"check": v.check, "detail": v.detail} for v in found],
-                "notes": notes,
-            }
-        )
+        print_json(verdict.to_json())
     else:
-        for note in notes:
-            console.print(f"note: {note}", highlight=False)
-        for violation in found:
-            console.print(f"[red]{violation.check}[/red]: {violation.detail}", highlight=False)
-        if not found:
-            console.print(
-                f"ok: epoch {epoch}, {facts.bucket_count} buckets, {len(seen.classes.live)} live "
-                f"and {len(seen.classes.suspect)} suspect node(s); every invariant holds",
-                highlight=False,
-            )
-    if found:
+        _print(verdict)
+    if not verdict.ok:
         raise typer.Exit(1)
+
+
+def _read() -> Facts:
+    # the checks report what the readers would log (corrupt entries, foreign znodes)
+    with (
+        _quiet("allot"),
+        open_database() as db,
+        open_zookeeper(db.settings, "verifying the cluster") as client,
+    ):
+        return read_facts(client, db.sessions, db.settings)
+
+
+def _print(verdict: Verdict) -> None:
+    for note in verdict.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    for violation in verdict.violations:
+        console.print(
+            f"[red]{violation.check}[/red]: {violation.detail}", highlight=False, soft_wrap=True
+        )
+    summary = (
+        f"epoch {verdict.epoch}, {verdict.bucket_count} buckets, {len(verdict.live)} live and "
+        f"{len(verdict.suspect)} suspect node(s)"
+    )
+    if verdict.ok:
+        console.print(f"ok: {summary}", highlight=False)
+    else:
+        console.print(
+            f"[red]{len(verdict.violations)} violation(s)[/red]: {summary}", highlight=False
+        )
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

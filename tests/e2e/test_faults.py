@@ -4,6 +4,7 @@ keep every bucket with exactly one owner and end with SQL saying what ZooKeeper 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -108,8 +109,10 @@ def test_foreign_data_in_zookeeper_never_stops_a_failover(cluster: LocalCluster)
     paths = ZkPaths(cluster.store.paths.root)
     # When a foreign writer adds an unknown bucket to node1, lists node2's first bucket under a
     # foreign entry, registers an Amoro AMS member, and node3 dies
-    cluster.client.set(paths.assignments(n1), b'["1","5","999"]')
-    taken = cluster.zk()[n2][0]
+    before = cluster.zk()
+    listed = [str(bucket) for bucket in [*before[n1], 999]]
+    cluster.client.set(paths.assignments(n1), json.dumps(listed).encode())
+    taken = before[n2][0]
     cluster.client.create(paths.assignments("amoro-7@h"), f'["{taken}"]'.encode(), makepath=True)
     member = b'{"host":"10.0.0.7","restBindPort":1630,"thriftBindPort":1260}'
     cluster.client.create(f"{paths.nodes}/node-", member, ephemeral=True, sequence=True)
