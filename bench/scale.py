@@ -117,6 +117,7 @@ def main() -> None:
                         str(count),
                         "--prefix",
                         f"m{index // args.per_process}",
+                        *(["--no-watch"] if args.no_duty else []),
                     ],
                     env=env,
                     stdin=subprocess.PIPE,
