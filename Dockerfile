@@ -12,7 +12,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # The project's metadata and packages (the list of packages is pyproject.toml's), then a regular
-# (not editable) install: the image runs the installed package.
+# (not editable) install: the image runs the installed package. allot/testing (the ZooKeeper and
+# Redis launchers of tests and make run, which need Java and the Debian jars) is left out by
+# .dockerignore: no production module imports it (tests/unit/test_layers.py checks).
 COPY pyproject.toml README.md ./
 COPY allot ./allot
 COPY models ./models

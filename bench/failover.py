@@ -14,22 +14,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from allot.database import upgrade
-from allot.settings import Settings
-from allot.testing.cluster import LocalCluster, steady_cycles
-from allot.testing.processes import allot_env
-from allot.testing.servers import start_redis, start_zookeeper
-from allot.zk.client import connect
-from models.engine import make_engine
+from allot.testing.cluster import moved, steady_cycles
+from bench.harness import local_cluster
+from bench.results import make_table
 
 SESSION_TIMEOUT = 4.0
 OFFLINE_TIMEOUT = 2.0
@@ -42,35 +36,16 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=50, help="steady-state cycles to time")
     args = parser.parse_args()
     console = Console(width=120)
-    workdir = Path(tempfile.mkdtemp(prefix="allot-failover-"))
-    zookeeper = start_zookeeper(workdir / "zookeeper")
-    redis = start_redis(workdir / "redis")
-    database_url = f"sqlite:///{workdir / 'allot.db'}"
-    engine = make_engine(database_url)
-    upgrade(engine, 100)
-    root = "/bench/allot"
-    env = allot_env(
-        zk_hosts=zookeeper.address,
-        zk_root=root,
-        broker_url=f"redis://{redis.address}/0",
-        database_url=database_url,
-        zk_session_timeout=str(SESSION_TIMEOUT),
-        node_offline_timeout=str(OFFLINE_TIMEOUT),
-        assign_interval="30",
-    )
-    settings = Settings(
-        zk_hosts=zookeeper.address,
-        zk_root=root,
-        database_url=database_url,
+    failovers: list[float] = []
+    with local_cluster(
+        "allot-failover-",
+        100,
         zk_session_timeout=SESSION_TIMEOUT,
         node_offline_timeout=OFFLINE_TIMEOUT,
-    )
-    client = connect(settings)
-    cluster = LocalCluster(workdir, env, client, engine, root)
-    names = [f"node{i}" for i in range(1, WORKERS + 1)]
-    balanced = {cluster.key(name): 25 for name in names}
-    failovers: list[float] = []
-    try:
+        assign_interval=30,
+    ) as cluster:
+        names = [f"node{i}" for i in range(1, WORKERS + 1)]
+        balanced = {cluster.key(name): 25 for name in names}
         for name in names:
             cluster.worker(name)
         cluster.beat()
@@ -87,32 +62,24 @@ def main() -> None:
                 zk = cluster.zk()
                 return key not in zk and zk == cluster.sql() and sum(map(len, zk.values())) == 100
 
-            while not failed_over():  # poll finely: this is the measurement
-                if time.perf_counter() - started > 60:
-                    raise AssertionError(f"no failover of {victim} within 60 s\n{cluster.logs()}")
-                time.sleep(0.01)
+            # poll finely: this is the measurement
+            cluster.wait_for(failed_over, f"the failover of {victim}", 60, interval=0.01)
             elapsed = time.perf_counter() - started
             failovers.append(elapsed)
             after = cluster.zk()
             assert set(after) == set(survivors), after
-            moved = sum(len(set(after[k]) - set(before[k])) for k in after)
             console.print(
-                f"trial {trial + 1}: {victim} killed, {moved} buckets moved in {elapsed:.2f} s"
+                f"trial {trial + 1}: {victim} killed, {len(moved(before, after))} buckets moved "
+                f"in {elapsed:.2f} s"
             )
             cluster.worker(victim)
             cluster.wait_for(lambda: cluster.settled(balanced), f"{victim} to rejoin", 90)
-        durations = steady_cycles(client, engine, settings, args.cycles)
-    finally:
-        cluster.stop_all()
-        client.stop()
-        client.close()
-        engine.dispose()
-        redis.stop()
-        zookeeper.stop()
+        durations = steady_cycles(cluster, args.cycles)
     budget = SESSION_TIMEOUT + OFFLINE_TIMEOUT + 2
-    table = Table(title=f"allot failover: {WORKERS} workers, 100 buckets, SQLite")
-    for column in ("measure", "n", "median", "min", "max", "target", "met"):
-        table.add_column(column, justify="right")
+    table = make_table(
+        f"allot failover: {WORKERS} workers, 100 buckets, SQLite",
+        ("measure", "n", "median", "min", "max", "target", "met"),
+    )
     table.add_row(
         "kill -9 -> committed in ZK and SQL (s)",
         str(len(failovers)),

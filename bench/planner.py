@@ -54,7 +54,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allot.planner import plan, plan_from_json, snapshot_from_json, strategy_names
-from bench.results import machine, record_section
+from allot.testing.cluster import round_robin
+from bench.results import command_line, machine, make_table, record_section
 
 KINDS = ("join", "leave", "death", "weights", "mixed")
 WEIGHTS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -175,19 +176,21 @@ def measure_drift(count: int, seed: int, names: tuple[str, ...]) -> dict[tuple[s
 
 
 def quality_table(results: dict[tuple[str, str], Quality], title: str) -> Table:
-    table = Table(title=title)
-    for column in (
-        "strategy",
-        "weights",
-        "plans",
-        "moves/min mean",
-        "moves/min max",
-        "min=0 violations",
-        "total moves / min",
-        "balanced",
-        "worst spread",
-    ):
-        table.add_column(column, justify="left" if column in ("strategy", "weights") else "right")
+    table = make_table(
+        title,
+        (
+            "strategy",
+            "weights",
+            "plans",
+            "moves/min mean",
+            "moves/min max",
+            "min=0 violations",
+            "total moves / min",
+            "balanced",
+            "worst spread",
+        ),
+        left=("strategy", "weights"),
+    )
     for (name, group), quality in results.items():
         ratios = quality.ratios or [0.0]
         table.add_row(
@@ -216,9 +219,7 @@ def quality_table(results: dict[tuple[str, str], Quality], title: str) -> Table:
 def timing_snapshot(buckets: int, nodes: int) -> dict[str, Any]:
     """``buckets`` spread round-robin over ``nodes`` nodes; then one joins and one dies."""
     keys = [f"node{i:04d}@host" for i in range(nodes)]
-    assignments: dict[str, list[int]] = {key: [] for key in keys}
-    for bucket in range(1, buckets + 1):
-        assignments[keys[(bucket - 1) % nodes]].append(bucket)
+    assignments = round_robin(keys, buckets)
     states: dict[str, Any] = {key: {"state": "live"} for key in keys}
     states[keys[0]] = {"state": "offline"}
     states["joined@host"] = {"state": "live"}
@@ -238,17 +239,19 @@ def median_seconds(run: Callable[[], object], repeats: int, budget: float) -> tu
 
 
 def timing_table(names: tuple[str, ...], repeats: int, budget: float) -> Table:
-    table = Table(title=f"Time: median of up to {repeats} runs (one node joins, one dies)")
-    for column in (
-        "buckets x nodes",
-        "strategy",
-        "plan_from_json",
-        "plan (typed)",
-        "µs / bucket",
-        "x balanced",
-        "runs",
-    ):
-        table.add_column(column, justify="left" if column == "strategy" else "right")
+    table = make_table(
+        f"Time: median of up to {repeats} runs (one node joins, one dies)",
+        (
+            "buckets x nodes",
+            "strategy",
+            "plan_from_json",
+            "plan (typed)",
+            "µs / bucket",
+            "x balanced",
+            "runs",
+        ),
+        left=("strategy",),
+    )
     for buckets, nodes in TIMING_CASES:
         data = timing_snapshot(buckets, nodes)
         snapshot = snapshot_from_json(data)
@@ -306,11 +309,10 @@ def main() -> None:
     if not args.skip_timing:
         console.print(timing_table(names, args.repeats, args.budget))
     if args.record:
-        command = " ".join([".venv/bin/python", "bench/planner.py", *sys.argv[1:]])
         record_section(
             args.record,
             "Planner",
-            command,
+            command_line(),
             ["The machine is shared and noisy: the time ratios matter more than absolute times."],
             console.export_text(),
         )

@@ -11,29 +11,28 @@ afterwards); set ALLOT_TEST_POSTGRES_URL for another server.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
+import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 from sqlalchemy import Engine, create_engine, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allot import registry
 from allot.database import upgrade
 from allot.names import TableName
+from allot.testing.databases import POSTGRES_ADMIN_URL, postgres_database
+from bench.results import make_table
 from models.engine import make_engine, session_factory
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "ALLOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 LOOKUP_SQL = text(
     "SELECT node_key, bucket_id FROM table_assignment "
     "WHERE catalog_name = :c AND db_name = :d AND table_name = :t"
@@ -59,20 +58,6 @@ def table_names(count: int) -> list[TableName]:
 def sqlite_database() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="allot-bench-") as directory:
         yield f"sqlite:///{Path(directory) / 'allot.db'}"
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"allot_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def run(
@@ -132,39 +117,44 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=150)
     results = []
-    with sqlite_database() as url:
-        console.print(f"SQLite: registering {args.tables:,} tables ...")
-        results.append(run("SQLite", url, args.tables, args.lookups, args.seed))
-    with postgres_database() as url:
-        console.print(f"PostgreSQL: registering {args.tables:,} tables ...")
-        results.append(run("PostgreSQL", url, args.tables, args.lookups, args.seed))
-    if args.big:
-        with postgres_database() as url:
-            console.print(f"PostgreSQL: registering {args.big:,} tables ...")
-            results.append(
-                run(
-                    "PostgreSQL",
-                    url,
-                    args.big,
-                    args.lookups,
-                    args.seed,
-                    show_plan=lambda plan: console.print(f"lookup plan:\n{plan}"),
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with sqlite_database() as url:
+            console.print(f"SQLite: registering {args.tables:,} tables ...")
+            results.append(run("SQLite", url, args.tables, args.lookups, args.seed))
+        with postgres_database(admin, "allot_bench_") as url:
+            console.print(f"PostgreSQL: registering {args.tables:,} tables ...")
+            results.append(run("PostgreSQL", url, args.tables, args.lookups, args.seed))
+        if args.big:
+            with postgres_database(admin, "allot_bench_") as url:
+                console.print(f"PostgreSQL: registering {args.big:,} tables ...")
+                results.append(
+                    run(
+                        "PostgreSQL",
+                        url,
+                        args.big,
+                        args.lookups,
+                        args.seed,
+                        show_plan=lambda plan: console.print(f"lookup plan:\n{plan}"),
+                    )
                 )
-            )
+    finally:
+        admin.dispose()
     base = results[0]
-    table = Table(title="allot registry: bulk registration and lookups by name")
-    for column in (
-        "database",
-        "tables",
-        "register (s)",
-        "tables/s",
-        "vs SQLite",
-        "lookups",
-        "lookup median (ms)",
-        "lookup p99 (ms)",
-        "vs SQLite",
-    ):
-        table.add_column(column, justify="right")
+    table = make_table(
+        "allot registry: bulk registration and lookups by name",
+        (
+            "database",
+            "tables",
+            "register (s)",
+            "tables/s",
+            "vs SQLite",
+            "lookups",
+            "lookup median (ms)",
+            "lookup p99 (ms)",
+            "vs SQLite",
+        ),
+    )
     for result in results:
         table.add_row(
             result.database,

@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: the machine line and writing one section of bench/RESULTS.md."""
+"""Shared by the benchmarks: the machine line, their tables, and writing one section of
+bench/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import datetime
 import os
 import platform
 import re
+import sys
+from collections.abc import Iterable
 from pathlib import Path
+
+from rich.table import Table
 
 HEADER = (
     "# Benchmark results\n\nEach section names its machine, date and the command that "
@@ -26,6 +31,20 @@ def machine() -> str:
         pass
     cpus = len(os.sched_getaffinity(0))
     return f"{cpus} CPUs (nproc), {model}, Python {platform.python_version()}"
+
+
+def make_table(title: str, columns: Iterable[str], left: Iterable[str] = ()) -> Table:
+    """An empty table with these columns, right-justified but for those named in ``left``."""
+    table = Table(title=title)
+    flush_left = set(left)
+    for column in columns:
+        table.add_column(column, justify="left" if column in flush_left else "right")
+    return table
+
+
+def command_line() -> str:
+    """How this benchmark was run: ``.venv/bin/python bench/<script>.py ARGS``."""
+    return " ".join([".venv/bin/python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def record_section(path: Path, title: str, command: str, notes: list[str], text: str) -> None:

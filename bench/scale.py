@@ -20,23 +20,16 @@ import io
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from allot.database import upgrade
-from allot.settings import Settings
 from allot.testing.cluster import LocalCluster, steady_cycles
-from allot.testing.processes import allot_env
-from allot.testing.servers import start_redis, start_zookeeper
-from allot.zk.client import connect
-from bench.results import record_section
-from models.engine import make_engine
+from bench.harness import local_cluster
+from bench.results import make_table, record_section
 
 BUCKETS = 16_384
 HERE = Path(__file__).resolve().parent
@@ -58,11 +51,7 @@ def cycles_logged(cluster: LocalCluster) -> int:
 
 def tasks_received(cluster: LocalCluster) -> int:
     """``allot.assign`` messages the workers received (skipped retries included)."""
-    return sum(
-        "allot.assign[" in line and " received" in line
-        for process in cluster.group.started
-        for line in process.output().splitlines()
-    )
+    return cluster.count_in_logs("allot.assign[", " received")
 
 
 def main() -> None:
@@ -77,94 +66,71 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="write bench/RESULTS.md")
     args = parser.parse_args()
     console = Console(width=120, record=True, file=io.StringIO() if args.record else None)
-    workdir = Path(tempfile.mkdtemp(prefix="allot-scale-"))
-    zookeeper = start_zookeeper(workdir / "zookeeper")
-    redis = start_redis(workdir / "redis")
-    database_url = f"sqlite:///{workdir / 'allot.db'}"
-    engine = make_engine(database_url)
-    upgrade(engine, BUCKETS)
-    root = "/bench/allot"
-    env = allot_env(
-        zk_hosts=zookeeper.address,
-        zk_root=root,
-        broker_url=f"redis://{redis.address}/0",
-        database_url=database_url,
-        zk_session_timeout="10",
-        bucket_count=str(BUCKETS),
-        assign_interval="30",
-    )
-    settings = Settings(
-        zk_hosts=zookeeper.address, zk_root=root, database_url=database_url, bucket_count=BUCKETS
-    )
-    client = connect(settings)
-    cluster = LocalCluster(workdir, env, client, engine, root)
     members: list[subprocess.Popen[str]] = []
     total = args.members + 2
-    try:
-        for name in ("node1", "node2"):
-            cluster.worker(name)
-        cluster.wait_for(lambda: balanced(cluster.zk(), 2), "two workers sharing the buckets", 90)
-        before = cycles_logged(cluster)
-        received = tasks_received(cluster)
-        for index in range(0, args.members, args.per_process):
-            count = min(args.per_process, args.members - index)
-            members.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(HERE / "members.py"),
-                        "--count",
-                        str(count),
-                        "--prefix",
-                        f"m{index // args.per_process}",
-                        *(["--no-watch"] if args.no_duty else []),
-                    ],
-                    env=env,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
+    with local_cluster(
+        "allot-scale-", BUCKETS, zk_session_timeout=10, assign_interval=30
+    ) as cluster:
+        try:
+            for name in ("node1", "node2"):
+                cluster.worker(name)
+            cluster.wait_for(
+                lambda: balanced(cluster.zk(), 2), "two workers sharing the buckets", 90
             )
-        for process in members:  # every session open, nobody registered yet
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "ready"
-        started = time.time()
-        for process in members:
-            assert process.stdin is not None
-            process.stdin.write("go\n")
-            process.stdin.flush()
-        joined = []
-        for process in members:
-            assert process.stdout is not None
-            joined.append(float(process.stdout.readline().split()[1]))
-        last_join = max(joined)
-        while not balanced(cluster.zk(), total):
-            if time.time() - last_join > 300:
-                raise AssertionError(f"no convergence within 300 s\n{cluster.logs()}")
-            time.sleep(0.05)
-        converged = time.time() - last_join
-        time.sleep(3)  # let retries that were already queued run, so they are counted
-        cycles = cycles_logged(cluster) - before
-        tasks = tasks_received(cluster) - received
-        durations = steady_cycles(client, engine, settings, args.cycles)
-    finally:
-        for process in members:
-            if process.stdin is not None:
-                process.stdin.close()
-        for process in members:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        cluster.stop_all()
-        client.stop()
-        client.close()
-        engine.dispose()
-        redis.stop()
-        zookeeper.stop()
-    table = Table(title=f"allot at scale: {total} members, {BUCKETS:,} buckets, SQLite")
-    for column in ("measure", "value", "target", "met"):
-        table.add_column(column, justify="right")
+            before = cycles_logged(cluster)
+            received = tasks_received(cluster)
+            for index in range(0, args.members, args.per_process):
+                count = min(args.per_process, args.members - index)
+                members.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(HERE / "members.py"),
+                            "--count",
+                            str(count),
+                            "--prefix",
+                            f"m{index // args.per_process}",
+                        ],
+                        env=cluster.env,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                )
+            for process in members:  # every session open, nobody registered yet
+                assert process.stdout is not None
+                assert process.stdout.readline().strip() == "ready"
+            started = time.time()
+            for process in members:
+                assert process.stdin is not None
+                process.stdin.write("go\n")
+                process.stdin.flush()
+            joined = []
+            for process in members:
+                assert process.stdout is not None
+                joined.append(float(process.stdout.readline().split()[1]))
+            last_join = max(joined)
+            cluster.wait_for(
+                lambda: balanced(cluster.zk(), total), "convergence", 300, interval=0.05
+            )
+            converged = time.time() - last_join
+            time.sleep(3)  # let retries that were already queued run, so they are counted
+            cycles = cycles_logged(cluster) - before
+            tasks = tasks_received(cluster) - received
+            durations = steady_cycles(cluster, args.cycles)
+        finally:
+            for process in members:
+                if process.stdin is not None:
+                    process.stdin.close()
+            for process in members:
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    table = make_table(
+        f"allot at scale: {total} members, {BUCKETS:,} buckets, SQLite",
+        ("measure", "value", "target", "met"),
+    )
     joining = last_join - started
     table.add_row("members joining (s, from 'go' to the last join)", f"{joining:.2f}", "<= 1",
                   "yes" if joining <= 1 else "NO")  # fmt: skip

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Mapping
+
+from allot.testing.processes import inherited_env
+
+# ``allot`` as this checkout's Python runs it
+ALLOT_COMMAND = [sys.executable, "-m", "allot"]
 
 
 def allot(
     *args: str, env: Mapping[str, str] | None = None, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m allot ARGS`` with ``env`` added to a clean ALLOT_-free environment."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("ALLOT_")}
-    environment.update(env or {})
+    """Run ``python -m allot ARGS`` with ``env`` added to a clean environment (no ``ALLOT_*``
+    or ``FLOWER_*`` variable of the caller's: :func:`~allot.testing.processes.inherited_env`)."""
     return subprocess.run(
-        [sys.executable, "-m", "allot", *args],
-        env=environment,
+        [*ALLOT_COMMAND, *args],
+        env=inherited_env() | dict(env or {}),
         input=input,
         capture_output=True,
         text=True,

@@ -1,12 +1,14 @@
 """A real local cluster for end-to-end tests and benchmarks: ``celery worker`` and ``celery
 beat`` processes against given ZooKeeper, Redis and database, plus observers that read the
-assignment from ZooKeeper and SQL."""
+assignment from ZooKeeper and SQL, compare two readings, and watch for a bucket with two
+owners."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,6 +17,7 @@ from sqlalchemy import Engine, select
 
 from allot.cycle import AssignmentCycle
 from allot.settings import Settings
+from allot.testing.polling import repeating
 from allot.testing.processes import ManagedProcess, Processes
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
@@ -29,16 +32,24 @@ QUICK_START = ("--without-mingle", "--without-gossip")
 
 
 class LocalCluster:
-    """Workers and beat of one test, with a ZooKeeper client and an engine to observe."""
+    """Workers and beat of one test or benchmark, with a ZooKeeper client and an engine to
+    observe them; ``settings`` are this process's (its client's, and those of the cycles
+    :func:`steady_cycles` runs), ``env`` the processes'."""
 
     def __init__(
-        self, workdir: Path, env: dict[str, str], client: KazooClient, engine: Engine, root: str
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        client: KazooClient,
+        engine: Engine,
+        settings: Settings,
     ) -> None:
         self.workdir = workdir
         self.env = env
         self.client = client
         self.engine = engine
-        self.store = AssignmentStore(client, ZkPaths(root))
+        self.settings = settings
+        self.store = AssignmentStore(client, ZkPaths(settings.zk_root))
         self.group = Processes(workdir / "logs")
         self.processes: dict[str, ManagedProcess] = {}
 
@@ -57,17 +68,26 @@ class LocalCluster:
         self.processes["beat"] = process
         return process
 
-    def wait_for(self, predicate: Callable[[], T | None], what: str, timeout: float) -> T:
+    def wait_for(
+        self,
+        predicate: Callable[[], T | None],
+        what: str,
+        timeout: float,
+        interval: float | None = None,
+    ) -> T:
         """Poll until ``predicate()`` is truthy (see :meth:`Processes.wait_for`)."""
-        return self.group.wait_for(predicate, what, timeout)
+        return self.group.wait_for(predicate, what, timeout, interval)
 
     def stop_all(self) -> None:
         self.group.stop_all()
 
-    def count_in_logs(self, text: str) -> int:
-        """How many lines of all the processes' logs contain ``text``."""
+    def count_in_logs(self, text: str, *more: str) -> int:
+        """How many lines of all the processes' logs contain ``text`` (and each of ``more``)."""
+        texts = (text, *more)
         return sum(
-            text in line for process in self.group.started for line in process.output().splitlines()
+            all(t in line for t in texts)
+            for process in self.group.started
+            for line in process.output().splitlines()
         )
 
     def logs(self) -> str:
@@ -96,27 +116,23 @@ class LocalCluster:
         node gets the larger share depends on the order nodes joined), then over ``nodes``.
         """
         zk = self.zk()
-        counts = {k: len(v) for k, v in zk.items()}
         if isinstance(expected, dict):
-            matches = counts == expected
+            matches = {k: len(v) for k, v in zk.items()} == expected
         else:
-            matches = sorted(counts.values(), reverse=True) == expected and (
-                nodes is None or set(counts) == nodes
-            )
+            matches = sizes(zk) == expected and (nodes is None or set(zk) == nodes)
         if not matches or zk != self.sql():
             return None
         return zk
 
 
-def steady_cycles(
-    client: KazooClient, engine: Engine, settings: Settings, count: int
-) -> list[float]:
-    """Run ``count`` cycles in this process on a settled cluster; their durations in ms.
+def steady_cycles(cluster: LocalCluster, count: int) -> list[float]:
+    """Run ``count`` cycles in this process on a settled cluster (with ``cluster.settings``);
+    their durations in ms.
 
     Raises:
         AssertionError: a cycle did something else than find nothing to move.
     """
-    cycle = AssignmentCycle(client, session_factory(engine), settings)
+    cycle = AssignmentCycle(cluster.client, session_factory(cluster.engine), cluster.settings)
     durations = []
     for _ in range(count):
         began = time.perf_counter()
@@ -152,7 +168,42 @@ def round_robin(keys: list[str], buckets: int) -> dict[str, list[int]]:
     return dealt
 
 
-def no_double_owner(assignment: dict[str, list[int]]) -> bool:
-    """True when no bucket appears under two nodes."""
+def sizes(assignment: dict[str, list[int]]) -> list[int]:
+    """How many buckets each node holds, largest first."""
+    return sorted((len(buckets) for buckets in assignment.values()), reverse=True)
+
+
+def moved(before: dict[str, list[int]], after: dict[str, list[int]]) -> set[int]:
+    """The buckets that ``after`` places on another node than ``before`` (or on a node at all,
+    when ``before`` had no owner for them)."""
+    owner = {b: node for node, buckets in before.items() for b in buckets}
+    return {b for node, buckets in after.items() for b in buckets if owner.get(b) != node}
+
+
+def listed_twice(assignment: dict[str, list[int]]) -> int:
+    """How many entries repeat a bucket listed before them: 0 when no bucket has two owners."""
     buckets = [bucket for owned in assignment.values() for bucket in owned]
-    return len(buckets) == len(set(buckets))
+    return len(buckets) - len(set(buckets))
+
+
+@contextlib.contextmanager
+def watching_for_double_owners(
+    read: Callable[[], dict[str, list[int]]], interval: float = 0.02
+) -> Iterator[list[dict[str, list[int]]]]:
+    """Call ``read`` (``LocalCluster.zk``) every ``interval`` seconds while the block runs; the
+    list it yields collects every reading in which a bucket has two owners.
+
+    A read that raises is skipped: the server it asked may be the one a fault took down.
+    """
+    bad: list[dict[str, list[int]]] = []
+
+    def observe() -> None:
+        try:
+            seen = read()
+        except Exception:
+            return
+        if listed_twice(seen):
+            bad.append(seen)
+
+    with repeating(observe, interval):
+        yield bad

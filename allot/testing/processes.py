@@ -1,4 +1,5 @@
-"""Real processes for end-to-end tests: start them, wait for them, stop them, show their logs.
+"""Real processes for end-to-end tests and benchmarks: their environment; start them, wait for
+them, stop them, show their logs.
 
 Every process started here
 
@@ -9,15 +10,10 @@ Every process started here
 - is stopped when the :class:`Processes` group that started it closes (SIGTERM to the group,
   then SIGKILL after a deadline), also when the test failed.
 
-Typical use in a test module::
-
-    @pytest.fixture
-    def processes(tmp_path):
-        with Processes(tmp_path / "logs") as group:
-            yield group
+Typical use in a test (``processes`` is the e2e fixture that opens and closes a group)::
 
     def test_something(processes, ...):
-        env = allot_env(zookeeper=..., broker_url=..., zk_root=..., database_url=...)
+        env = fresh_allot_env(zookeeper, redis_server, zk_root=..., database_url=...)
         processes.worker("node1", env)
         flower = processes.flower(env | flower_env(port, "user:pass", tmp_path / "flower.db"))
         processes.wait_for_http(flower_url + "/healthcheck")
@@ -32,7 +28,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -43,9 +38,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from allot.database import upgrade
+from allot.testing import polling
 from allot.testing.servers import ServerProcess
-from models.engine import make_engine
 
 # the checkout that tests, benchmarks and make run run from
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,20 +49,33 @@ VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
 
-def allot_env(
-    *, zk_hosts: str, zk_root: str, broker_url: str, database_url: str, **settings: str
-) -> dict[str, str]:
-    """The environment of an allot process: this test's servers, root and database only.
+def inherited_env() -> dict[str, str]:
+    """This process's environment without its ``ALLOT_*`` and ``FLOWER_*`` variables: what a
+    process started by a test or a benchmark inherits, so that only the settings its caller
+    gives reach it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("ALLOT_", "FLOWER_"))}
 
-    The caller's ``ALLOT_*`` and ``FLOWER_*`` variables are dropped; ``settings`` adds more
-    (``assign_interval="2"`` sets ``ALLOT_ASSIGN_INTERVAL=2``). The venv's ``bin`` comes first on
-    ``PATH`` so ``celery``, ``allot`` and ``honcho`` are the project's.
+
+def allot_env(
+    zookeeper: ServerProcess,
+    redis_server: ServerProcess,
+    *,
+    zk_root: str,
+    database_url: str,
+    **settings: str,
+) -> dict[str, str]:
+    """The environment of an allot process: these servers, this root and database only.
+
+    The caller's ``ALLOT_*`` and ``FLOWER_*`` variables are dropped (:func:`inherited_env`);
+    Celery's broker is database 0 of ``redis_server``; ``settings`` adds more
+    (``assign_interval="2"`` sets ``ALLOT_ASSIGN_INTERVAL=2``). The venv's ``bin`` comes first
+    on ``PATH`` so ``celery``, ``allot`` and ``honcho`` are the project's.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOT_", "FLOWER_"))}
+    env = inherited_env()
     env |= {
-        "ALLOT_ZK_HOSTS": zk_hosts,
+        "ALLOT_ZK_HOSTS": zookeeper.address,
         "ALLOT_ZK_ROOT": zk_root,
-        "ALLOT_BROKER_URL": broker_url,
+        "ALLOT_BROKER_URL": f"redis://{redis_server.address}/0",
         "ALLOT_DATABASE_URL": database_url,
         "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
@@ -77,31 +84,24 @@ def allot_env(
     return env
 
 
+def empty_redis(redis_server: ServerProcess) -> None:
+    """Flush the whole Redis: Celery's queues and its event and control channels live in it,
+    and a message a previous test left there would otherwise reach this test's workers."""
+    redis.Redis(host=redis_server.host, port=redis_server.port).flushall()
+
+
 def fresh_allot_env(
     zookeeper: ServerProcess,
     redis_server: ServerProcess,
+    *,
     zk_root: str,
-    workdir: Path,
+    database_url: str,
     **settings: str,
 ) -> dict[str, str]:
-    """:func:`allot_env` on an emptied Redis and a new SQLite database, migrated, in ``workdir``.
-
-    Redis is flushed whole: Celery's queues and its event and control channels live in it, and a
-    message a previous test left there would otherwise reach this test's workers.
-    """
-    redis.Redis(host=redis_server.host, port=redis_server.port).flushall()
-    database_url = f"sqlite:///{workdir / 'allot.db'}"
-    engine = make_engine(database_url)
-    try:
-        upgrade(engine, bucket_count=100)
-    finally:
-        engine.dispose()
+    """:func:`allot_env` on an emptied Redis (:func:`empty_redis`)."""
+    empty_redis(redis_server)
     return allot_env(
-        zk_hosts=zookeeper.address,
-        zk_root=zk_root,
-        broker_url=f"redis://{redis_server.address}/0",
-        database_url=database_url,
-        **settings,
+        zookeeper, redis_server, zk_root=zk_root, database_url=database_url, **settings
     )
 
 
@@ -252,28 +252,28 @@ class Processes:
             for p in self.started
         )
 
-    def wait_for(self, predicate: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-        """Poll ``predicate`` until it returns a truthy value, and return it.
+    def wait_for(
+        self,
+        predicate: Callable[[], T | None],
+        what: str,
+        timeout: float = 60.0,
+        interval: float | None = None,
+    ) -> T:
+        """Poll ``predicate`` until it returns a truthy value, and return it
+        (:func:`allot.testing.polling.wait_for`; ``interval`` polls at a fixed period).
 
         Fails, naming ``what`` and showing every log, at the deadline or as soon as a process of
         the group has exited unexpectedly.
         """
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        while True:
-            value = predicate()
-            if value:
-                return value
-            dead = [p for p in self.started if p.returncode not in (0, None) and not p.signalled]
-            if dead or time.monotonic() > deadline:
-                reason = (
-                    f"{', '.join(p.name for p in dead)} exited"
-                    if dead
-                    else f"timed out after {timeout:g} s"
-                )
-                raise AssertionError(f"{reason} waiting for {what}\n{self.report()}")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        return polling.wait_for(
+            predicate, what, timeout, interval=interval, failed=self.exited, details=self.report
+        )
+
+    def exited(self) -> str | None:
+        """``"node1, beat exited"`` when processes of the group exited that were not stopped on
+        purpose (and not with status 0), else None."""
+        dead = [p for p in self.started if p.returncode not in (0, None) and not p.signalled]
+        return f"{', '.join(p.name for p in dead)} exited" if dead else None
 
     def wait_for_http(self, url: str, timeout: float = 60.0) -> None:
         """Wait until ``url`` answers 200 (no credentials: Flower's /healthcheck)."""

@@ -222,11 +222,13 @@ def start_redis(
     timeout: float = 30.0,
     *,
     own_session: bool = False,
+    appendonly: bool = False,
 ) -> ServerProcess:
     """Start ``redis-server`` without persistence and wait until it answers ``PING``.
 
     With ``own_session`` the server runs in a session of its own (see
-    :func:`_server_popen_options`).
+    :func:`_server_popen_options`); with ``appendonly`` it keeps its data in an append-only
+    file in ``workdir``, so a server started again there has the same queues.
 
     Raises:
         ServiceError: ``redis-server`` is missing or did not come up.
@@ -251,7 +253,9 @@ def start_redis(
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "always",
         "--dir",
         str(workdir),
         "--logfile",

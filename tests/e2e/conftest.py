@@ -6,17 +6,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import Engine
 
 from allot.settings import Settings
 from allot.testing.cluster import LocalCluster
-from allot.testing.processes import allot_env
+from allot.testing.processes import Processes, fresh_allot_env
 from allot.testing.servers import ServerProcess
 from allot.zk.client import connect
 
 SESSION_TIMEOUT = 2.0
 OFFLINE_TIMEOUT = 2.0
+START = 60.0  # seconds allowed for workers to start and a cycle to settle
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Start processes with ``processes.worker(...)``, ``.flower(...)``, ``.start(...)``; all
+    are stopped after the test, and their logs are printed when it failed."""
+    with Processes(tmp_path / "logs") as group:
+        yield group
 
 
 @pytest.fixture
@@ -24,11 +32,10 @@ def cluster_env(
     zookeeper: ServerProcess, redis_server: ServerProcess, zk_root: str, migrated: Engine
 ) -> dict[str, str]:
     """Environment for the cluster's processes: short timeouts, this test's root and database."""
-    redis.Redis(host=redis_server.host, port=redis_server.port).flushall()
-    return allot_env(
-        zk_hosts=zookeeper.address,
+    return fresh_allot_env(
+        zookeeper,
+        redis_server,
         zk_root=zk_root,
-        broker_url=f"redis://{redis_server.address}/0",
         database_url=migrated.url.render_as_string(hide_password=False),
         zk_session_timeout=str(SESSION_TIMEOUT),
         node_offline_timeout=str(OFFLINE_TIMEOUT),
@@ -44,7 +51,7 @@ def cluster(
     the test, and their logs are printed when it failed."""
     settings = Settings(zk_hosts=cluster_env["ALLOT_ZK_HOSTS"], zk_root=zk_root)
     client = connect(settings)
-    local = LocalCluster(tmp_path, cluster_env, client, migrated, zk_root)
+    local = LocalCluster(tmp_path, cluster_env, client, migrated, settings)
     try:
         yield local
     finally:

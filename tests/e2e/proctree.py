@@ -4,9 +4,10 @@ behind after it stops."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from allot.testing.polling import repeating
 
 
 def _proc_stat(pid: int) -> tuple[int, str, int] | None:
@@ -59,20 +60,9 @@ def still_running(processes: set[tuple[int, int]]) -> list[str]:
 @contextlib.contextmanager
 def watching_tree(root: int, interval: float = 0.2) -> Iterator[set[tuple[int, int]]]:
     """Collect every process that appears below ``root`` while the block runs (a thread)."""
-
     seen: set[tuple[int, int]] = set()
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            seen.update(descendants(root))
-            stop.wait(interval)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
     try:
-        yield seen
+        with repeating(lambda: seen.update(descendants(root)), interval):
+            yield seen
     finally:
-        stop.set()
-        thread.join(5)
         seen.update(descendants(root))

@@ -14,12 +14,12 @@ import secrets
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from allot.testing.databases import migrated_sqlite
 from allot.testing.processes import Processes, flower_env, flower_tasks, fresh_allot_env
 from allot.testing.servers import ServerProcess, free_port
 
@@ -27,12 +27,6 @@ CHROMIUM = "/usr/bin/chromium"
 WINDOW = (1400, 900)
 ROW = re.compile(r'<tr id="(?P<id>[0-9a-f-]{36})"[^>]*>(?P<cells>.*?)</tr>', re.DOTALL)
 SUMMARY = re.compile(r"(applied|unchanged|skipped) \((beat|membership|[a-z]+)\): epoch \d+")
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    with Processes(tmp_path / "logs") as group:
-        yield group
 
 
 def chromium(url: str, tmp_path: Path, *mode: str) -> subprocess.CompletedProcess[str]:
@@ -68,7 +62,13 @@ def test_flower_shows_the_assignment_runs_with_their_results(
     user, password = "operator", secrets.token_urlsafe(12)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = fresh_allot_env(zookeeper, redis_server, zk_root, tmp_path, assign_interval="2")
+    env = fresh_allot_env(
+        zookeeper,
+        redis_server,
+        zk_root=zk_root,
+        database_url=migrated_sqlite(tmp_path),
+        assign_interval="2",
+    )
     flower_variables = flower_env(port, f"{user}:{password}", tmp_path / "flower" / "flower.db")
 
     # Given a node, beat every 2 s and Flower

@@ -6,61 +6,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import select
 
-from allot.testing.cluster import LocalCluster, no_double_owner
+from allot.testing.cluster import LocalCluster, moved, watching_for_double_owners
 from allot.zk.records import read_last_cycle
 from models import Plan
-from tests.cli import allot
-from tests.e2e.conftest import SESSION_TIMEOUT
+from tests.cli import ALLOT_COMMAND, allot
+from tests.e2e.conftest import SESSION_TIMEOUT, START
 
-START = 60.0  # seconds allowed for workers to start and a cycle to settle
 GRACE = 8.0  # long enough for a killed worker's cold restart, short enough for a quick failover
-
-
-def sizes(assignment: dict[str, list[int]]) -> list[int]:
-    return sorted((len(buckets) for buckets in assignment.values()), reverse=True)
-
-
-def moved(before: dict[str, list[int]], after: dict[str, list[int]]) -> set[int]:
-    owner = {b: node for node, buckets in before.items() for b in buckets}
-    return {b for node, buckets in after.items() for b in buckets if owner.get(b) != node}
-
-
-@contextmanager
-def watching_for_double_owners(cluster: LocalCluster) -> Iterator[list[dict[str, list[int]]]]:
-    """Read the assignment from ZooKeeper every 20 ms while the block runs; collect any
-    observation in which a bucket has two owners."""
-    bad: list[dict[str, list[int]]] = []
-    stop = threading.Event()
-
-    def observe() -> None:
-        while not stop.is_set():
-            seen = cluster.zk()
-            if not no_double_owner(seen):
-                bad.append(seen)
-            stop.wait(0.02)
-
-    thread = threading.Thread(target=observe, daemon=True)
-    thread.start()
-    try:
-        yield bad
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 def test_join_death_and_restart_move_exactly_the_minimum(cluster: LocalCluster) -> None:
     cluster.env["ALLOT_NODE_OFFLINE_TIMEOUT"] = str(GRACE)
     n1, n2, n3, n4 = (cluster.key(f"node{i}") for i in range(1, 5))
-    with watching_for_double_owners(cluster) as double_owners:
+    with watching_for_double_owners(cluster.zk) as double_owners:
         # Given three workers and beat: the first assignment is 34/33/33, in ZooKeeper and SQL
         for name in ("node1", "node2", "node3"):
             cluster.worker(name)
@@ -143,7 +106,7 @@ def test_manual_rebalances_serialize_and_a_stale_dry_run_is_refused(
 
     # Two `allot rebalance` at once: both run (neither is skipped), on two workers, one after
     # the other
-    command = [sys.executable, "-m", "allot", "rebalance", "--format", "json", "--timeout", "60"]
+    command = [*ALLOT_COMMAND, "rebalance", "--format", "json", "--timeout", "60"]
     calls = [
         subprocess.Popen(command, env=cluster.env, stdout=subprocess.PIPE, text=True)
         for _ in range(2)
@@ -202,7 +165,7 @@ def test_two_beats_at_once_are_harmless(cluster: LocalCluster, tmp_path: Path) -
     settled = cluster.wait_for(lambda: cluster.settled({n1: 50, n2: 50}), "50/50", START)
     epoch = cluster.epoch()
     # When both send their ticks for four intervals
-    with watching_for_double_owners(cluster) as double_owners:
+    with watching_for_double_owners(cluster.zk) as double_owners:
         received = cluster.count_in_logs("allot.assign")
         cluster.wait_for(
             lambda: cluster.count_in_logs("Sending due task") >= 8, "eight beat ticks", 60

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from allot.testing.cluster import LocalCluster
+from allot.testing.cluster import LocalCluster, sizes, watching_for_double_owners
 from allot.zk.paths import ZkPaths
 from tests.cli import allot
+from tests.e2e.conftest import START
 from tests.e2e.proxy import Proxy
-from tests.e2e.test_cluster import START, sizes, watching_for_double_owners
 
 
 def assert_verified(cluster: LocalCluster) -> None:
@@ -47,7 +47,7 @@ def test_a_cycle_frozen_past_its_session_writes_nothing_when_it_wakes(
     # frozen holder's lock is gone with its session, moves half the buckets to itself
     os.kill(pid, signal.SIGSTOP)
     try:
-        with watching_for_double_owners(cluster) as double_owners:
+        with watching_for_double_owners(cluster.zk) as double_owners:
             cluster.worker("node2")
             after = cluster.wait_for(
                 lambda: cluster.settled({n1: 50, n2: 50}), "node2's share", START

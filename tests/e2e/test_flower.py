@@ -9,12 +9,12 @@ from __future__ import annotations
 import runpy
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from allot.testing.databases import migrated_sqlite
 from allot.testing.processes import (
     FLOWER_CONFIG,
     Processes,
@@ -30,17 +30,13 @@ SAVE_INTERVAL_MS = 500
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    with Processes(tmp_path / "logs") as group:
-        yield group
-
-
-@pytest.fixture
 def env(
     zookeeper: ServerProcess, redis_server: ServerProcess, zk_root: str, tmp_path: Path
 ) -> dict[str, str]:
     """This test's servers, ZooKeeper root and a migrated SQLite database; an empty Redis."""
-    return fresh_allot_env(zookeeper, redis_server, zk_root, tmp_path)
+    return fresh_allot_env(
+        zookeeper, redis_server, zk_root=zk_root, database_url=migrated_sqlite(tmp_path)
+    )
 
 
 def saved_after(db: Path, moment: float) -> bool:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import Engine, select
 
 from allot.database import upgrade
+from allot.testing.processes import inherited_env
 from models import Bucket, TableIdentifier
+from tests.cli import ALLOT_COMMAND
 
 PROCESSES = 4
 OWN_NAMES = 200
@@ -35,15 +35,14 @@ def test_concurrent_registrations_never_pick_inconsistently_or_lose_a_count(
         "\n".join([f"c.p{p}.t{i}" for i in range(OWN_NAMES)] + shared[p::2] + shared)
         for p in range(PROCESSES)
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLOT_")}
-    env |= {"ALLOT_DATABASE_URL": database_url, "ALLOT_BUCKET_COUNT": "10"}
+    env = inherited_env() | {"ALLOT_DATABASE_URL": database_url, "ALLOT_BUCKET_COUNT": "10"}
 
     # When four processes register them at the same time, one name per transaction
     files = []
     for number, text in enumerate(inputs):
         files.append(tmp_path / f"names-{number}.txt")
         files[-1].write_text(text)
-    command = [sys.executable, "-m", "allot", "tables", "register", "--batch-size", "1"]
+    command = [*ALLOT_COMMAND, "tables", "register", "--batch-size", "1"]
     procs = [
         subprocess.Popen(
             [*command, "--file", str(file), "-f", "json"],

@@ -12,7 +12,16 @@ from allot.errors import BucketCountMismatch, DatabaseNotReady
 from models import Base, Bucket
 from models.schema import MirrorState
 
-SCHEMA_TABLES = {"bucket", "mirror_state", "node", "plan", "plan_move", "table_identifier"}
+SCHEMA_TABLES = {
+    "bucket",
+    "bucket_lease",
+    "mirror_state",
+    "node",
+    "plan",
+    "plan_move",
+    "table_identifier",
+    "table_task_run",
+}
 
 
 def table_names(engine: Engine) -> set[str]:

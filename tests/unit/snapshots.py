@@ -1,11 +1,23 @@
-"""The Hypothesis strategy of random valid planner snapshots, shared by the property tests of
-the planner and of the strategies."""
+"""Planner snapshots shared by the unit tests: DESIGN.md's example, the Hypothesis strategy of
+random valid snapshots (property tests of the planner and of the strategies), and the
+contract's reading of a snapshot's node states, written independently of the planner's code."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from hypothesis import strategies as st
+
+DESIGN_SNAPSHOT: dict[str, Any] = {
+    "bucket_count": 6,
+    "nodes": {
+        "a@h": {"weight": 1.0, "state": "live"},
+        "b@h": {"weight": 2.0, "state": "suspect"},
+        "c@h": {"state": "offline"},
+    },
+    "assignments": {"a@h": [1, 2, 3], "b@h": [4, 5], "c@h": [6]},
+    "max_moves": None,
+}
 
 KEYS = ["a", "b", "c", "d", "e", "f", "g", "h", "n1@host", "n2@host"]
 GHOSTS = ["gone1", "gone2"]  # listed in assignments only: offline by the contract
@@ -55,3 +67,22 @@ def snapshots(draw: st.DrawFn, limit: bool = True) -> dict[str, Any]:
     if limit:
         snapshot["max_moves"] = draw(st.none() | st.integers(0, bucket_count))
     return snapshot
+
+
+def state_of(snapshot: dict[str, Any], key: str) -> str:
+    """live / suspect / offline, with the contract's defaults."""
+    if key not in snapshot["nodes"]:
+        return "offline"
+    return str(snapshot["nodes"][key].get("state", "live"))
+
+
+def live_keys(snapshot: dict[str, Any]) -> list[str]:
+    return sorted(key for key in snapshot["nodes"] if state_of(snapshot, key) == "live")
+
+
+def suspect_buckets(snapshot: dict[str, Any]) -> dict[str, list[int]]:
+    return {
+        key: sorted(snapshot["assignments"].get(key, []))
+        for key in snapshot["nodes"]
+        if state_of(snapshot, key) == "suspect"
+    }

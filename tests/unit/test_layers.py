@@ -63,6 +63,45 @@ def cycles(nodes: Iterable[str], imports: Mapping[str, set[str]]) -> list[list[s
     return found
 
 
+def test_no_module_imports_itself_back(graph: grimp.ImportGraph) -> None:
+    # every strongly connected component of the module graph is a single module
+    assert cycles(graph.modules, edges(graph)) == []
+
+
+def test_no_subpackage_imports_itself_back(graph: grimp.ImportGraph) -> None:
+    # inside every package, each child subpackage taken whole (allot.zk, allot.planner, ...) and
+    # each child module form no cycle: a room never needs a room that needs it
+    imports = edges(graph)
+    found: dict[str, list[list[str]]] = {}
+    for package in sorted(m for m in graph.modules if graph.find_children(m)):
+        depth = package.count(".") + 2
+
+        def unit(module: str, depth: int = depth) -> str:
+            return ".".join(module.split(".")[:depth])
+
+        units: dict[str, set[str]] = {}
+        for module, targets in imports.items():
+            if module.startswith(package + "."):
+                units.setdefault(unit(module), set()).update(
+                    unit(t)
+                    for t in targets
+                    if t.startswith(package + ".") and unit(t) != unit(module)
+                )
+        if loops := cycles(units, units):
+            found[package] = loops
+    assert found == {}
+
+
+def test_production_code_never_imports_the_testing_package(graph: grimp.ImportGraph) -> None:
+    # allot.testing (servers from the Debian jars, process helpers) is left out of the image
+    importers = {
+        module: sorted(t for t in targets if t.split(".")[:2] == ["allot", "testing"])
+        for module, targets in edges(graph).items()
+        if module.split(".")[:2] != ["allot", "testing"]
+    }
+    assert {module: t for module, t in importers.items() if t} == {}
+
+
 def test_no_top_level_package_imports_itself_back(graph: grimp.ImportGraph) -> None:
     # models <- allot <- tasks: a cycle among them (models importing allot.errors while allot
     # imports models) makes the layers meaningless

@@ -21,17 +21,7 @@ from allot.planner import (
     snapshot_from_json,
     strategy_names,
 )
-
-DESIGN_SNAPSHOT: dict[str, Any] = {
-    "bucket_count": 6,
-    "nodes": {
-        "a@h": {"weight": 1.0, "state": "live"},
-        "b@h": {"weight": 2.0, "state": "suspect"},
-        "c@h": {"state": "offline"},
-    },
-    "assignments": {"a@h": [1, 2, 3], "b@h": [4, 5], "c@h": [6]},
-    "max_moves": None,
-}
+from tests.unit.snapshots import DESIGN_SNAPSHOT
 
 
 def live(*keys: str, weight: float = 1.0) -> dict[str, Any]:
@@ -42,11 +32,6 @@ def live(*keys: str, weight: float = 1.0) -> dict[str, Any]:
 def counts(result: dict[str, Any]) -> dict[str, int]:
     """How many buckets each node holds in a plan's JSON."""
     return {key: len(buckets) for key, buckets in result["assignments"].items()}
-
-
-def owners(result: dict[str, Any]) -> dict[int, str]:
-    """Bucket -> owner in a plan's JSON."""
-    return {b: key for key, buckets in result["assignments"].items() for b in buckets}
 
 
 # --- the DESIGN.md example ---------------------------------------------------------------------

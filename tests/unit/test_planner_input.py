@@ -19,7 +19,7 @@ from allot.planner import (
     plan_from_json,
 )
 from tests.cli import allot
-from tests.unit.test_planner import DESIGN_SNAPSHOT
+from tests.unit.snapshots import DESIGN_SNAPSHOT
 
 # --- bad input ---------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from allot.planner import plan_from_json
-from tests.unit.snapshots import snapshots
+from tests.unit.snapshots import live_keys, snapshots, state_of, suspect_buckets
 
 settings.register_profile(
     "planner-properties",
@@ -32,25 +32,6 @@ settings.register_profile(
 PROPERTIES = settings(settings.get_profile("planner-properties"))
 
 # --- an independent model of the contract -------------------------------------------------------
-
-
-def state_of(snapshot: dict[str, Any], key: str) -> str:
-    """live / suspect / offline, with the contract's defaults."""
-    if key not in snapshot["nodes"]:
-        return "offline"
-    return str(snapshot["nodes"][key].get("state", "live"))
-
-
-def live_keys(snapshot: dict[str, Any]) -> list[str]:
-    return sorted(key for key in snapshot["nodes"] if state_of(snapshot, key) == "live")
-
-
-def suspect_buckets(snapshot: dict[str, Any]) -> dict[str, list[int]]:
-    return {
-        key: sorted(snapshot["assignments"].get(key, []))
-        for key in snapshot["nodes"]
-        if state_of(snapshot, key) == "suspect"
-    }
 
 
 def orphans(snapshot: dict[str, Any]) -> set[int]:

@@ -18,21 +18,9 @@ from allot.errors import ConfigurationError
 from allot.planner import Move, plan_from_json, strategy_names
 from allot.planner.strategies import DEFAULT_STRATEGY, Strategy, get_strategy
 from allot.planner.strategies.hrw import owner_of
-from tests.unit.snapshots import snapshots
+from tests.unit.snapshots import live_keys, snapshots, state_of, suspect_buckets
 
 OTHERS = ["amoro", "hrw"]
-
-
-def is_live(snapshot: dict[str, Any], key: str) -> bool:
-    return key in snapshot["nodes"] and snapshot["nodes"][key].get("state", "live") == "live"
-
-
-def suspects(snapshot: dict[str, Any]) -> dict[str, list[int]]:
-    return {
-        key: sorted(snapshot["assignments"].get(key, []))
-        for key, node in snapshot["nodes"].items()
-        if node.get("state") == "suspect"
-    }
 
 
 # --- shared rules, on random snapshots ----------------------------------------------------------
@@ -47,11 +35,11 @@ def test_every_strategy_owns_each_bucket_once_and_keeps_suspects(
     every = [bucket for buckets in result["assignments"].values() for bucket in buckets]
 
     assert len(every) == len(set(every))
-    if any(is_live(snapshot, key) for key in snapshot["nodes"]):
+    if live_keys(snapshot):
         assert sorted(every) == list(range(1, snapshot["bucket_count"] + 1))
-    for key, buckets in suspects(snapshot).items():
+    for key, buckets in suspect_buckets(snapshot).items():
         assert result["assignments"][key] == buckets
-    assert all(is_live(snapshot, move["to"]) for move in result["moves"])
+    assert all(state_of(snapshot, move["to"]) == "live" for move in result["moves"])
     assert result["stats"]["min_moves"] == plan_from_json(snapshot)["stats"]["min_moves"]
     if result["stats"]["balanced"]:  # nothing reaches balance in fewer than the minimum
         assert result["stats"]["moves"] >= result["stats"]["min_moves"]
