@@ -11,21 +11,41 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoSuchTableError, OperationalError, ProgrammingError
 
 import migrations
-from allot.errors import BucketCountMismatch, DatabaseNotReady, DatabaseUnavailable
+from allot.errors import (
+    BucketCountMismatch,
+    ConfigurationError,
+    DatabaseNotReady,
+    DatabaseUnavailable,
+)
 from models.base import utcnow
+from models.engine import UnsupportedDatabaseUrl, make_engine
 from models.schema import SCHEMA_REVISION, Bucket
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+
+def open_engine(url: str, **kwargs: Any) -> Engine:
+    """:func:`models.engine.make_engine` with allot's error: where allot opens the configured
+    database (the CLI, a worker's runtime and start-up check).
+
+    Raises:
+        ConfigurationError: ``url`` is invalid or names a database allot does not support (the
+            SQL layer's :class:`~models.engine.UnsupportedDatabaseUrl`, same message).
+    """
+    try:
+        return make_engine(url, **kwargs)
+    except UnsupportedDatabaseUrl as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

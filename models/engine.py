@@ -26,7 +26,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 class UnsupportedDatabaseUrl(ValueError):
     """The URL cannot be parsed or names a database allot does not support. (The SQL layer
-    depends on nothing above it: allot's settings turn this into a ``ConfigurationError``.)"""
+    depends on nothing above it: :func:`allot.database.open_engine` turns this into allot's
+    ``ConfigurationError``, same message.)"""
 
 
 def normalize_url(url: str | URL) -> URL:

@@ -18,11 +18,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.cycle import AssignmentCycle, CycleHooks
-from allot.database import check_schema, database_errors
+from allot.database import check_schema, database_errors, open_engine
 from allot.errors import DatabaseUnavailable
 from allot.settings import Settings, get_settings
 from allot.zk.client import connect
-from models.engine import make_engine, session_factory
+from models.engine import session_factory
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def get_runtime() -> Runtime:
     if _runtime is not None and _runtime.pid == os.getpid():
         return _runtime
     settings = get_settings()
-    engine = make_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         try:
             with database_errors(settings.database_url), engine.connect() as connection:

@@ -14,11 +14,11 @@ from kazoo.exceptions import KazooException
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot.database import check_schema, database_errors
+from allot.database import check_schema, database_errors, open_engine
 from allot.errors import ZooKeeperUnavailable
 from allot.settings import Settings, load_settings
 from allot.zk.client import connect
-from models.engine import make_engine, session_factory
+from models.engine import session_factory
 
 
 class CliConfig:
@@ -62,9 +62,12 @@ def open_database(check: bool = True) -> Iterator[DatabaseContext]:
     With ``check`` the schema revision and the bucket count are verified first, so a command
     never runs against a database it does not understand. Driver errors raised inside the block
     become allot errors (:func:`allot.database.database_errors`).
+
+    Raises:
+        ConfigurationError: a setting is invalid, the database URL included.
     """
     settings = cli_config().settings
-    engine = make_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         with database_errors(settings.database_url):
             if check:
