@@ -17,7 +17,9 @@ Layout::
     │   ├── DatabaseNotReady        the schema is missing or behind: run ``allot db upgrade``
     │   ├── DatabaseUnavailable     the database cannot be reached
     │   └── BucketCountMismatch     ALLOT_BUCKET_COUNT differs from the database's buckets
-    ├── NotFound                    a named table, node or plan does not exist
+    ├── NotFound                    a named table, node, plan or table task does not exist
+    ├── Fenced                      a table task's commit was refused: its bucket's work
+    │                               moved to another node; nothing it wrote landed
     ├── ServiceError                a server allot needs is missing or does not start
     └── CoordinationError           ZooKeeper could not do what allot asked
         ├── ZooKeeperUnavailable    no connection to ZooKeeper within the timeout
@@ -159,3 +161,10 @@ class Superseded(CoordinationError):
     """A newer assignment-lock holder has already written SQL (the mirror's fence holds a
     larger token), or the write would take SQL's epoch backwards: this holder writes nothing.
     """
+
+
+class Fenced(AllotError):
+    """A table task's commit was refused: the bucket's fence (its ``bucket_lease`` row) no
+    longer names this node with this task's token, because the bucket's work moved to another
+    node. Nothing the task wrote in :meth:`allot.work.TableContext.commit` landed; allot puts
+    the message back in the bucket's queue, so the run happens again on the owner."""

@@ -70,6 +70,23 @@ class Settings(BaseSettings):
         1.0, gt=0, description="This worker's capacity weight; buckets are shared in proportion."
     )
     strategy: str = Field("balanced", description="Planner strategy: `balanced`, `amoro` or `hrw`.")
+    task_modules: str = Field(
+        "",
+        description="Comma-separated modules with table tasks, imported by every worker.",
+        pattern=r"^\s*([A-Za-z_][\w.]*\s*(,\s*[A-Za-z_][\w.]*\s*)*)?$",
+    )
+    handoff_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a node giving a bucket away lets its running table tasks finish "
+        "before it releases the bucket's lease (their commits are then refused).",
+    )
+    redelivery_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds after which Redis hands a message taken by a worker that never "
+        "acknowledged it (killed) to another worker; longer than the longest table task.",
+    )
 
     @field_validator("node_key")
     @classmethod
@@ -79,14 +96,6 @@ class Settings(BaseSettings):
                 validate_node_key(value)
             except InvalidNodeKey as exc:
                 raise ValueError(str(exc)) from None
-        return value
-
-    @field_validator("database_url")
-    @classmethod
-    def _check_database_url(cls, value: str) -> str:
-        from models.engine import normalize_url
-
-        normalize_url(value)  # UnsupportedDatabaseUrl is a ValueError: a validation error
         return value
 
     @field_validator("strategy")
@@ -119,6 +128,11 @@ class Settings(BaseSettings):
         if not self.zk_root:
             object.__setattr__(self, "zk_root", f"/{self.cluster}/allot")
         return self
+
+    @property
+    def task_module_names(self) -> list[str]:
+        """:attr:`task_modules` as a list of module names."""
+        return [name.strip() for name in self.task_modules.split(",") if name.strip()]
 
     @property
     def celery_result_backend(self) -> str:

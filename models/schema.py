@@ -16,15 +16,17 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     String,
+    Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, utcnow
-from models.states import NodeState, PlanStatus
+from models.states import NodeState, PlanStatus, RunStatus
 
 # The Alembic revision these models describe (the newest migration; a test keeps them equal).
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 NAME_LENGTH = 128
 NODE_KEY_LENGTH = 128
 
@@ -143,3 +145,59 @@ class MirrorState(Base):
     holder_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     epoch: Mapped[int] = mapped_column(default=0, server_default="0")
     updated_at: Mapped[dt.datetime | None]
+
+
+class BucketLease(Base):
+    """The fence of a bucket's table work: which node may commit for the bucket's tables.
+
+    A node that takes the lease ``{root}/leases/{bucket_id}`` writes its key and the lease's
+    ``token`` here (the ``czxid`` of its lease znode: ZooKeeper's transaction ids only grow,
+    so a later holder always has a larger token) before it runs any of the bucket's tasks, and
+    only ever raises the token. A table task's commit holds this row and commits only while it
+    still names the task's node and token (:mod:`allot.work`).
+    """
+
+    __tablename__ = "bucket_lease"
+
+    bucket_id: Mapped[int] = mapped_column(ForeignKey("bucket.bucket_id"), primary_key=True)
+    node_key: Mapped[str] = mapped_column(String(NODE_KEY_LENGTH))
+    token: Mapped[int] = mapped_column(BigInteger)
+    taken_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class TableTaskRun(Base):
+    """One attempt at a table task (``status``, a :class:`RunStatus`).
+
+    ``run_id`` is the Celery task id: a message delivered again is a new attempt of the same
+    run. At most one attempt per run is ``committed`` (a partial unique index), so a run
+    commits exactly once however often its message comes back.
+    """
+
+    __tablename__ = "table_task_run"
+
+    attempt_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(255))
+    task_name: Mapped[str] = mapped_column(String(255))
+    table_id: Mapped[int] = mapped_column(ForeignKey("table_identifier.table_id"))
+    bucket_id: Mapped[int] = mapped_column(ForeignKey("bucket.bucket_id"))
+    node_key: Mapped[str] = mapped_column(String(NODE_KEY_LENGTH))
+    token: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    result: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(String(2000))
+
+    __table_args__ = (
+        CheckConstraint(_one_of("status", RunStatus), name="status_known"),
+        Index(None, "run_id"),
+        Index(None, "table_id", "started_at"),
+        Index(None, "bucket_id", "started_at"),
+        Index(
+            "uq_table_task_run_committed",
+            "run_id",
+            unique=True,
+            sqlite_where=text("status = 'committed'"),
+            postgresql_where=text("status = 'committed'"),
+        ),
+    )

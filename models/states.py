@@ -36,3 +36,19 @@ class PlanStatus(enum.StrEnum):
     APPLIED = "applied"
     REJECTED = "rejected"
     FAILED = "failed"
+
+
+class RunStatus(enum.StrEnum):
+    """What became of one attempt at a table task; ``table_task_run.status``.
+
+    ``running``: started, not finished (a node killed mid-run leaves it here until the run's
+    next attempt marks it ``failed``). ``committed``: its writes landed; at most one attempt
+    per run (a unique index). ``fenced``: its commit was refused because the bucket's work had
+    moved to another node; nothing it wrote landed and the message runs again on the owner.
+    ``failed``: the task raised, or the attempt was abandoned.
+    """
+
+    RUNNING = "running"
+    COMMITTED = "committed"
+    FENCED = "fenced"
+    FAILED = "failed"

@@ -4,6 +4,13 @@
 events are on (``worker_send_task_events``, ``task_send_sent_event``) so Flower sees every run,
 and the beat schedule runs ``allot.assign`` every ``ALLOT_ASSIGN_INTERVAL`` seconds with an
 ``expires`` shorter than the interval (a backlog of stale ticks never piles up).
+
+Table work (:mod:`allot.work`): the app loads the modules of ``ALLOT_TASK_MODULES``, routes
+every table task to its bucket's queue (``task_routes``), lets each worker consume the bucket
+queues its leases allow (the :class:`~allot.work.consumer.BucketQueues` consumer step), polls
+Redis every 0.1 s so a queue added at run time is read at once, and has Redis hand a message
+taken by a killed worker to another after ``ALLOT_REDELIVERY_TIMEOUT`` (plus one sweep,
+:func:`restore_interval`).
 """
 
 from __future__ import annotations
@@ -14,8 +21,14 @@ from celery import Celery
 
 from allot.errors import ConfigurationError
 from allot.settings import Settings, get_settings
+from allot.work.consumer import BucketQueues
+from allot.work.task import route
 
-TASK_MODULES = ["tasks.assign", "tasks.node"]
+TASK_MODULES = ["tasks.assign", "tasks.node", "allot.work.periodic"]
+
+REDIS_POLLING_INTERVAL = 0.1
+"""Seconds a Redis read blocks before the worker looks at its queue list again: a bucket queue
+added at run time is consumed within this (docs/bucket-queues.md)."""
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
@@ -31,10 +44,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     }
 
 
+def restore_interval(redelivery_timeout: float) -> float:
+    """Seconds between two sweeps for messages whose worker died: a fifth of the redelivery
+    timeout, between 1 and 10 s, so such a message is back within 1.2 times that timeout."""
+    return min(10.0, max(1.0, redelivery_timeout / 5))
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app from ``settings`` (default: the environment)."""
     settings = settings or get_settings()
-    celery_app = Celery("allot", include=TASK_MODULES)
+    celery_app = Celery("allot", include=TASK_MODULES + settings.task_module_names)
     celery_app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.celery_result_backend,
@@ -52,7 +71,18 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         beat_schedule=beat_schedule(settings),
+        task_routes=(route,),
+        broker_transport_options={
+            "polling_interval": REDIS_POLLING_INTERVAL,
+            "visibility_timeout": settings.redelivery_timeout,
+            # sweep for messages of killed workers every interval (kombu's default scans only
+            # every 10th sweep of 10 s: a message could wait 100 s past its timeout)
+            "unacked_restore_interval": restore_interval(settings.redelivery_timeout),
+            "unacked_restore_throttle": 1,
+        },
+        allot_cluster=settings.cluster,
     )
+    celery_app.steps["consumer"].add(BucketQueues)
     return celery_app
 
 

@@ -1,43 +1,76 @@
 """A Celery worker is an allot node: it registers at start-up and leaves on a clean stop.
 
-In the worker's main process (``worker_ready`` / ``worker_shutdown``):
+In the worker's main process:
 
-- register ``{root}/nodes/{key}`` (key: ``ALLOT_NODE_KEY`` or the Celery hostname, e.g.
-  ``node1@host``; weight ``ALLOT_NODE_WEIGHT``), taking over the znode of a crashed predecessor
-  with the same key (:mod:`allot.zk.registration`);
-- queue for the trigger duty: the one worker holding it watches membership and sends one
-  ``allot.assign`` per change (:mod:`allot.zk.triggers`), so a join or a death is handled
-  within a second instead of at the next beat tick, and 1,000 workers cost one watch, not
-  1,000;
-- on a clean stop, remove the membership znode and the node's assignment entry, so its buckets
-  move at once (a crash is detected through the session instead, and gets the grace period).
+- ``worker_init``, before the worker connects to anything: refuse to start a worker that can
+  never be a node of this cluster: an invalid node key, a database with another bucket count
+  or without allot's schema. Logging is not set up yet and nothing needs undoing, so the
+  refusal is one line on standard error, as the ``allot`` CLI prints it
+  (``error: worker bad@host refuses to join the cluster: ...``), and the exit status is the
+  error's ``exit_code``. A database that cannot be reached is no reason to refuse (ZooKeeper
+  alone decides; cycles run without SQL): it is logged once and the node registers.
+- ``worker_ready``: register ``{root}/nodes/{key}`` (key: ``ALLOT_NODE_KEY`` or the Celery
+  hostname, e.g. ``node1@host``; weight ``ALLOT_NODE_WEIGHT``), taking over the znode of a
+  crashed predecessor with the same key (:mod:`allot.zk.registration`), and queue for the
+  trigger duty: the one worker holding it watches membership and sends one ``allot.assign``
+  per change (:mod:`allot.zk.triggers`), so a join or a death is handled within a second
+  instead of at the next beat tick, and 1,000 workers cost one watch, not 1,000;
+- then serve table work: :class:`~allot.work.leases.BucketWork` watches the node's own
+  assignment, takes the buckets' leases and switches the worker's bucket queues
+  (:mod:`allot.work`);
+- ``worker_shutdown``: on a clean stop, release the leases (the pool has finished its
+  tasks), remove the membership znode and the node's assignment
+  entry, so its buckets move at once (a crash is detected through the session instead, and
+  gets the grace period).
 
-Hooks fail alone: an error here is logged and the worker goes on (it is then not a node, which
-``allot nodes`` shows); it never dies silently or stays half-registered.
+Hooks fail alone: any other error at start-up is logged (an allot error in one line, anything
+else with its traceback) and the worker goes on without being a node (``allot nodes`` shows
+it missing); whatever was registered before the error is removed again, so it never stays
+half-registered, and it never dies silently.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
 
 from celery.exceptions import WorkerShutdown
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from kazoo.client import KazooClient
+from sqlalchemy.engine import make_url
 
-from allot.database import check_schema, database_errors
-from allot.errors import BucketCountMismatch, DatabaseNotReady, DatabaseUnavailable
+from allot.database import check_schema, database_errors, open_engine, safe_url
+from allot.errors import (
+    AllotError,
+    BucketCountMismatch,
+    ConfigurationError,
+    DatabaseNotReady,
+    DatabaseUnavailable,
+    InvalidNodeKey,
+)
+from allot.names import validate_node_key
 from allot.settings import Settings, get_settings
+from allot.work.consumer import BucketQueues, busy_buckets
+from allot.work.leases import BucketWork
+from allot.work.periodic import Ticker
 from allot.zk.client import connect
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration, this_process
 from allot.zk.store import AssignmentStore
 from allot.zk.triggers import TriggerDuty
-from models.engine import make_engine
+from models.engine import session_factory
 from tasks.app import app
 
 log = logging.getLogger(__name__)
+
+REFUSALS = (ConfigurationError, InvalidNodeKey, BucketCountMismatch, DatabaseNotReady)
+"""Errors that mean this worker can never be a node of this cluster: it refuses to start."""
+
+DATABASE_CHECK_TIMEOUT = 5
+"""Seconds the start-up check waits for PostgreSQL to accept a connection (libpq waits for
+the kernel, about two minutes, for a host that drops packets)."""
 
 
 class WorkerNode:
@@ -50,51 +83,109 @@ class WorkerNode:
         self.client: KazooClient | None = None
         self.registration: NodeRegistration | None = None
         self.duty: TriggerDuty | None = None
+        self.work: BucketWork | None = None
+        self.checked = False
+        self.database_warning: str | None = None
+        """Why the database could not be checked (it was unreachable), or None."""
 
-    def start(self) -> None:
-        """Connect, register (waiting up to one session timeout for a stale znode of another
-        host to expire) and queue for the trigger duty.
-
-        Raises:
-            NodeKeyTaken: another live process holds this node key.
-            ZooKeeperUnavailable: ZooKeeper cannot be reached.
-        """
-        self.check_database()
-        self.client = connect(self.settings)
-        self.registration = NodeRegistration(
-            self.client,
-            self.paths,
-            this_process(self.key, self.settings.node_weight),
-            on_displaced=lambda why: log.error("node %s displaced: %s", self.key, why),
-        )
-        try:
-            self.registration.register(wait=self.settings.zk_session_timeout + 1)
-        except Exception:
-            self.client.stop()  # no half-registered node: drop the session too
-            self.client.close()
-            self.client = None
-            raise
-        log.info("registered as node %s (weight %g)", self.key, self.settings.node_weight)
-        self.duty = TriggerDuty(self.client, self.paths, self.key, self._request_cycle)
-
-    def check_database(self) -> None:
-        """Refuse to become a node of a database this worker does not fit: another bucket count
-        or no schema. An unreachable database is no reason to refuse (ZooKeeper alone decides;
-        cycles run without SQL): it is logged and the node registers.
+    def check(self) -> None:
+        """Refuse to become a node this cluster cannot use: an invalid node key, a database with
+        another bucket count or without allot's schema. Touches neither ZooKeeper nor the
+        broker. An unreachable database is no reason to refuse (ZooKeeper alone decides; cycles
+        run without SQL): :attr:`database_warning` says why, and the node may register.
 
         Raises:
-            BucketCountMismatch: ``ALLOT_BUCKET_COUNT`` differs from the database's.
-            DatabaseNotReady: the database has no allot schema (or an older one).
+            InvalidNodeKey: the worker's name is not a valid node key (and ``ALLOT_NODE_KEY``,
+                checked with the settings, is unset).
+            ConfigurationError: ``ALLOT_DATABASE_URL`` is invalid or names an unsupported
+                database.
+            BucketCountMismatch: ``ALLOT_BUCKET_COUNT`` differs from the database's (the message
+                names the database).
+            DatabaseNotReady: the database has no allot schema, or an older one (the message
+                names the database).
         """
+        if self.settings.node_key is None:
+            try:
+                validate_node_key(self.key)
+            except InvalidNodeKey as exc:
+                raise InvalidNodeKey(
+                    f"{exc}; the node key is the worker's name (-n) unless ALLOT_NODE_KEY is set"
+                ) from None
         url = self.settings.database_url
-        engine = make_engine(url)
+        engine = open_engine(url, **_connect_timeout(url))
         try:
             with database_errors(url), engine.connect() as connection:
                 check_schema(connection, self.settings.bucket_count)
         except DatabaseUnavailable as exc:
-            log.warning("%s; registering anyway (the SQL mirror catches up later)", exc)
+            self.database_warning = f"{exc}; registering anyway (the SQL mirror catches up later)"
+        except (BucketCountMismatch, DatabaseNotReady) as exc:
+            raise type(exc)(f"database {safe_url(url)}: {exc}") from None
         finally:
             engine.dispose()
+        self.checked = True
+
+    def start(self) -> None:
+        """Check (unless :meth:`check` already passed), connect, register (waiting up to one
+        session timeout for a stale znode of another host to expire) and queue for the trigger
+        duty. On any error, whatever this call registered is removed again and the session is
+        closed: never a half-registered node.
+
+        Raises:
+            InvalidNodeKey, ConfigurationError, BucketCountMismatch, DatabaseNotReady: see
+                :meth:`check`; nothing was registered.
+            NodeKeyTaken: another live process holds this node key.
+            ZooKeeperUnavailable: ZooKeeper cannot be reached.
+        """
+        if not self.checked:
+            self.check()
+        if self.database_warning is not None:
+            log.warning("%s", self.database_warning)
+        client = connect(self.settings)
+        registration: NodeRegistration | None = None
+        try:
+            registration = NodeRegistration(
+                client,
+                self.paths,
+                this_process(self.key, self.settings.node_weight),
+                on_displaced=lambda why: log.error("node %s displaced: %s", self.key, why),
+            )
+            registration.register(wait=self.settings.zk_session_timeout + 1)
+            log.info("registered as node %s (weight %g)", self.key, self.settings.node_weight)
+            self.duty = TriggerDuty(client, self.paths, self.key, self._request_cycle)
+            self.work = self._start_work(client)
+        except BaseException:
+            if self.work is not None:
+                self.work.stop()
+                self.work = None
+            if registration is not None and registration.registered:
+                registration.unregister()
+                log.info("node %s unregistered again: its start-up failed", self.key)
+            client.stop()  # no half-registered node: drop the session too
+            client.close()
+            raise
+        self.client, self.registration = client, registration
+
+    def _start_work(self, client: KazooClient) -> BucketWork | None:
+        """Serve the bucket queues of this node's buckets, through leases
+        (:mod:`allot.work.leases`); None outside a worker's consumer (no queues to switch)."""
+        queues = BucketQueues.current
+        if queues is None:
+            return None
+        settings = self.settings
+        ticker = Ticker(app, settings.cluster)
+        work = BucketWork(
+            client,
+            self.paths,
+            self.key,
+            session_factory(open_engine(settings.database_url)),
+            serve=queues.serve,
+            applied=lambda: queues.applied,
+            busy=lambda: busy_buckets(settings.cluster),
+            handoff_timeout=settings.handoff_timeout,
+            after_pass=ticker.tick,
+        )
+        work.start()
+        return work
 
     def _request_cycle(self, membership: int) -> None:
         """Send one ``allot.assign`` for membership version ``membership`` (the trigger duty
@@ -112,12 +203,17 @@ class WorkerNode:
         """
         if self.duty is not None:
             self.duty.stop()
+        work, self.work = self.work, None
+        if work is not None:
+            work.stop()
         client, registration = self.client, self.registration
         self.client = None
         if client is None:
             return
 
         def leave() -> None:
+            if work is not None:
+                work.release_all()  # the pool has finished its tasks: hand every bucket over
             if registration is not None:
                 registration.unregister()
             AssignmentStore(client, self.paths).delete(self.key)
@@ -138,21 +234,68 @@ class WorkerNode:
         client.close()
 
 
+def _connect_timeout(url: str) -> dict[str, Any]:
+    """``make_engine`` arguments bounding how long a connection attempt may take."""
+    if make_url(url).get_backend_name() == "postgresql":
+        return {"connect_args": {"connect_timeout": DATABASE_CHECK_TIMEOUT}}
+    return {}
+
+
+def refusal(hostname: str, exc: AllotError) -> str:
+    """The one line saying why worker ``hostname`` refuses to start: a bad setting exactly as
+    the ``allot`` CLI words it, anything else prefixed with the worker's name."""
+    if isinstance(exc, ConfigurationError):
+        return str(exc)
+    return f"worker {hostname} refuses to join the cluster: {exc}"
+
+
+def _hostname(sender: Any) -> str:
+    return str(getattr(sender, "hostname", "") or "celery@localhost")
+
+
+_checked: WorkerNode | None = None
+"""The node :func:`_check` approved, waiting for ``worker_ready`` to register it."""
 _node: WorkerNode | None = None
+"""The registered node, for ``worker_shutdown``."""
+
+
+@worker_init.connect
+def _check(sender: Any = None, **_: Any) -> None:
+    """Before the worker connects to the broker or prints its banner: refuse a worker that can
+    never be a node (:data:`REFUSALS`) with one line on standard error and the error's exit
+    status. Logging is not set up yet: any other error is left for :func:`_register`, which
+    checks again and logs it."""
+    global _checked
+    hostname = _hostname(sender)
+    try:
+        node = WorkerNode(get_settings(), hostname)
+        node.check()
+    except REFUSALS as exc:
+        print(f"error: {refusal(hostname, exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
+    except Exception:
+        return
+    _checked = node
 
 
 @worker_ready.connect
 def _register(sender: Any = None, **_: Any) -> None:
-    global _node
-    hostname = str(getattr(sender, "hostname", "") or "celery@localhost")
+    """Register this worker as a node. A refusal found only now (the early check could not
+    finish) stops the worker; any other error is logged and the worker goes on, not a node."""
+    global _checked, _node
+    hostname = _hostname(sender)
+    node, _checked = _checked, None
     try:
-        node = WorkerNode(get_settings(), hostname)
+        if node is None:
+            node = WorkerNode(get_settings(), hostname)
         node.start()
         _node = node
-    except (BucketCountMismatch, DatabaseNotReady) as exc:
-        # a worker that does not fit the database must not run cycles either: stop it
-        log.error("worker %s stops: %s", hostname, exc)
+    except REFUSALS as exc:
+        # a worker that does not fit the cluster must not run cycles either: stop it
+        log.error("%s", refusal(hostname, exc))
         raise WorkerShutdown(exc.exit_code) from None
+    except AllotError as exc:
+        log.error("worker %s could not register as an allot node: %s", hostname, exc)
     except Exception:
         log.exception("worker %s could not register as an allot node", hostname)
 

@@ -7,6 +7,7 @@ The layout under the root (``ALLOT_ZK_ROOT``, default ``/{cluster}/allot``)::
     {root}/nodes/{nodeKey}                                ephemeral, JSON node info
     {root}/locks/assign                                   kazoo Lock of the assignment cycle
     {root}/assignment-version                             JSON {"epoch","plan_id","applied_at"}
+    {root}/leases/{bucketId}                              ephemeral, JSON {"node_key","epoch"}
 
 The ``bucket-assignments`` subtree is exactly Amoro's, so a root of ``/default/amoro/ams`` reads
 and writes an Amoro cluster's assignments. Nothing here does I/O.
@@ -84,6 +85,16 @@ class ZkPaths:
     def trigger_lock(self) -> str:
         """The kazoo ``Lock`` path of the trigger duty (the one worker watching membership)."""
         return self._under("locks", "trigger")
+
+    @property
+    def leases(self) -> str:
+        """The parent of the bucket leases: one ephemeral child per bucket whose table work a
+        node runs (:mod:`allot.work.leases`)."""
+        return self._under("leases")
+
+    def lease(self, bucket_id: int) -> str:
+        """The lease of bucket ``bucket_id``: ephemeral, JSON ``{"node_key","epoch"}``."""
+        return self._under("leases", str(bucket_id))
 
     @property
     def assignment_version(self) -> str:

@@ -1,0 +1,285 @@
+"""Bucket leases and handoff (allot.work.leases) on a real ZooKeeper and both databases.
+
+Each node is a real :class:`BucketWork` with its own ZooKeeper session; only the worker's
+queue switch is a recorder (what a Celery consumer would consume), so each step of a handoff
+can be held and checked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from kazoo.client import KazooClient
+from sqlalchemy import Engine
+
+from allot.errors import Fenced
+from allot.testing.servers import ServerProcess
+from allot.work.leases import BucketWork
+from allot.work.runs import hold_fence, read_fence
+from allot.zk.paths import ZkPaths
+from allot.zk.store import AssignmentStore
+from allot.zk.testing import expire_session, wait_until
+from models.engine import session_factory
+
+
+class Queues:
+    """What a worker would consume: the last set handed to ``serve``; ``busy`` is set by the
+    test (the buckets with a message running)."""
+
+    def __init__(self) -> None:
+        self.serving: frozenset[int] = frozenset()
+        self.generation = 0
+        self.busy: set[int] = set()
+        self.history: list[frozenset[int]] = []
+
+    def serve(self, buckets: frozenset[int]) -> int:
+        if buckets != self.serving:
+            self.serving = buckets
+            self.generation += 1
+            self.history.append(buckets)
+        return self.generation
+
+
+class Node:
+    def __init__(self, key: str, client: KazooClient, work: BucketWork, queues: Queues) -> None:
+        self.key, self.client, self.work, self.queues = key, client, work, queues
+
+    def lease_token(self, bucket: int) -> int | None:
+        return self.work.held.get(bucket)
+
+
+@pytest.fixture
+def paths(zk_root: str) -> ZkPaths:
+    return ZkPaths(zk_root)
+
+
+@pytest.fixture
+def start_node(zookeeper: ServerProcess, paths: ZkPaths, migrated: Engine) -> Iterator[object]:
+    started: list[Node] = []
+
+    def start(key: str, handoff_timeout: float = 10.0) -> Node:
+        client = KazooClient(hosts=zookeeper.address, timeout=4)
+        client.start(timeout=10)
+        queues = Queues()
+        work = BucketWork(
+            client,
+            paths,
+            key,
+            session_factory(migrated),
+            serve=queues.serve,
+            applied=lambda: queues.generation,
+            busy=lambda: set(queues.busy),
+            handoff_timeout=handoff_timeout,
+        )
+        work.start()
+        node = Node(key, client, work, queues)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.work.stop()
+        node.client.stop()
+        node.client.close()
+
+
+@pytest.fixture
+def store(zookeeper: ServerProcess, paths: ZkPaths) -> Iterator[AssignmentStore]:
+    client = KazooClient(hosts=zookeeper.address)
+    client.start(timeout=10)
+    yield AssignmentStore(client, paths)
+    client.stop()
+    client.close()
+
+
+def fence_of(engine: Engine, bucket: int) -> tuple[str, int] | None:
+    with session_factory(engine)() as session:
+        row = read_fence(session, bucket)
+    return None if row is None else (row.node_key, row.token)
+
+
+def commit_allowed(engine: Engine, bucket: int, key: str, token: int) -> bool:
+    try:
+        with session_factory(engine).begin() as session:
+            hold_fence(session, bucket, key, token)
+    except Fenced:
+        return False
+    return True
+
+
+def test_a_node_serves_its_buckets_only_after_taking_the_lease_and_the_fence(
+    start_node, store: AssignmentStore, migrated: Engine, paths: ZkPaths
+) -> None:
+    store.save("a@h", [1, 2])
+    a = start_node("a@h")
+    wait_until(lambda: a.queues.serving == {1, 2}, timeout=10)
+
+    for bucket in (1, 2):
+        stat = a.client.exists(paths.lease(bucket))
+        assert stat is not None
+        assert stat.ephemeralOwner == a.client.client_id[0]
+        assert a.lease_token(bucket) == stat.czxid
+        assert fence_of(migrated, bucket) == ("a@h", stat.czxid)
+    # nothing was served before both were fenced: every set handed over is a subset of {1, 2}
+    assert all(served <= {1, 2} for served in a.queues.history)
+
+
+def test_a_busy_bucket_is_handed_over_after_its_task_finishes(
+    start_node, store: AssignmentStore, migrated: Engine
+) -> None:
+    store.save("a@h", [1, 2])
+    a = start_node("a@h")
+    b = start_node("b@h")
+    wait_until(lambda: a.queues.serving == {1, 2}, timeout=10)
+    old_token = a.lease_token(1)
+    assert old_token is not None
+    a.queues.busy = {1}  # a task of bucket 1 is running on a
+
+    store.save("a@h", [2])
+    store.save("b@h", [1])
+    wait_until(lambda: a.queues.serving == {2}, timeout=5)  # a takes no new task of bucket 1 …
+    time.sleep(1.0)
+    assert 1 not in b.queues.serving  # … and b does not start while a's task runs
+    assert a.lease_token(1) == old_token
+    assert commit_allowed(migrated, 1, "a@h", old_token)  # a's running task may still commit
+
+    a.queues.busy = set()  # the task finished
+    wait_until(lambda: b.queues.serving == {1}, timeout=5)
+    new_token = b.lease_token(1)
+    assert new_token is not None
+    assert new_token > old_token
+    assert fence_of(migrated, 1) == ("b@h", new_token)
+    assert not commit_allowed(migrated, 1, "a@h", old_token)  # a zombie commit is refused
+    assert commit_allowed(migrated, 1, "b@h", new_token)
+
+
+def test_the_handoff_timeout_releases_a_bucket_whose_task_hangs_and_fences_it(
+    start_node, store: AssignmentStore, migrated: Engine
+) -> None:
+    store.save("a@h", [3])
+    a = start_node("a@h", handoff_timeout=1.0)
+    b = start_node("b@h")
+    wait_until(lambda: a.queues.serving == {3}, timeout=10)
+    old_token = a.lease_token(3)
+    assert old_token is not None
+    a.queues.busy = {3}  # never finishes
+
+    moved = time.monotonic()
+    store.save("a@h", [])
+    store.save("b@h", [3])
+    wait_until(lambda: b.queues.serving == {3}, timeout=10)
+    assert time.monotonic() - moved >= 1.0  # not before the timeout
+    assert not commit_allowed(migrated, 3, "a@h", old_token)
+
+
+def test_a_bucket_that_comes_back_before_its_release_keeps_its_lease(
+    start_node, store: AssignmentStore
+) -> None:
+    store.save("a@h", [4])
+    a = start_node("a@h")
+    wait_until(lambda: a.queues.serving == {4}, timeout=10)
+    token = a.lease_token(4)
+    a.queues.busy = {4}
+    store.save("a@h", [])
+    wait_until(lambda: a.queues.serving == frozenset(), timeout=5)
+    store.save("a@h", [4])
+    wait_until(lambda: a.queues.serving == {4}, timeout=5)
+    assert a.lease_token(4) == token
+
+
+def test_a_lost_session_stops_every_queue_and_the_next_owner_takes_over(
+    start_node, store: AssignmentStore, migrated: Engine, zookeeper: ServerProcess
+) -> None:
+    store.save("a@h", [5, 6])
+    a = start_node("a@h")
+    b = start_node("b@h")
+    wait_until(lambda: a.queues.serving == {5, 6}, timeout=10)
+    old_token = a.lease_token(5)
+    assert old_token is not None
+
+    expire_session(a.client, zookeeper.address)
+    wait_until(lambda: 5 not in a.queues.serving, timeout=10)
+    store.save("a@h", [])
+    store.save("b@h", [5, 6])
+    wait_until(lambda: b.queues.serving == {5, 6}, timeout=10)
+    assert not commit_allowed(migrated, 5, "a@h", old_token)
+    assert 5 not in a.queues.serving
+    assert 6 not in a.queues.serving
+
+
+def test_a_receiver_with_a_stale_view_of_its_assignment_takes_no_lease(
+    start_node, store: AssignmentStore, paths: ZkPaths
+) -> None:
+    store.save("b@h", [8])
+    store.save("b@h", [7])  # the bucket 8 of the first write moved on
+    b = start_node("b@h")
+    wait_until(lambda: b.queues.serving == {7}, timeout=10)
+    stale_version = b.client.exists(paths.assignments("b@h")).version - 1
+    b.work._take(8, stale_version, epoch=0)  # the view before the last write
+    assert b.client.exists(paths.lease(8)) is None
+    assert 8 not in b.work.held
+
+
+def test_a_lease_deleted_by_a_foreign_writer_stops_its_queue_and_is_taken_again(
+    start_node, store: AssignmentStore, migrated: Engine, paths: ZkPaths, zookeeper: ServerProcess
+) -> None:
+    store.save("a@h", [9])
+    a = start_node("a@h")
+    wait_until(lambda: a.queues.serving == {9}, timeout=10)
+    old_token = a.lease_token(9)
+    assert old_token is not None
+    seen: list[frozenset[int]] = []
+    original = a.queues.serve
+
+    def recording(buckets: frozenset[int]) -> int:
+        seen.append(buckets)
+        return int(original(buckets))
+
+    a.work._serve = recording
+    store.client.delete(paths.lease(9))
+    wait_until(lambda: (a.lease_token(9) or 0) > old_token and a.queues.serving == {9}, timeout=10)
+    assert frozenset() in seen  # the queue stopped in between
+    assert not commit_allowed(migrated, 9, "a@h", old_token)
+
+
+def test_a_persistent_znode_in_a_leases_place_is_removed_and_the_lease_taken(
+    start_node, store: AssignmentStore, paths: ZkPaths
+) -> None:
+    store.client.ensure_path(paths.leases)
+    store.client.create(paths.lease(10), b"not a lease")
+    store.save("a@h", [10])
+    a = start_node("a@h")
+    wait_until(lambda: a.queues.serving == {10}, timeout=10)
+    stat = store.client.exists(paths.lease(10))
+    assert stat is not None
+    assert stat.ephemeralOwner == a.client.client_id[0]
+
+
+def test_two_nodes_racing_for_one_bucket_never_both_serve_it(
+    start_node, store: AssignmentStore
+) -> None:
+    # both were told they own bucket 11 (a split view): the lease lets only one serve it
+    store.save("a@h", [11])
+    store.save("b@h", [11])
+    a = start_node("a@h")
+    b = start_node("b@h")
+    both: list[bool] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            both.append(11 in a.queues.serving and 11 in b.queues.serving)
+            time.sleep(0.005)
+
+    observer = threading.Thread(target=watch)
+    observer.start()
+    try:
+        wait_until(lambda: 11 in a.queues.serving or 11 in b.queues.serving, timeout=10)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        observer.join()
+    assert not any(both)

@@ -1,0 +1,193 @@
+"""One run of a table task (allot.work.task.execute) against both databases: exactly one
+commit per run, fenced commits write nothing, a holder's commit and a new holder's fence are
+ordered by the database."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
+
+from allot.errors import Fenced
+from allot.names import parse_table_name
+from allot.registry import register_tables
+from allot.settings import Settings
+from allot.work.runs import take_fence
+from allot.work.task import NotHere, TableContext, TableTaskSpec, WorkSql, execute
+from models.engine import session_factory
+from models.schema import TableTaskRun
+from models.states import RunStatus
+
+effects = MetaData()
+effect = Table("test_effect", effects, Column("run_id", String(64)), Column("table_id", Integer))
+TABLE = parse_table_name("cat.db.orders")
+
+
+@pytest.fixture
+def sql(migrated: Engine, database_url: str) -> WorkSql:
+    effects.create_all(migrated)
+    sessions = session_factory(migrated)
+    with sessions.begin() as session:
+        register_tables(session, [TABLE])
+    return WorkSql(os.getpid(), Settings(database_url=database_url), migrated, sessions)
+
+
+@pytest.fixture
+def bucket(sql: WorkSql) -> int:
+    bucket_id = sql.find_table(TABLE)[1]
+    with sql.sessions.begin() as session:
+        assert take_fence(session, bucket_id, "a@h", 100)
+    return bucket_id
+
+
+def writing(calls: list[str]) -> TableTaskSpec:
+    def body(ctx: TableContext, **_: Any) -> dict[str, int]:
+        calls.append(ctx.run_id)
+        with ctx.commit() as session:
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+        return {"token": ctx.token}
+
+    return TableTaskSpec("test.write", body, None)
+
+
+def effects_of(engine: Engine, run_id: str) -> int:
+    with engine.connect() as connection:
+        return connection.execute(
+            select(func.count()).select_from(effect).where(effect.c.run_id == run_id)
+        ).scalar_one()
+
+
+def attempts(engine: Engine, run_id: str) -> list[str]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(TableTaskRun.status)
+            .where(TableTaskRun.run_id == run_id)
+            .order_by(TableTaskRun.attempt_id)
+        )
+        return list(rows.scalars())
+
+
+def test_a_run_commits_once_and_a_redelivered_message_is_not_run_again(
+    sql: WorkSql, bucket: int
+) -> None:
+    calls: list[str] = []
+    spec = writing(calls)
+    assert execute(sql, spec, TABLE, "run-1", "a@h", {}) == {"token": 100}
+    assert execute(sql, spec, TABLE, "run-1", "a@h", {}) is None  # delivered again
+    assert calls == ["run-1"]
+    assert effects_of(sql.engine, "run-1") == 1
+    assert attempts(sql.engine, "run-1") == [RunStatus.COMMITTED]
+
+
+def test_a_message_on_a_node_the_fence_does_not_name_is_not_run(sql: WorkSql, bucket: int) -> None:
+    calls: list[str] = []
+    with pytest.raises(NotHere):
+        execute(sql, writing(calls), TABLE, "run-2", "b@h", {})
+    assert calls == []
+    assert attempts(sql.engine, "run-2") == []
+
+
+def test_a_commit_after_the_bucket_moved_is_fenced_and_writes_nothing(
+    sql: WorkSql, bucket: int
+) -> None:
+    def body(ctx: TableContext) -> None:
+        with sql.sessions.begin() as session:  # the bucket moves while the body runs
+            assert take_fence(session, ctx.bucket_id, "b@h", ctx.token + 1)
+        with ctx.commit() as session:
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+
+    with pytest.raises(Fenced, match="moved to b@h"):
+        execute(sql, TableTaskSpec("test.moved", body, None), TABLE, "run-3", "a@h", {})
+    assert effects_of(sql.engine, "run-3") == 0
+    assert attempts(sql.engine, "run-3") == [RunStatus.FENCED]
+    # the message runs again on the new owner and commits there, once
+    calls: list[str] = []
+    execute(sql, writing(calls), TABLE, "run-3", "b@h", {})
+    assert effects_of(sql.engine, "run-3") == 1
+    assert attempts(sql.engine, "run-3") == [RunStatus.FENCED, RunStatus.COMMITTED]
+
+
+def test_two_attempts_of_one_run_at_once_commit_once(sql: WorkSql, bucket: int) -> None:
+    # a message handed out twice (a redelivery while the first attempt still runs)
+    inside = threading.Barrier(2)
+
+    def body(ctx: TableContext) -> None:
+        inside.wait(timeout=10)  # both attempts started before either commits
+        with ctx.commit() as session:
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+
+    spec = TableTaskSpec("test.twice", body, None)
+    errors: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            execute(sql, spec, TABLE, "run-4", "a@h", {})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert effects_of(sql.engine, "run-4") == 1
+    assert sorted(attempts(sql.engine, "run-4")) == [RunStatus.COMMITTED, RunStatus.FAILED]
+
+
+def test_a_new_holder_waits_for_a_commit_that_passed_the_fence(sql: WorkSql, bucket: int) -> None:
+    holding = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
+
+    def body(ctx: TableContext) -> None:
+        with ctx.commit() as session:
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+            holding.set()
+            release.wait(10)
+            order.append("commit")
+
+    runner = threading.Thread(
+        target=execute,
+        args=(sql, TableTaskSpec("test.slow", body, None), TABLE, "run-5", "a@h", {}),
+    )
+    runner.start()
+    assert holding.wait(10)
+
+    def new_holder() -> None:
+        with sql.sessions.begin() as session:
+            take_fence(session, bucket, "b@h", 200)
+        order.append("fence")
+
+    taker = threading.Thread(target=new_holder)
+    taker.start()
+    time.sleep(0.5)
+    assert order == []  # the fence write waits for the commit holding the row
+    release.set()
+    runner.join(10)
+    taker.join(30)
+    assert order == ["commit", "fence"]
+    assert effects_of(sql.engine, "run-5") == 1
+
+
+def test_the_fence_token_only_rises(sql: WorkSql, bucket: int) -> None:
+    with sql.sessions.begin() as session:
+        assert not take_fence(session, bucket, "old@h", 99)  # older than a@h's 100
+        assert take_fence(session, bucket, "b@h", 101)
+        assert not take_fence(session, bucket, "a@h", 100)
+
+
+def test_a_failing_body_is_recorded_and_writes_nothing(sql: WorkSql, bucket: int) -> None:
+    def body(ctx: TableContext) -> None:
+        with ctx.commit() as session:
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        execute(sql, TableTaskSpec("test.fail", body, None), TABLE, "run-6", "a@h", {})
+    assert effects_of(sql.engine, "run-6") == 0
+    assert attempts(sql.engine, "run-6") == [RunStatus.FAILED]

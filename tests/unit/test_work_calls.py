@@ -1,0 +1,59 @@
+"""Pure parts of table work: queue names and checking a call before anything is sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from allot.errors import InvalidInput
+from allot.work.queues import bucket_queue, queue_bucket
+from allot.work.task import TableContext, TableTaskSpec
+
+
+@given(
+    cluster=st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True),
+    bucket=st.integers(min_value=1, max_value=1_000_000),
+)
+def test_a_bucket_queue_name_reads_back_as_its_bucket(cluster: str, bucket: int) -> None:
+    assert queue_bucket(cluster, bucket_queue(cluster, bucket)) == bucket
+
+
+@pytest.mark.parametrize(
+    "queue",
+    ["celery", "allot.other.bucket.3", "allot.default.bucket.x", "allot.default.bucket.3.dlq"],
+)
+def test_other_queues_are_no_bucket_of_the_cluster(queue: str) -> None:
+    assert queue_bucket("default", queue) is None
+
+
+def body(ctx: TableContext, target_mb: int = 128, *, dry_run: bool = False) -> None:
+    """A table task body taking two keyword arguments."""
+
+
+SPEC = TableTaskSpec("t.compact", body, None)
+
+
+def test_a_call_naming_a_table_and_known_arguments_passes() -> None:
+    assert SPEC.check_call(["c.d.t"], {"target_mb": 64, "dry_run": True}) == "c.d.t"
+    assert SPEC.check_call(("c.d.t",), {}) == "c.d.t"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ([], {}, "takes the table name as its one positional argument"),
+        (["c.d.t", 5], {}, "takes the table name as its one positional argument"),
+        ([7], {}, "takes the table name as its one positional argument"),
+        (["c.d.t"], {"size": 1}, "unexpected keyword argument 'size'"),
+        (["c.d.t"], {"target_mb": object()}, "keyword arguments must be JSON"),
+    ],
+)
+def test_a_call_that_does_not_fit_is_refused_with_one_line(
+    args: list[Any], kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message) as caught:
+        SPEC.check_call(args, kwargs)
+    assert "\n" not in str(caught.value)
