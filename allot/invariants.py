@@ -13,7 +13,8 @@ notes worth showing:
 3. ``sql-agrees``: ``bucket.node_key`` names the ZooKeeper owner of every bucket and SQL
    mirrors the epoch of a readable ``assignment-version`` (:func:`allot.mirror.mirrored_epoch`);
 4. ``lease-owner``: every lease ``{root}/leases/{bucket}`` (JSON ``{"node_key","epoch"}``)
-   names the bucket's owner; no ``leases`` znode, nothing to check;
+   names the bucket's owner, or a live node handing the bucket over (a note: the donor keeps
+   the lease until its running task ends); no ``leases`` znode, nothing to check;
 5. ``stuck-plan``: no plan is ``applying`` and no apply in steps is ``pending`` in
    ``assignment-version`` while nobody holds the assignment lock.
 
@@ -253,6 +254,13 @@ def _lease_owner(
         elif holder is None:
             yield Violation(
                 Check.LEASE_OWNER, f"the lease of bucket {bucket} is unreadable: {data[:60]!r}"
+            )
+        elif holder not in listers.get(bucket, []) and holder in facts.live:
+            # the donor of a handoff keeps the lease until its running task ends (at most
+            # ALLOT_HANDOFF_TIMEOUT); the owner starts once it is released
+            notes.append(
+                f"bucket {bucket} is being handed over: {holder} holds its lease, "
+                f"its owner is {owner}"
             )
         elif holder not in listers.get(bucket, []):
             yield Violation(

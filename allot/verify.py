@@ -37,11 +37,6 @@ from models.base import utcnow
 from models.states import PlanStatus
 
 
-def leases_path(paths: ZkPaths) -> str:
-    """``{root}/leases``: one ephemeral child per bucket whose work a node runs."""
-    return f"{paths.root}/leases"
-
-
 def read_facts(
     client: KazooClient, sessions: sessionmaker[Session], settings: Settings, *, attempts: int = 3
 ) -> Facts:
@@ -151,7 +146,7 @@ def _lock_held(client: KazooClient, paths: ZkPaths) -> bool:
 
 def _read_leases(client: KazooClient, paths: ZkPaths) -> dict[str, bytes] | None:
     """The data of every child of ``{root}/leases``; None when that znode does not exist."""
-    parent = leases_path(paths)
+    parent = paths.leases
     try:
         children = sorted(client.retry(client.get_children, parent))
     except NoNodeError:

@@ -24,7 +24,8 @@ def verify(output: FormatOption = OutputFormat.table) -> None:
                  out of range, no unreadable entry; an unowned one counts while a node is live)
     owner-state  every owner is live or suspect (gone, within its grace period)
     sql-agrees   bucket.node_key and SQL's mirrored epoch say what ZooKeeper says
-    lease-owner  every lease {root}/leases/{bucket} names the bucket's owner
+    lease-owner  every lease {root}/leases/{bucket} names the bucket's owner (a live node
+                 still handing the bucket over is a note)
     stuck-plan   no plan is applying while nobody holds the assignment lock
 
     What a cycle holding the lock is writing counts as in flight, and foreign znodes under

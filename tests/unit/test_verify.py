@@ -237,11 +237,18 @@ def test_no_leases_znode_and_leases_naming_the_owners_pass() -> None:
     assert judged(leases={"1": lease("a@h"), "6": lease("b@h")}).ok
 
 
-def test_a_lease_naming_another_node_is_a_violation() -> None:
+def test_a_lease_naming_a_node_that_is_not_live_is_a_violation() -> None:
+    verdict = judged(leases={"1": lease("gone@h")})
+
+    assert details(verdict) == ["the lease of bucket 1 names gone@h, its owner is a@h"]
+    assert checks(verdict) == [Check.LEASE_OWNER]
+
+
+def test_a_lease_still_held_by_another_live_node_is_a_handoff_note() -> None:
     verdict = judged(leases={"1": lease("b@h")})
 
-    assert details(verdict) == ["the lease of bucket 1 names b@h, its owner is a@h"]
-    assert checks(verdict) == [Check.LEASE_OWNER]
+    assert verdict.ok
+    assert "bucket 1 is being handed over: b@h holds its lease, its owner is a@h" in verdict.notes
 
 
 def test_a_lease_of_an_unowned_bucket_is_a_violation() -> None:
@@ -293,7 +300,7 @@ def test_every_violation_is_reported_in_check_order() -> None:
         live=frozenset({"a@h"}),
         departures={"b@h": gone_since(GRACE * 2)},
         sql_epoch=1,
-        leases={"6": lease("a@h")},
+        leases={"6": lease("gone@h")},
         applying=["p"],
     )
 
