@@ -20,6 +20,8 @@ COPY allot ./allot
 COPY models ./models
 COPY tasks ./tasks
 COPY migrations ./migrations
+# the demo table work (ALLOT_TASK_MODULES=demo.compaction), imported from the working directory
+COPY demo ./demo
 RUN pip install . && rm -rf build ./*.egg-info
 
 # Flower's options (the same file make run uses) and a non-root user that owns Flower's state.

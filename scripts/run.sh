@@ -60,6 +60,8 @@ if [ -z "${FLOWER_BASIC_AUTH:-}" ]; then
     credentials_from="generated, kept in $credentials_file"
 fi
 export FLOWER_BASIC_AUTH
+# the demo's table work: a simulated compaction of every table every 30 s, on its owner
+export ALLOT_TASK_MODULES="${ALLOT_TASK_MODULES:-demo.compaction}"
 export FLOWER_DB="${FLOWER_DB:-$ROOT/$VAR_DIR/flower/flower.db}"
 [[ $FLOWER_DB = /* ]] || FLOWER_DB="$ROOT/$FLOWER_DB"
 
@@ -123,6 +125,7 @@ summary() {
                ($credentials_from)
   nodes        node1@$(hostname), node2@$(hostname), node3@$(hostname) (Celery workers)
   beat         allot.assign every $interval s (ALLOT_ASSIGN_INTERVAL)
+  table work   $ALLOT_TASK_MODULES (demo.compact: every table every 30 s, on its owner)
   ZooKeeper    $zk_line
   Redis        $redis_line
   database     $database (demo catalog: $catalog)
@@ -136,6 +139,8 @@ summary() {
   curl -u '$FLOWER_BASIC_AUTH' -X POST $flower_url/api/task/async-apply/allot.rebalance \\
        -H 'Content-Type: application/json' -d '{"kwargs": {"dry_run": true}}'
   $sql_line
+  .venv/bin/allot work runs --table hive.sales.orders
+  .venv/bin/allot work send demo.compact hive.sales.orders --kwargs '{"max_ms": 50}' --wait
 
 EOT
 }

@@ -1,0 +1,1 @@
+"""The table work ``make run`` ships: a simulated compaction of every demo table."""
