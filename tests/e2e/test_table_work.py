@@ -1,0 +1,237 @@
+"""Table work on a real cluster: real workers, Redis, ZooKeeper and both databases.
+
+Messages sent while nodes join, stop and die all run on their bucket's owner, none is lost and
+none commits twice; a worker frozen mid-task past its session has its commit fenced and the
+task runs again on the bucket's new owner.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from allot.names import parse_table_name
+from allot.registry import register_tables
+from allot.testing.cluster import LocalCluster
+from allot.testing.processes import ManagedProcess
+from allot.testing.servers import start_redis
+from models.engine import session_factory
+from models.schema import BucketLease, TableTaskRun
+from models.states import RunStatus
+from tests.e2e.conftest import START
+from tests.e2e.work_tasks import effect, metadata
+
+TABLES = [f"cat.db.t{index:03d}" for index in range(60)]
+WORK_ENV = {
+    "ALLOT_TASK_MODULES": "tests.e2e.work_tasks",
+    "ALLOT_HANDOFF_TIMEOUT": "5",
+    "ALLOT_REDELIVERY_TIMEOUT": "8",
+}
+
+
+@pytest.fixture
+def work_cluster(cluster: LocalCluster, migrated: Engine) -> LocalCluster:
+    metadata.create_all(migrated)
+    with session_factory(migrated).begin() as session:
+        register_tables(session, [parse_table_name(name) for name in TABLES])
+    cluster.env |= WORK_ENV
+    return cluster
+
+
+def fences(engine: Engine) -> dict[int, str]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(BucketLease.bucket_id, BucketLease.node_key))
+        return {row[0]: row[1] for row in rows}
+
+
+def served_by_owners(cluster: LocalCluster) -> dict[str, list[int]] | None:
+    """The assignment once every bucket's fence names its ZooKeeper owner, else None."""
+    zk = cluster.zk()
+    owners = {bucket: node for node, buckets in zk.items() for bucket in buckets}
+    if len(owners) != 100 or fences(cluster.engine) != owners:
+        return None
+    return zk
+
+
+def send(
+    cluster: LocalCluster, ids: Path, count: int, rate: float, seconds: float
+) -> ManagedProcess:
+    args = [sys.executable, "-m", "tests.e2e.work_sender", ",".join(TABLES)]
+    args += [str(count), str(rate), str(seconds), str(ids)]
+    return cluster.group.start("sender", args, cluster.env)
+
+
+def committed(engine: Engine) -> dict[str, int]:
+    """run id -> committed attempts."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(TableTaskRun.run_id, func.count())
+            .where(TableTaskRun.status == RunStatus.COMMITTED)
+            .group_by(TableTaskRun.run_id)
+        )
+        return {row[0]: row[1] for row in rows}
+
+
+def effects(engine: Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(effect.c.run_id, func.count()).group_by(effect.c.run_id))
+        return {row[0]: row[1] for row in rows}
+
+
+def overlapping_owners(engine: Engine) -> list[tuple[int, str, str]]:
+    """Committed attempts of one bucket on two nodes whose running intervals overlap."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(
+                TableTaskRun.bucket_id,
+                TableTaskRun.node_key,
+                TableTaskRun.started_at,
+                TableTaskRun.finished_at,
+            ).where(TableTaskRun.status == RunStatus.COMMITTED)
+        ).all()
+    by_bucket: dict[int, list[tuple[object, object, str]]] = defaultdict(list)
+    for bucket, node, started, finished in rows:
+        by_bucket[bucket].append((started, finished, node))
+    found = []
+    for bucket, runs in by_bucket.items():
+        runs.sort(key=lambda run: run[0])  # type: ignore[arg-type,return-value]
+        for (_, end, node), (start, _, other) in itertools.pairwise(runs):
+            if node != other and start < end:  # type: ignore[operator]
+                found.append((bucket, node, other))
+    return found
+
+
+def test_messages_follow_their_buckets_through_join_stop_and_kill(
+    work_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    cluster = work_cluster
+    node1 = cluster.worker("node1")
+    cluster.worker("node2")
+    cluster.wait_for(lambda: served_by_owners(cluster), "both nodes serving", START)
+
+    # While messages flow, a node joins (rebalance), one stops cleanly, one is killed
+    ids = tmp_path / "sent.txt"
+    sender = send(cluster, ids, count=300, rate=15, seconds=0.05)
+    time.sleep(3)
+    cluster.worker("node3")
+    cluster.wait_for(lambda: len(cluster.zk()) == 3 and served_by_owners(cluster), "join", START)
+    time.sleep(2)
+    cluster.processes["node2"].stop()
+    cluster.wait_for(lambda: len(cluster.zk()) == 2 and served_by_owners(cluster), "stop", START)
+    time.sleep(2)
+    node1.kill()
+    cluster.wait_for(lambda: len(cluster.zk()) == 1 and served_by_owners(cluster), "kill", START)
+    sender.popen.wait(60)
+    sent = ids.read_text().split()
+    assert len(sent) == 300
+
+    # Then every message committed once (the killed node's return after the redelivery
+    # timeout), its writes landed once, and no bucket ran on two nodes at once
+    cluster.wait_for(lambda: len(committed(cluster.engine)) >= len(sent), "every run", 90)
+    runs = committed(cluster.engine)
+    assert set(runs) == set(sent)
+    assert set(runs.values()) == {1}
+    assert effects(cluster.engine) == dict.fromkeys(sent, 1)
+    assert overlapping_owners(cluster.engine) == []
+
+
+def test_a_worker_frozen_mid_task_is_fenced_and_the_task_runs_on_the_new_owner(
+    work_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    cluster = work_cluster
+    cluster.worker("node1")
+    cluster.wait_for(lambda: served_by_owners(cluster), "node1 serving", START)
+    node1 = cluster.key("node1")
+
+    # Given a long task running on node1
+    ids = tmp_path / "sent.txt"
+    send(cluster, ids, count=1, rate=10, seconds=6).popen.wait(30)
+    (run_id,) = ids.read_text().split()
+    cluster.wait_for(lambda: running_on(cluster.engine, run_id) == node1, "task running", 30)
+
+    # When node1 freezes past its session while node2 takes its buckets over
+    worker = cluster.processes["node1"]
+    worker.signal_group(signal.SIGSTOP)
+    try:
+        cluster.worker("node2")
+        node2 = cluster.key("node2")
+        cluster.wait_for(
+            lambda: set(fences(cluster.engine).values()) == {node2}, "node2 fenced all", START
+        )
+    finally:
+        worker.signal_group(signal.SIGCONT)
+
+    # Then node1's commit is refused, nothing of it lands, and the run commits on another
+    # node under a larger token
+    cluster.wait_for(lambda: committed(cluster.engine).get(run_id), "the run committed", 60)
+    attempts = history(cluster.engine, run_id)
+    assert attempts[0][:2] == (node1, RunStatus.FENCED)
+    assert attempts[-1][1] == RunStatus.COMMITTED
+    assert attempts[-1][2] > attempts[0][2]
+    assert effects(cluster.engine) == {run_id: 1}
+    assert cluster.count_in_logs("fenced") >= 1
+
+
+def running_on(engine: Engine, run_id: str) -> str | None:
+    with engine.connect() as connection:
+        return connection.execute(
+            select(TableTaskRun.node_key).where(
+                TableTaskRun.run_id == run_id, TableTaskRun.status == RunStatus.RUNNING
+            )
+        ).scalar_one_or_none()
+
+
+def history(engine: Engine, run_id: str) -> list[tuple[str, str, int]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(TableTaskRun.node_key, TableTaskRun.status, TableTaskRun.token)
+            .where(TableTaskRun.run_id == run_id)
+            .order_by(TableTaskRun.attempt_id)
+        )
+        return [(node, status, token) for node, status, token in rows]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_redis_restart_loses_no_message_and_queues_still_follow_the_buckets(
+    work_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    cluster = work_cluster
+    redis = start_redis(tmp_path / "redis", appendonly=True)
+    try:
+        cluster.env["ALLOT_BROKER_URL"] = f"redis://{redis.address}/0"
+        cluster.worker("node1")
+        cluster.worker("node2")
+        cluster.wait_for(lambda: served_by_owners(cluster), "both nodes serving", START)
+        # Given a backlog in the bucket queues
+        ids = tmp_path / "sent.txt"
+        send(cluster, ids, count=120, rate=200, seconds=0.1).popen.wait(60)
+        sent = ids.read_text().split()
+        assert len(sent) == 120
+
+        # When Redis restarts while the workers work through it
+        redis.stop()
+        time.sleep(2)
+        redis = start_redis(tmp_path / "redis", port=redis.port, appendonly=True)
+        # and a node joins after the reconnect, so queues switch on the new connections
+        cluster.worker("node3")
+        cluster.wait_for(
+            lambda: len(cluster.zk()) == 3 and served_by_owners(cluster), "join", START
+        )
+
+        # Then every message commits once, on the owner of its bucket
+        cluster.wait_for(lambda: len(committed(cluster.engine)) >= len(sent), "every run", 90)
+        runs = committed(cluster.engine)
+        assert set(runs) == set(sent)
+        assert set(runs.values()) == {1}
+        assert effects(cluster.engine) == dict.fromkeys(sent, 1)
+        assert overlapping_owners(cluster.engine) == []
+    finally:
+        cluster.stop_all()
+        redis.stop()

@@ -1,0 +1,36 @@
+"""Table tasks of the end-to-end tests (workers import this through ALLOT_TASK_MODULES)."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert
+
+from allot.work import TableContext, table_task
+
+metadata = MetaData()
+effect = Table(
+    "e2e_effect",
+    metadata,
+    Column("run_id", String(255)),
+    Column("table_id", Integer),
+    Column("bucket_id", Integer),
+    Column("node_key", String(128)),
+)
+"""What the tasks write: one row per committed run (created by the tests)."""
+
+
+@table_task(name="e2e.record")
+def record(ctx: TableContext, seconds: float = 0.0) -> dict[str, object]:
+    """Work for ``seconds``, then commit one row naming the run and this node."""
+    time.sleep(seconds)
+    with ctx.commit() as session:
+        session.execute(
+            insert(effect).values(
+                run_id=ctx.run_id,
+                table_id=ctx.table_id,
+                bucket_id=ctx.bucket_id,
+                node_key=ctx.node_key,
+            )
+        )
+    return {"node": ctx.node_key, "token": ctx.token}
