@@ -13,20 +13,18 @@ import os
 import signal
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-import redis
 
 from allot.testing.processes import (
     ROOT,
     VENV_BIN,
     Processes,
+    empty_redis,
     flower_tasks,
     http,
     http_json,
+    inherited_env,
 )
 from allot.testing.servers import (
     ServerProcess,
@@ -35,12 +33,6 @@ from allot.testing.servers import (
     zookeeper_answers,
 )
 from tests.e2e.proctree import still_running, watching_tree
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    with Processes(tmp_path / "logs") as group:
-        yield group
 
 
 def status(env: dict[str, str]) -> dict[str, Any] | None:
@@ -62,10 +54,9 @@ def status(env: dict[str, str]) -> dict[str, Any] | None:
 def test_make_run_brings_up_the_cluster_and_ctrl_c_stops_everything(
     processes: Processes, redis_server: ServerProcess, tmp_path: Path
 ) -> None:
-    redis.Redis(host=redis_server.host, port=redis_server.port).flushall()
+    empty_redis(redis_server)
     zk_port, flower_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOT_", "FLOWER_"))}
-    env |= {
+    env = inherited_env() | {
         "VAR_DIR": str(tmp_path / "var"),
         "ALLOT_DATABASE_URL": f"sqlite:///{tmp_path / 'allot.db'}",
         "ALLOT_ZK_HOSTS": f"127.0.0.1:{zk_port}",
@@ -139,6 +130,27 @@ def test_make_run_brings_up_the_cluster_and_ctrl_c_stops_everything(
                 ).fetchall()
             assert sorted(node for node, _ in rows) == keys
             assert sum(count for _, count in rows) == 1000
+
+            # And the demo's table work runs on all three nodes, each table on its owner
+            def compacted_by() -> list[tuple[str, int]] | None:
+                with sqlite3.connect(tmp_path / "allot.db") as connection:
+                    found = connection.execute(
+                        "SELECT r.node_key, count(*) FROM table_task_run r"
+                        " JOIN table_assignment a USING (table_id)"
+                        " WHERE r.status = 'committed' AND r.node_key = a.node_key"
+                        " GROUP BY r.node_key"
+                    ).fetchall()
+                return found if len(found) == 3 else None
+
+            processes.wait_for(compacted_by, "demo.compact runs on the three nodes", timeout=90)
+
+            # And Flower shows those runs (a tick per bucket and period) on the three nodes
+            def ticks_by_worker() -> set[str] | None:
+                ticks = flower_tasks(base, credentials, taskname="allot.work.tick").values()
+                found = {t["worker"].split("@")[0] for t in ticks if t["state"] == "SUCCESS"}
+                return found if found == {"node1", "node2", "node3"} else None
+
+            processes.wait_for(ticks_by_worker, "Flower to show ticks on every node", timeout=30)
 
             # When the operator presses Ctrl-C (SIGINT to the terminal's process group)
             make.signal_group(signal.SIGINT)
