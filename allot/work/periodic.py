@@ -27,7 +27,8 @@ from allot.errors import Fenced
 from allot.names import TableName
 from allot.registry import list_tables
 from allot.work.queues import bucket_queue
-from allot.work.task import NotHere, execute, node_key_of, table_tasks, work_sql
+from allot.work.sql import work_sql
+from allot.work.task import NotHere, execute, node_key_of, table_tasks
 
 log = logging.getLogger(__name__)
 

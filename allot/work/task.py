@@ -36,22 +36,18 @@ import contextlib
 import inspect
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import Ignore
-from sqlalchemy import Engine, select
-from sqlalchemy.engine import make_url
+from celery.exceptions import Ignore, Reject
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot.database import open_engine
-from allot.errors import AllotError, ConfigurationError, Fenced, InvalidInput, NotFound
+from allot.errors import AllotError, ConfigurationError, Fenced, InvalidInput
 from allot.names import TableName, parse_table_name
-from allot.settings import Settings, get_settings
+from allot.settings import Settings
 from allot.work.queues import bucket_queue
 from allot.work.runs import (
     AlreadyCommitted,
@@ -63,8 +59,7 @@ from allot.work.runs import (
     read_fence,
     start_attempt,
 )
-from models.engine import session_factory
-from models.schema import TableIdentifier
+from allot.work.sql import WorkSql, work_sql
 from models.states import RunStatus
 
 log = logging.getLogger(__name__)
@@ -165,65 +160,6 @@ def table_task(
         return task
 
     return decorate
-
-
-# -- SQL of this process ----------------------------------------------------------------------
-
-
-@dataclass
-class WorkSql:
-    """The database of one process, for routing and for running table tasks."""
-
-    pid: int
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker[Session]
-    tables: dict[TableName, tuple[int, int]] = field(default_factory=dict)
-
-    def find_table(self, name: TableName) -> tuple[int, int]:
-        """``(table_id, bucket_id)`` of a registered table (cached: a table's bucket is given
-        for good).
-
-        Raises:
-            NotFound: the table is not registered.
-        """
-        found = self.tables.get(name)
-        if found is None:
-            with self.sessions() as session:
-                row = session.execute(
-                    select(TableIdentifier.table_id, TableIdentifier.bucket_id).where(
-                        TableIdentifier.catalog_name == name.catalog,
-                        TableIdentifier.db_name == name.database,
-                        TableIdentifier.table_name == name.table,
-                    )
-                ).first()
-            if row is None:
-                raise NotFound(f"table {name} is not registered (allot tables register {name})")
-            found = self.tables[name] = (row.table_id, row.bucket_id)
-        return found
-
-
-_sql: WorkSql | None = None
-
-
-def work_sql() -> WorkSql:
-    """This process's :class:`WorkSql`, created on first use and again after a fork.
-
-    On PostgreSQL a transaction left idle longer than ``ALLOT_HANDOFF_TIMEOUT`` (a frozen
-    process holding a bucket's fence row) is ended by the server, so it never holds up the
-    bucket's next owner for longer than that.
-    """
-    global _sql
-    if _sql is not None and _sql.pid == os.getpid():
-        return _sql
-    settings = get_settings()
-    options: dict[str, Any] = {}
-    if make_url(settings.database_url).get_backend_name() == "postgresql":
-        idle_ms = max(int(settings.handoff_timeout * 1000), 1000)
-        options["connect_args"] = {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
-    engine = open_engine(settings.database_url, **options)
-    _sql = WorkSql(os.getpid(), settings, engine, session_factory(engine))
-    return _sql
 
 
 # -- routing ----------------------------------------------------------------------------------
@@ -367,9 +303,17 @@ def _finish(sql: WorkSql, attempt_id: int, status: RunStatus, **details: Any) ->
 
 def requeue(task: Task, reason: str) -> None:
     """Send the message being run back to its bucket's queue (same task id) and end this
-    delivery without a result: the bucket's owner runs it."""
+    delivery without a result: the bucket's owner runs it. When the broker refuses the new
+    message, this delivery is rejected back to the queue it came from instead (never lost)."""
     request = task.request
-    task.apply_async(args=request.args, kwargs=request.kwargs, task_id=request.id)
+    try:
+        task.apply_async(args=request.args, kwargs=request.kwargs, task_id=request.id)
+    except Exception as exc:  # kombu's OperationalError after its retries, or the router's
+        log.warning(
+            "%s[%s] could not be sent back through the router (%s): returned to its queue",
+            task.name, request.id, exc,
+        )  # fmt: skip
+        raise Reject(exc, requeue=True) from None
     log.info("%s[%s] sent back to its bucket's queue: %s", task.name, request.id, reason)
     raise Ignore()
 

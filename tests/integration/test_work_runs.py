@@ -17,7 +17,8 @@ from allot.names import parse_table_name
 from allot.registry import register_tables
 from allot.settings import Settings
 from allot.work.runs import take_fence
-from allot.work.task import NotHere, TableContext, TableTaskSpec, WorkSql, execute
+from allot.work.sql import WorkSql
+from allot.work.task import NotHere, TableContext, TableTaskSpec, execute
 from models.engine import session_factory
 from models.schema import TableTaskRun
 from models.states import RunStatus

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from celery.exceptions import Ignore, Reject
 from hypothesis import given
 from hypothesis import strategies as st
 
 from allot.errors import InvalidInput
 from allot.work.queues import bucket_queue, queue_bucket
-from allot.work.task import TableContext, TableTaskSpec
+from allot.work.task import TableContext, TableTaskSpec, requeue
 
 
 @given(
@@ -57,3 +58,39 @@ def test_a_call_that_does_not_fit_is_refused_with_one_line(
     with pytest.raises(InvalidInput, match=message) as caught:
         SPEC.check_call(args, kwargs)
     assert "\n" not in str(caught.value)
+
+
+class _Request:
+    args = ("c.d.t",)
+    kwargs: dict[str, Any] = {}
+    id = "run-1"
+
+
+class _Task:
+    """Stands in for a running table task whose ``apply_async`` fails or succeeds."""
+
+    name = "t.compact"
+    request = _Request()
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+        self.sent: list[dict[str, Any]] = []
+
+    def apply_async(self, **options: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.sent.append(options)
+
+
+def test_a_message_sent_back_keeps_its_task_id_and_this_delivery_is_ignored() -> None:
+    task = _Task(None)
+    with pytest.raises(Ignore):
+        requeue(task, "fenced")
+    assert task.sent == [{"args": ("c.d.t",), "kwargs": {}, "task_id": "run-1"}]
+
+
+def test_a_message_the_broker_would_not_take_back_is_rejected_to_its_queue() -> None:
+    task = _Task(ConnectionError("broker gone"))
+    with pytest.raises(Reject) as caught:
+        requeue(task, "fenced")
+    assert caught.value.requeue is True
