@@ -68,7 +68,12 @@ Every interleaving of a move with a running task, case by case:
 8. *A foreign writer deletes or replaces a lease.* The watch on ``{root}/leases`` makes the
    holder re-check its leases: a lease no longer its own stops its queue at once; a persistent
    znode in the lease's place is no lease (no session owns it) and is deleted. Taking the
-   lease again yields a new token, so a task started under the old one is fenced.
+   lease again yields a new token, so a task started under the old one is fenced. A foreign
+   write to a ``bucket_lease`` row is found by the holder's re-read (every
+   :data:`~allot.work.leases.REREAD_SECONDS`): a smaller token is overwritten with the
+   holder's; a larger one stops the bucket on this node and is left for an operator (no
+   commit under the holder's token can land past it, so the writer can only stall work).
+   Until then the bucket's tasks cannot commit and go back to the queue.
 9. *SQL down.* No fence can be written: a new holder does not consume; commits fail and the
    task is retried. ZooKeeper's side (leases, assignment) goes on; work resumes with SQL.
 10. *Redis restarted or the connection cut.* Celery rebuilds the consumer from the selected

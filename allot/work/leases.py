@@ -40,7 +40,7 @@ from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot.work.runs import take_fence
+from allot.work.runs import FenceRow, read_fences, take_fence
 from allot.zk.codec import decode_buckets, decode_version
 from allot.zk.paths import ZkPaths
 
@@ -103,6 +103,8 @@ class BucketWork:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sql_warned = False
+        self._refused: set[tuple[int, int]] = set()
+        """(bucket, token) whose fence a larger token refused: logged once."""
         self._next_reread = 0.0
         self._assignment_lock = threading.Lock()
         self._assignment_stat: ZnodeStat | None = None
@@ -199,6 +201,7 @@ class BucketWork:
             self._next_reread = now + REREAD_SECONDS
             self._reread_assignment()
             self._check_leases = True
+            self._verify_fences()
         if self._check_leases:
             self._check_leases = False
             self._verify_held()
@@ -312,7 +315,9 @@ class BucketWork:
         self._sql_warned = False
         if taken:
             self.fenced.add(bucket)
-        else:
+            self._refused.discard((bucket, token))
+        elif (bucket, token) not in self._refused:
+            self._refused.add((bucket, token))
             log.error(
                 "bucket %d: SQL's fence has a larger token than this node's lease (%d): "
                 "not serving it; a newer holder exists", bucket, token,
@@ -329,6 +334,28 @@ class BucketWork:
                 log.info("released the lease of bucket %d", bucket)
         except NoNodeError:
             pass
+
+    def _verify_fences(self) -> None:
+        """Re-read the SQL fence of every fenced bucket. Only a holder of the bucket's lease
+        writes it, so a fence that no longer names this node and token was changed by a
+        foreign writer: the bucket is fenced again before it is served (refused, and left
+        unserved, when the writer put a larger token there). Until this re-read, such a
+        bucket's tasks are sent back (they cannot commit), at most ``REREAD_SECONDS``."""
+        if not self.fenced:
+            return
+        try:
+            with self.sessions() as session:
+                found = read_fences(session, self.fenced)
+        except DBAPIError:
+            return  # SQL down: commits are refused or fail anyway; checked at the next re-read
+        for bucket in sorted(self.fenced):
+            mine = FenceRow(bucket, self.node_key, self.held.get(bucket, -1))
+            if found.get(bucket) != mine:
+                log.warning(
+                    "bucket %d: the SQL fence was changed by someone else (%s): fencing it "
+                    "again", bucket, found.get(bucket),
+                )  # fmt: skip
+                self.fenced.discard(bucket)
 
     def _verify_held(self) -> None:
         """Forget leases that are no longer this session's (deleted or replaced by a foreign

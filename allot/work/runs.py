@@ -21,6 +21,7 @@ processes) own the transactions.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,16 @@ def read_fence(session: Session, bucket_id: int, *, for_write: bool = False) -> 
         select(BucketLease.node_key, BucketLease.token).where(BucketLease.bucket_id == bucket_id)
     ).first()
     return None if row is None else FenceRow(bucket_id, row.node_key, row.token)
+
+
+def read_fences(session: Session, buckets: Iterable[int]) -> dict[int, FenceRow]:
+    """The fences of ``buckets`` that exist, by bucket."""
+    rows = session.execute(
+        select(BucketLease.bucket_id, BucketLease.node_key, BucketLease.token).where(
+            BucketLease.bucket_id.in_(list(buckets))
+        )
+    )
+    return {row.bucket_id: FenceRow(row.bucket_id, row.node_key, row.token) for row in rows}
 
 
 def take_fence(session: Session, bucket_id: int, node_key: str, token: int) -> bool:

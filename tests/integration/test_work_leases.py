@@ -13,16 +13,17 @@ from collections.abc import Iterator
 
 import pytest
 from kazoo.client import KazooClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
 from allot.errors import Fenced
 from allot.testing.servers import ServerProcess
-from allot.work.leases import BucketWork
+from allot.work.leases import REREAD_SECONDS, BucketWork
 from allot.work.runs import hold_fence, read_fence
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from allot.zk.testing import expire_session, wait_until
 from models.engine import session_factory
+from models.schema import BucketLease
 
 
 class Queues:
@@ -283,3 +284,47 @@ def test_two_nodes_racing_for_one_bucket_never_both_serve_it(
         stop.set()
         observer.join()
     assert not any(both)
+
+
+def set_fence(engine: Engine, bucket: int, key: str, token: int) -> None:
+    """A foreign writer's UPDATE of a bucket's fence row."""
+    with session_factory(engine).begin() as session:
+        session.execute(
+            update(BucketLease)
+            .where(BucketLease.bucket_id == bucket)
+            .values(node_key=key, token=token)
+        )
+
+
+def test_a_fence_changed_by_a_foreign_writer_is_written_again_by_the_lease_holder(
+    start_node, store: AssignmentStore, migrated: Engine
+) -> None:
+    store.save("a@h", [11])
+    a = start_node("a@h")
+    wait_until(lambda: a.queues.serving == {11}, timeout=10)
+    token = a.lease_token(11)
+    assert token is not None
+    # When someone else points the fence at another node with a smaller token
+    set_fence(migrated, 11, "intruder@h", token - 1)
+    assert not commit_allowed(migrated, 11, "a@h", token)
+    # Then the lease holder writes its fence again within a re-read, and keeps serving
+    wait_until(lambda: fence_of(migrated, 11) == ("a@h", token), timeout=REREAD_SECONDS + 5)
+    assert commit_allowed(migrated, 11, "a@h", token)
+    assert a.queues.serving == {11}
+
+
+def test_a_fence_a_foreign_writer_raised_past_the_lease_stops_the_bucket(
+    start_node, store: AssignmentStore, migrated: Engine
+) -> None:
+    store.save("a@h", [12])
+    a = start_node("a@h")
+    wait_until(lambda: a.queues.serving == {12}, timeout=10)
+    token = a.lease_token(12)
+    assert token is not None
+    # When someone else writes a larger token than the lease's
+    set_fence(migrated, 12, "intruder@h", token + 10**9)
+    # Then the holder stops serving the bucket (its tasks could not commit) and leaves the
+    # fence alone: no commit by anyone but the intruder's token can land
+    wait_until(lambda: a.queues.serving == frozenset(), timeout=REREAD_SECONDS + 5)
+    assert fence_of(migrated, 12) == ("intruder@h", token + 10**9)
+    assert not commit_allowed(migrated, 12, "a@h", token)
