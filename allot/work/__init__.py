@@ -71,7 +71,7 @@ Every interleaving of a move with a running task, case by case:
    lease again yields a new token, so a task started under the old one is fenced. A foreign
    write to a ``bucket_lease`` row is found by the holder's re-read (every
    :data:`~allot.work.leases.REREAD_SECONDS`): a smaller token is overwritten with the
-   holder's; a larger one stops the bucket on this node and is left for an operator (no
+   holder's; a larger one stops the bucket on this node until an operator deletes the row (no
    commit under the holder's token can land past it, so the writer can only stall work).
    Until then the bucket's tasks cannot commit and go back to the queue.
 9. *SQL down.* No fence can be written: a new holder does not consume; commits fail and the
