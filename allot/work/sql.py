@@ -62,13 +62,16 @@ def work_sql() -> WorkSql:
     bucket's next owner for longer than that.
     """
     global _sql
-    if _sql is not None and _sql.pid == os.getpid():
-        return _sql
-    settings = get_settings()
+    if _sql is None or _sql.pid != os.getpid():
+        _sql = open_work_sql(get_settings())
+    return _sql
+
+
+def open_work_sql(settings: Settings) -> WorkSql:
+    """A :class:`WorkSql` on ``settings``' database (see :func:`work_sql`)."""
     options: dict[str, Any] = {}
     if make_url(settings.database_url).get_backend_name() == "postgresql":
         idle_ms = max(int(settings.handoff_timeout * 1000), 1000)
         options["connect_args"] = {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
     engine = open_engine(settings.database_url, **options)
-    _sql = WorkSql(os.getpid(), settings, engine, session_factory(engine))
-    return _sql
+    return WorkSql(os.getpid(), settings, engine, session_factory(engine))

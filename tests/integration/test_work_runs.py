@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy.exc import DBAPIError
 
 from allot.errors import Fenced
 from allot.names import parse_table_name
 from allot.registry import register_tables
 from allot.settings import Settings
 from allot.work.runs import take_fence
-from allot.work.sql import WorkSql
+from allot.work.sql import WorkSql, open_work_sql
 from allot.work.task import NotHere, TableContext, TableTaskSpec, execute
 from models.engine import session_factory
 from models.schema import TableTaskRun
@@ -192,3 +193,48 @@ def test_a_failing_body_is_recorded_and_writes_nothing(sql: WorkSql, bucket: int
         execute(sql, TableTaskSpec("test.fail", body, None), TABLE, "run-6", "a@h", {})
     assert effects_of(sql.engine, "run-6") == 0
     assert attempts(sql.engine, "run-6") == [RunStatus.FAILED]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_commit_frozen_on_postgresql_is_ended_and_the_new_holder_goes_on(
+    sql: WorkSql, bucket: int, database_url: str
+) -> None:
+    # Given a process whose commit passed the fence and then froze (idle in its transaction)
+    frozen = open_work_sql(Settings(database_url=database_url, handoff_timeout=1))
+    holding, resume = threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def body(ctx: TableContext) -> None:
+        with ctx.commit() as session:
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+            holding.set()
+            resume.wait(30)
+
+    def run() -> None:
+        try:
+            execute(frozen, TableTaskSpec("test.frozen", body, None), TABLE, "run-9", "a@h", {})
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    assert holding.wait(10)
+    # When the bucket's next holder writes its fence while that process is still frozen
+    taker = threading.Thread(target=lambda: take_fence_now(sql, bucket))
+    taker.start()
+    taker.join(20)
+    # Then the server ended the frozen transaction: the fence moved without the process resuming
+    assert not taker.is_alive(), "the new holder waited for the frozen process"
+    resume.set()
+    runner.join(20)
+    # and nothing the frozen process wrote landed, its attempt is not committed
+    assert isinstance(outcome[0], DBAPIError)
+    assert effects_of(sql.engine, "run-9") == 0
+    assert RunStatus.COMMITTED not in attempts(sql.engine, "run-9")
+    frozen.engine.dispose()
+
+
+def take_fence_now(sql: WorkSql, bucket: int) -> None:
+    with sql.sessions.begin() as session:
+        assert take_fence(session, bucket, "b@h", 200)
