@@ -1,6 +1,12 @@
-"""The cluster's state for operators: nodes with their states and buckets, the epoch, the last
-cycle. Reads ZooKeeper (membership, assignment, last cycle) and SQL (when nodes left) through
-:func:`allot.observe.observe`, as the assignment cycle does."""
+"""The cluster's state for operators: nodes with their states, buckets, tables and backlog, the
+epoch, the buckets nobody works, the last cycle. Reads ZooKeeper (membership, assignment,
+leases, last cycle) and SQL (when nodes left) through :func:`allot.observe.observe`, as the
+assignment cycle does, plus the tables per bucket from SQL and the bucket queues' backlog from
+Redis (:mod:`allot.backlog`).
+
+Failure modes: a ZooKeeper or SQL error propagates (the CLI turns it into one line); Redis
+out of reach only makes the backlog unknown (``None``, with ``backlog_error`` saying why).
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,36 @@ import datetime as dt
 from typing import Any
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+from redis import Redis, RedisError
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from allot.backlog import bucket_backlog
 from allot.observe import observe
 from allot.settings import Settings
 from allot.zk.paths import ZkPaths
 from allot.zk.records import read_last_cycle
 from models.base import utcnow
+from models.schema import Bucket
 
 
 def cluster_status(
-    client: KazooClient, sessions: sessionmaker[Session], settings: Settings
+    client: KazooClient,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis: Redis | None = None,
 ) -> dict[str, Any]:
-    """A JSON-able picture of the cluster now.
+    """A JSON-able picture of the cluster now; ``redis`` is the broker's Redis (None: the
+    broker is not Redis, the backlog is unknown).
 
     Keys: ``epoch``, ``plan_id``, ``applied_at`` (ISO time), ``bucket_count``, ``unowned``
-    (bucket count nobody holds), ``nodes`` (one entry per node: ``node_key``, ``state``,
-    ``weight``, ``buckets``, ``host``, ``offline_in`` seconds for suspects), ``corrupt`` and
-    ``last_cycle`` (the last cycle's report, or None).
+    (bucket count nobody holds), ``without_lease`` (the held buckets without a lease
+    ``{root}/leases/{id}``: no node works their tables now), ``nodes`` (one entry per node:
+    ``node_key``, ``state``, ``weight``, ``buckets``, ``tables`` in its buckets, ``backlog``
+    (messages waiting in its buckets' queues, None when unknown), ``host``, ``offline_in``
+    seconds for suspects), ``backlog_error`` (why the backlog is unknown, or None),
+    ``corrupt`` and ``last_cycle`` (the last cycle's report, or None).
     """
     paths = ZkPaths(settings.zk_root)
     seen = observe(
@@ -33,20 +51,26 @@ def cluster_status(
         bucket_count=settings.bucket_count,
     )  # fmt: skip
     snapshot, held, classes = seen.snapshot, seen.held, seen.classes
+    owned_ids = sorted(bucket for buckets in held.values() for bucket in buckets)
+    tables = _tables_per_bucket(sessions)
+    backlog, backlog_error = _backlog(redis, settings.cluster, owned_ids)
+    leased = _leased_buckets(client, paths)
     nodes = []
     for key in sorted(set(classes.live) | set(held) | set(snapshot.corrupt)):
         live = seen.members.live.get(key)
+        mine = held.get(key, [])
         nodes.append(
             {
                 "node_key": key,
                 "state": classes.state_of(key).value,
                 "weight": live.weight if live is not None else None,
-                "buckets": len(held.get(key, [])),
+                "buckets": len(mine),
+                "tables": sum(tables.get(bucket, 0) for bucket in mine),
+                "backlog": None if backlog is None else sum(backlog[bucket] for bucket in mine),
                 "host": live.info.host if live is not None else None,
                 "offline_in": round(classes.suspect[key], 1) if key in classes.suspect else None,
             }
         )
-    owned = sum(len(buckets) for buckets in held.values())
     version = snapshot.version
     applied_at = (
         dt.datetime.fromtimestamp(version.applied_at / 1000, dt.UTC).isoformat()
@@ -58,8 +82,39 @@ def cluster_status(
         "plan_id": version.plan_id,
         "applied_at": applied_at,
         "bucket_count": settings.bucket_count,
-        "unowned": max(settings.bucket_count - owned, 0),
+        "unowned": max(settings.bucket_count - len(owned_ids), 0),
+        "without_lease": [bucket for bucket in owned_ids if bucket not in leased],
         "nodes": nodes,
+        "backlog_error": backlog_error,
         "corrupt": dict(snapshot.corrupt),
         "last_cycle": read_last_cycle(client, paths),
     }
+
+
+def _tables_per_bucket(sessions: sessionmaker[Session]) -> dict[int, int]:
+    """The number of tables registered in each bucket (``bucket.table_count``)."""
+    with sessions() as session:
+        rows = session.execute(select(Bucket.bucket_id, Bucket.table_count)).tuples().all()
+    return dict(rows)
+
+
+def _backlog(
+    redis: Redis | None, cluster: str, bucket_ids: list[int]
+) -> tuple[dict[int, int] | None, str | None]:
+    """The backlog of each bucket queue, or None and the reason it is unknown."""
+    if redis is None:
+        return None, "the broker is not Redis"
+    try:
+        return bucket_backlog(redis, cluster, bucket_ids), None
+    except RedisError as exc:
+        return None, f"cannot read the bucket queues from Redis: {exc}"
+
+
+def _leased_buckets(client: KazooClient, paths: ZkPaths) -> set[int]:
+    """The buckets with a lease ``{root}/leases/{id}`` (children that are no bucket id are
+    ignored: ``allot verify`` reports them)."""
+    try:
+        children = client.retry(client.get_children, paths.leases)
+    except NoNodeError:
+        return set()
+    return {int(child) for child in children if child.isascii() and child.isdigit()}

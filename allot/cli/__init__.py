@@ -11,8 +11,9 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 
-from allot.cli import cluster, db, plan, plans, tables, verify
+from allot.cli import cluster, db, plan, plans, tables, verify, work
 from allot.cli._common import err_console
 from allot.cli._context import CliConfig
 from allot.errors import AllotError
@@ -41,6 +42,7 @@ app.command("status")(cluster.status)
 app.command("nodes")(cluster.nodes)
 app.command("rebalance")(cluster.rebalance)
 app.command("verify")(verify.verify)
+app.add_typer(work.app, name="work")
 
 
 def main() -> None:
@@ -50,7 +52,8 @@ def main() -> None:
     try:
         app()
     except AllotError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # the message is text, not markup: "[...]" in it (a task id, a path) is printed as is
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -21,6 +21,11 @@ class OutputFormat(enum.StrEnum):
     json = "json"
 
 
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", min=1, help="Seconds to wait for the workers.")
+]
+"""How long a command that sends a task waits for a worker's answer (default: 60 s)."""
+
 FormatOption = Annotated[
     OutputFormat,
     typer.Option("--format", "-f", help="Output format: a table for people or JSON for scripts."),

@@ -1,5 +1,6 @@
 """What a CLI command needs: the settings (read once per invocation, :class:`CliConfig`), the
-database (:func:`open_database`) and ZooKeeper (:func:`open_zookeeper`)."""
+database (:func:`open_database`), ZooKeeper (:func:`open_zookeeper`) and the broker's Redis
+(:func:`open_redis`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import click
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
+from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -92,3 +94,21 @@ def open_zookeeper(settings: Settings, doing: str) -> Iterator[KazooClient]:
     finally:
         client.stop()
         client.close()
+
+
+@contextlib.contextmanager
+def open_redis(settings: Settings) -> Iterator[Redis | None]:
+    """The broker's Redis for one command (:func:`allot.backlog.broker_redis`: None when the
+    broker is not Redis; gives up quickly when Redis does not answer), closed afterwards.
+
+    Raises:
+        ConfigurationError: the broker URL is a Redis URL redis-py cannot read.
+    """
+    from allot.backlog import broker_redis  # only the commands that read Redis load it
+
+    client = broker_redis(settings)
+    try:
+        yield client
+    finally:
+        if client is not None:
+            client.close()

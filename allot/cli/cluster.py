@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from allot.cli._celery import call_task
-from allot.cli._common import FormatOption, OutputFormat, console, print_json
-from allot.cli._context import open_database, open_zookeeper
+from allot.cli._common import (
+    FormatOption,
+    OutputFormat,
+    TimeoutOption,
+    console,
+    err_console,
+    print_json,
+)
+from allot.cli._context import open_database, open_redis, open_zookeeper
 from allot.status import cluster_status
 from models.states import NodeState
 
@@ -18,12 +26,16 @@ STATE_STYLE = {NodeState.LIVE: "green", NodeState.SUSPECT: "yellow", NodeState.O
 
 def _read_status() -> dict[str, Any]:
     """The cluster's state (:func:`allot.status.cluster_status`) with its own connections."""
-    with open_database() as db, open_zookeeper(db.settings, "reading the cluster") as client:
-        return cluster_status(client, db.sessions, db.settings)
+    with (
+        open_database() as db,
+        open_zookeeper(db.settings, "reading the cluster") as client,
+        open_redis(db.settings) as redis,
+    ):
+        return cluster_status(client, db.sessions, db.settings, redis)
 
 
 def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
-    table = Table("node", "state", "weight", "buckets", "host", "offline in")
+    table = Table("node", "state", "weight", "buckets", "tables", "backlog", "host", "offline in")
     for node in nodes:
         style = STATE_STYLE.get(node["state"], "")
         table.add_row(
@@ -31,23 +43,45 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
             f"[{style}]{node['state']}[/{style}]",
             "" if node["weight"] is None else f"{node['weight']:g}",
             str(node["buckets"]),
+            f"{node['tables']:,}",
+            "?" if node["backlog"] is None else f"{node['backlog']:,}",
             node["host"] or "",
             "" if node["offline_in"] is None else f"{node['offline_in']:.1f} s",
         )
     return table
 
 
+def _backlog_note(state: dict[str, Any]) -> None:
+    """Say on standard error why the backlog shows as ``?``."""
+    if state["backlog_error"]:
+        err_console.print(
+            f"[yellow]backlog unknown:[/yellow] {escape(state['backlog_error'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def nodes(output: FormatOption = OutputFormat.table) -> None:
-    """List the nodes: live, suspect (grace period) and offline, with weights and buckets."""
-    rows = _read_status()["nodes"]
+    """List the nodes with their states, weights, buckets, tables and backlog.
+
+    States: live, suspect (gone, within its grace period), offline. Tables: those registered
+    in the node's buckets. Backlog: the messages waiting in its buckets' queues (`?` when
+    Redis cannot be read).
+    """
+    state = _read_status()
     if output is OutputFormat.json:
-        print_json(rows)
+        print_json(state["nodes"])
         return
-    console.print(_nodes_table(rows))
+    console.print(_nodes_table(state["nodes"]))
+    _backlog_note(state)
 
 
 def status(output: FormatOption = OutputFormat.table) -> None:
-    """Show the epoch, the nodes and the last assignment cycle with its outcome."""
+    """Show the epoch, the nodes and the last assignment cycle with its outcome.
+
+    The first line counts the buckets nobody holds (unowned) and the held buckets whose
+    lease nobody holds (without lease: no node works their tables right now).
+    """
     state = _read_status()
     if output is OutputFormat.json:
         print_json(state)
@@ -55,12 +89,13 @@ def status(output: FormatOption = OutputFormat.table) -> None:
     console.print(
         f"epoch [bold]{state['epoch']}[/bold] (plan {state['plan_id'] or '-'}, "
         f"applied {state['applied_at'] or 'never'}); {state['bucket_count']} buckets, "
-        f"{state['unowned']} unowned",
+        f"{state['unowned']} unowned, {len(state['without_lease'])} without lease",
         highlight=False,
     )
     console.print(_nodes_table(state["nodes"]))
+    _backlog_note(state)
     for key, reason in state["corrupt"].items():
-        console.print(f"[red]corrupt assignment of {key}:[/red] {reason}", highlight=False)
+        console.print(f"[red]corrupt assignment of {key}:[/red] {escape(reason)}", highlight=False)
     last = state["last_cycle"]
     if last is None:
         console.print("last cycle: none yet")
@@ -86,7 +121,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"spread    {report['spread_before']:g} -> {report['spread_after']:g}", highlight=False
     )
     for warning in report.get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if report["moves_by_node"]:
         table = Table("node", "in", "out", "buckets after")
         for key, counts in report["moves_by_node"].items():
@@ -103,9 +138,7 @@ def rebalance(
     max_moves: Annotated[
         int | None, typer.Option("--max-moves", min=0, help="Move at most N buckets.")
     ] = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=1, help="Seconds to wait for the workers.")
-    ] = 60.0,
+    timeout: TimeoutOption = 60.0,
     output: FormatOption = OutputFormat.table,
 ) -> None:
     """Run an assignment cycle now on a worker, wait, and print the plan.

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from allot import plans
 from allot.cli._celery import call_task
-from allot.cli._common import FormatOption, OutputFormat, console, print_json
+from allot.cli._common import FormatOption, OutputFormat, TimeoutOption, console, print_json
 from allot.cli._context import open_database
 from allot.cli.cluster import print_report
 from allot.report import CycleOutcome
@@ -93,9 +93,7 @@ def show_command(
 @app.command("apply")
 def apply_command(
     plan_id: Annotated[str, typer.Argument(help="A generated plan's id or unique prefix.")],
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=1, help="Seconds to wait for the workers.")
-    ] = 60.0,
+    timeout: TimeoutOption = 60.0,
     output: FormatOption = OutputFormat.table,
 ) -> None:
     """Apply a dry-run plan on a worker; refused as stale if the assignment changed since."""
