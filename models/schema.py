@@ -178,7 +178,9 @@ class TableTaskRun(Base):
     attempt_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(255))
     task_name: Mapped[str] = mapped_column(String(255))
-    table_id: Mapped[int] = mapped_column(ForeignKey("table_identifier.table_id"))
+    table_id: Mapped[int] = mapped_column(
+        ForeignKey("table_identifier.table_id", ondelete="CASCADE")  # dropped with the table
+    )
     bucket_id: Mapped[int] = mapped_column(ForeignKey("bucket.bucket_id"))
     node_key: Mapped[str] = mapped_column(String(NODE_KEY_LENGTH))
     token: Mapped[int] = mapped_column(BigInteger)

@@ -42,6 +42,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import Ignore, Reject
+from celery.utils.dispatch import Signal
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -140,7 +141,7 @@ def table_task(
     table, on its owner. ``options`` are Celery task options (``time_limit``...).
 
     Raises:
-        ConfigurationError: ``every`` is not a positive number.
+        InvalidInput: ``every`` is not a positive number.
     """
     if every is not None and not every > 0:
         raise InvalidInput(f"table task {name}: every must be a positive number of seconds")
@@ -279,21 +280,34 @@ def execute(
                 pass
         encoded = json.dumps(result)
     except Fenced as exc:
-        _finish(sql, attempt_id, RunStatus.FENCED, error=str(exc))
+        _finish(sql, spec.name, attempt_id, RunStatus.FENCED, error=str(exc))
         raise
     except AlreadyCommitted:
-        _finish(sql, attempt_id, RunStatus.FAILED, error="another attempt of the run committed")
+        _finish(
+            sql,
+            spec.name,
+            attempt_id,
+            RunStatus.FAILED,
+            error="another attempt of the run committed",
+        )
         return None
     except BaseException as exc:
         status = RunStatus.COMMITTED if ctx.committed else RunStatus.FAILED
-        _finish(sql, attempt_id, status, error=f"{type(exc).__name__}: {exc}")
+        _finish(sql, spec.name, attempt_id, status, error=f"{type(exc).__name__}: {exc}")
         raise
-    _finish(sql, attempt_id, RunStatus.COMMITTED, result=encoded)
+    _finish(sql, spec.name, attempt_id, RunStatus.COMMITTED, result=encoded)
     return result
 
 
-def _finish(sql: WorkSql, attempt_id: int, status: RunStatus, **details: Any) -> None:
-    """Record how an attempt ended; the history is never a reason to fail a run."""
+attempt_ended = Signal(name="allot.work.attempt_ended")
+"""Sent (``task=``, ``status=``) in the process that ran a table task attempt when it ended
+committed, fenced or failed: the node's metrics count them (:mod:`tasks.app`)."""
+
+
+def _finish(sql: WorkSql, task: str, attempt_id: int, status: RunStatus, **details: Any) -> None:
+    """Record how an attempt ended, in the history and to :data:`attempt_ended`; the history
+    is never a reason to fail a run."""
+    attempt_ended.send(sender=task, task=task, status=status)
     try:
         with sql.sessions.begin() as session:
             finish_attempt(session, attempt_id, status, **details)

@@ -58,6 +58,7 @@ def upgrade() -> None:
             ["table_id"],
             ["table_identifier.table_id"],
             name=op.f("fk_table_task_run_table_id_table_identifier"),
+            ondelete="CASCADE",  # dropping a table drops its run history
         ),
         sa.PrimaryKeyConstraint("attempt_id", name=op.f("pk_table_task_run")),
     )

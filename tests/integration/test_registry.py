@@ -10,8 +10,10 @@ from sqlalchemy import Engine, func, select, text
 from allot import registry
 from allot.errors import NotFound
 from allot.names import TableName, parse_table_name
+from allot.work.runs import Attempt, start_attempt, take_fence
 from models import Bucket, TableIdentifier
 from models.engine import session_factory
+from models.schema import TableTaskRun
 
 
 def names(count: int, prefix: str = "t") -> list[TableName]:
@@ -130,3 +132,22 @@ def test_list_tables_is_ordered_by_name_and_filters_by_bucket(migrated: Engine) 
         assert registry.count_tables(session) == 3
     assert listed == ["a.x.s", "a.x.t", "b.x.t"]
     assert [row.table_name for row in in_bucket_two] == ["t"]
+
+
+def test_a_table_with_run_history_can_be_dropped_and_its_history_goes_with_it(
+    migrated: Engine,
+) -> None:
+    sessions = session_factory(migrated)
+    [orders] = registry.register_in_batches(sessions, [parse_table_name("hive.sales.orders")])
+    with sessions.begin() as session:
+        table_id = session.scalar(select(TableIdentifier.table_id))
+        assert table_id is not None
+        assert take_fence(session, orders.bucket_id, "a@h", 7)
+        attempt = Attempt("run-1", "t.compact", table_id, orders.bucket_id, "a@h", 7)
+        assert start_attempt(session, attempt) is not None
+    with sessions.begin() as session:
+        assert registry.drop_table(session, parse_table_name("hive.sales.orders")) == (
+            orders.bucket_id
+        )
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(TableTaskRun)) == 0
