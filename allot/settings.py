@@ -81,6 +81,14 @@ class Settings(BaseSettings):
         description="Seconds a node giving a bucket away lets its running table tasks finish "
         "before it releases the bucket's lease (their commits are then refused).",
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port on which a worker serves Prometheus metrics (the cluster's gauges and "
+        "its own counters) at `/metrics`; 0: no metrics. Several workers on one host need "
+        "one port each.",
+    )
     redelivery_timeout: float = Field(
         300.0,
         gt=0,

@@ -5,9 +5,11 @@
 # start their own instances on their own ports.
 #
 #   scripts/ensure-services.sh         what `make test` needs: ZooKeeper, Redis, PostgreSQL
-#                                      (started when down), Chromium (the browser test) and
-#                                      docker-compose (validates docker-compose.yml)
-#   scripts/ensure-services.sh --run   what `make run` needs: ZooKeeper and Redis only
+#                                      (started when down), Chromium (the browser test),
+#                                      docker-compose (validates docker-compose.yml) and
+#                                      Prometheus (promtool checks the alerting rules)
+#   scripts/ensure-services.sh --run   what `make run` needs: ZooKeeper and Redis only (and
+#                                      Prometheus with ALLOT_PROMETHEUS=1)
 set -euo pipefail
 
 say() { printf 'services: %s\n' "$*"; }
@@ -26,6 +28,9 @@ if [ "$mode" = test ]; then
     command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
     command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v docker-compose >/dev/null || missing+=(docker-compose)
+    command -v promtool >/dev/null || missing+=(prometheus)
+elif [ "${ALLOT_PROMETHEUS:-0}" = 1 ]; then
+    command -v prometheus >/dev/null || missing+=(prometheus)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -63,4 +68,4 @@ if ! pg_isready -q -h 127.0.0.1 -t 2; then
         exit 1
     fi
 fi
-say "ZooKeeper jars, redis-server, PostgreSQL, Chromium and docker-compose are ready"
+say "ZooKeeper jars, redis-server, PostgreSQL, Chromium, docker-compose and Prometheus are ready"

@@ -117,6 +117,17 @@ else
     sql_line="psql \"\$ALLOT_DATABASE_URL\" -c 'SELECT node_key, count(*) FROM table_assignment GROUP BY node_key'"
 fi
 
+base=${METRICS_BASE_PORT:-9101}
+if [ "$base" -eq 0 ]; then
+    metrics_line="off (METRICS_BASE_PORT=0)"
+else
+    metrics_line="http://127.0.0.1:$base/metrics, :$((base + 1)), :$((base + 2)) (node1-3)"
+fi
+if [ "${ALLOT_PROMETHEUS:-0}" = 1 ]; then
+    metrics_line="$metrics_line
+               Prometheus http://127.0.0.1:${PROMETHEUS_PORT:-9090} (ALLOT_PROMETHEUS=1)"
+fi
+
 summary() {
     cat <<EOT
 
@@ -126,6 +137,7 @@ summary() {
   nodes        node1@$(hostname), node2@$(hostname), node3@$(hostname) (Celery workers)
   beat         allot.assign every $interval s (ALLOT_ASSIGN_INTERVAL)
   table work   $ALLOT_TASK_MODULES (demo.compact: every table every 30 s, on its owner)
+  metrics      $metrics_line
   ZooKeeper    $zk_line
   Redis        $redis_line
   database     $database (demo catalog: $catalog)
@@ -155,8 +167,28 @@ if [ -n "$flower_taken" ]; then
     exit 1
 fi
 
-echo "== starting the cluster (honcho, Procfile); Ctrl-C stops everything"
-honcho start --procfile Procfile --app-root "$ROOT" &
+procfile=Procfile
+if [ "${ALLOT_PROMETHEUS:-0}" = 1 ]; then
+    # Prometheus scraping the three nodes' metrics (scripts/node.sh: METRICS_BASE_PORT + 0..2)
+    prometheus_dir="$ROOT/$VAR_DIR/prometheus"
+    python - "$prometheus_dir/prometheus.yml" "${METRICS_BASE_PORT:-9101}" <<'EOF'
+import sys
+from pathlib import Path
+
+from allot.testing.prometheus import write_config
+
+base = int(sys.argv[2])
+write_config(Path(sys.argv[1]), [f"127.0.0.1:{base + i}" for i in range(3)], interval=5)
+EOF
+    procfile="$VAR_DIR/Procfile.prometheus"
+    cp Procfile "$procfile"
+    echo "prometheus: exec prometheus --config.file=$prometheus_dir/prometheus.yml" \
+        "--storage.tsdb.path=$prometheus_dir/data" \
+        "--web.listen-address=127.0.0.1:${PROMETHEUS_PORT:-9090}" >>"$procfile"
+fi
+
+echo "== starting the cluster (honcho, $procfile); Ctrl-C stops everything"
+honcho start --procfile "$procfile" --app-root "$ROOT" &
 honcho_pid=$!
 stopping=false
 stop() {

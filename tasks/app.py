@@ -20,9 +20,10 @@ import sys
 from celery import Celery
 
 from allot.errors import ConfigurationError
+from allot.metrics.instruments import record_table_task
 from allot.settings import Settings, get_settings
 from allot.work.consumer import BucketQueues
-from allot.work.task import route
+from allot.work.task import attempt_ended, route
 
 TASK_MODULES = ["tasks.assign", "tasks.node", "allot.work.periodic"]
 
@@ -98,3 +99,9 @@ def _app_or_exit() -> Celery:
 
 
 app = _app_or_exit()
+
+
+@attempt_ended.connect
+def _count_attempt(sender: object = None, *, task: str, status: str, **_: object) -> None:
+    """Count each table task attempt's end in the node's metrics (:mod:`allot.metrics`)."""
+    record_table_task(task, status)

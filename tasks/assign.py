@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from allot.cycle import AssignmentCycle
+from allot.metrics.instruments import record_cycle, record_failed_cycle
 from allot.report import CycleOutcome, CycleReport
 from allot.zk.records import read_last_cycle
 from tasks.app import app
@@ -56,8 +57,10 @@ def assign(
     try:
         report = runtime.cycle.run(trigger)
     except Exception:
+        record_failed_cycle(trigger)
         _retry_event(trigger, attempt, "failed", membership)
         raise
+    record_cycle(report)
     if report.outcome in (CycleOutcome.SKIPPED, CycleOutcome.ABORTED):
         _retry_event(trigger, attempt, str(report.outcome), membership)
     _follow_up(report)
@@ -90,6 +93,7 @@ def rebalance(
     report = get_runtime().cycle.run(
         "manual", dry_run=dry_run, max_moves=max_moves, lock_timeout=lock_timeout
     )
+    record_cycle(report)
     _follow_up(report)
     return report.to_json()
 
@@ -97,4 +101,6 @@ def rebalance(
 @app.task(name="allot.apply_plan", acks_late=True)
 def apply_plan(plan_id: str, lock_timeout: float = 30.0) -> dict[str, Any]:
     """Apply a ``generated`` plan unless it is stale (then it is ``rejected``)."""
-    return get_runtime().cycle.apply_stored(plan_id, lock_timeout=lock_timeout).to_json()
+    report = get_runtime().cycle.apply_stored(plan_id, lock_timeout=lock_timeout)
+    record_cycle(report)
+    return report.to_json()

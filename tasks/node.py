@@ -17,7 +17,8 @@ In the worker's main process:
   instead of at the next beat tick, and 1,000 workers cost one watch, not 1,000;
 - then serve table work: :class:`~allot.work.leases.BucketWork` watches the node's own
   assignment, takes the buckets' leases and switches the worker's bucket queues
-  (:mod:`allot.work`);
+  (:mod:`allot.work`), and, with ``ALLOT_METRICS_PORT``, serve Prometheus metrics
+  (:mod:`allot.metrics`);
 - ``worker_shutdown``: on a clean stop, release the leases (the pool has finished its
   tasks), remove the membership znode and the node's assignment
   entry, so its buckets move at once (a crash is detected through the session instead, and
@@ -50,6 +51,9 @@ from allot.errors import (
     DatabaseUnavailable,
     InvalidNodeKey,
 )
+from allot.metrics.exposition import MetricsServer
+from allot.metrics.instruments import HANDOFF_DURATION
+from allot.metrics.node import start_node_metrics
 from allot.names import validate_node_key
 from allot.settings import Settings, get_settings
 from allot.work.consumer import BucketQueues, busy_buckets
@@ -84,6 +88,7 @@ class WorkerNode:
         self.registration: NodeRegistration | None = None
         self.duty: TriggerDuty | None = None
         self.work: BucketWork | None = None
+        self.metrics: MetricsServer | None = None
         self.checked = False
         self.database_warning: str | None = None
         """Why the database could not be checked (it was unreachable), or None."""
@@ -153,6 +158,7 @@ class WorkerNode:
             log.info("registered as node %s (weight %g)", self.key, self.settings.node_weight)
             self.duty = TriggerDuty(client, self.paths, self.key, self._request_cycle)
             self.work = self._start_work(client)
+            self.metrics = start_node_metrics(client, self.settings)
         except BaseException:
             if self.work is not None:
                 self.work.stop()
@@ -183,6 +189,7 @@ class WorkerNode:
             busy=lambda: busy_buckets(settings.cluster),
             handoff_timeout=settings.handoff_timeout,
             after_pass=ticker.tick,
+            on_handoff=HANDOFF_DURATION.observe,
         )
         work.start()
         return work
@@ -203,6 +210,9 @@ class WorkerNode:
         """
         if self.duty is not None:
             self.duty.stop()
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            metrics.stop()
         work, self.work = self.work, None
         if work is not None:
             work.stop()

@@ -38,6 +38,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports_in_a_row(count: int, host: str = "127.0.0.1", attempts: int = 50) -> int:
+    """The first of ``count`` consecutive TCP ports on ``host`` that nothing listens on.
+
+    Raises:
+        ServiceError: no such run was found in ``attempts`` tries.
+    """
+    for _ in range(attempts):
+        first = free_port(host)
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind((host, port))
+            except OSError:
+                continue
+        return first
+    raise ServiceError(f"found no {count} free ports in a row on {host}")
+
+
 def _ask(host: str, port: int, request: bytes, timeout: float = 1.0) -> bytes:
     """Send ``request`` on a fresh connection and return what the server answers."""
     with socket.create_connection((host, port), timeout=timeout) as sock:

@@ -60,7 +60,9 @@ class BucketWork:
     ``serve(buckets) -> generation`` switches the consumed queues; ``applied()`` says which
     generation the worker has applied; ``busy()`` gives the buckets with messages taken and
     not finished. They are Celery's in a worker (:mod:`allot.work.consumer`) and plain
-    callables in tests. ``after_pass(serving)`` runs after every pass (the periodic ticker).
+    callables in tests. ``after_pass(serving)`` runs after every pass (the periodic ticker);
+    ``on_handoff(seconds)`` after each bucket given away, with the time from dropping its
+    queue to releasing its lease (the node's metrics).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class BucketWork:
         busy: Callable[[], set[int]],
         handoff_timeout: float,
         after_pass: Callable[[frozenset[int]], object] | None = None,
+        on_handoff: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -86,6 +89,7 @@ class BucketWork:
         self._busy = busy
         self.handoff_timeout = handoff_timeout
         self._after_pass = after_pass
+        self._on_handoff = on_handoff
         self._clock = clock
         self.assigned: frozenset[int] = frozenset()
         self._assignment_version = -1
@@ -229,6 +233,8 @@ class BucketWork:
                 self._release(bucket)
             else:
                 continue
+            if self._on_handoff is not None:
+                self._on_handoff(max(now - (deadline - self.handoff_timeout), 0.0))
             del self.draining[bucket]
         for bucket in set(self.held) - assigned - set(self.draining):
             if bucket not in self.serving:

@@ -11,45 +11,16 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
-import struct
-import subprocess
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from allot.testing.databases import migrated_sqlite
 from allot.testing.processes import Processes, flower_env, flower_tasks, fresh_allot_env
 from allot.testing.servers import ServerProcess, free_port
+from tests.e2e.browser import WINDOW, chromium, png_size
 
-CHROMIUM = "/usr/bin/chromium"
-WINDOW = (1400, 900)
 ROW = re.compile(r'<tr id="(?P<id>[0-9a-f-]{36})"[^>]*>(?P<cells>.*?)</tr>', re.DOTALL)
 SUMMARY = re.compile(r"(applied|unchanged|skipped) \((beat|membership|[a-z]+)\): epoch \d+")
-
-
-def chromium(url: str, tmp_path: Path, *mode: str) -> subprocess.CompletedProcess[str]:
-    """Headless Chromium on ``url`` with a throw-away profile; ``mode`` is --dump-dom or
-    --screenshot=FILE. The virtual time budget lets the page's scripts fill the task table."""
-    binary = shutil.which("chromium") or CHROMIUM
-    if not Path(binary).exists():
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
-    profile = tmp_path / f"chromium-profile-{secrets.token_hex(4)}"
-    command = [
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}", "--virtual-time-budget=5000", *mode, url,
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    header = path.read_bytes()[:24]
-    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    width, height = struct.unpack(">II", header[16:24])
-    return width, height
 
 
 def test_flower_shows_the_assignment_runs_with_their_results(

@@ -26,9 +26,11 @@ from allot.testing.processes import (
     http_json,
     inherited_env,
 )
+from allot.testing.prometheus import by_label
 from allot.testing.servers import (
     ServerProcess,
     free_port,
+    free_ports_in_a_row,
     redis_answers,
     zookeeper_answers,
 )
@@ -55,13 +57,17 @@ def test_make_run_brings_up_the_cluster_and_ctrl_c_stops_everything(
     processes: Processes, redis_server: ServerProcess, tmp_path: Path
 ) -> None:
     empty_redis(redis_server)
-    zk_port, flower_port = free_port(), free_port()
+    zk_port, flower_port, prometheus_port = free_port(), free_port(), free_port()
+    metrics_base = free_ports_in_a_row(3)
     env = inherited_env() | {
         "VAR_DIR": str(tmp_path / "var"),
         "ALLOT_DATABASE_URL": f"sqlite:///{tmp_path / 'allot.db'}",
         "ALLOT_ZK_HOSTS": f"127.0.0.1:{zk_port}",
         "ALLOT_BROKER_URL": f"redis://{redis_server.address}/0",
         "FLOWER_PORT": str(flower_port),
+        "METRICS_BASE_PORT": str(metrics_base),
+        "ALLOT_PROMETHEUS": "1",
+        "PROMETHEUS_PORT": str(prometheus_port),
     }
     base = f"http://127.0.0.1:{flower_port}"
 
@@ -151,6 +157,18 @@ def test_make_run_brings_up_the_cluster_and_ctrl_c_stops_everything(
                 return found if found == {"node1", "node2", "node3"} else None
 
             processes.wait_for(ticks_by_worker, "Flower to show ticks on every node", timeout=30)
+
+            # And Prometheus (ALLOT_PROMETHEUS=1) has every node's metrics: the buckets they hold
+            prometheus = f"127.0.0.1:{prometheus_port}"
+
+            def nodes_in_prometheus() -> dict[str, float] | None:
+                found = by_label(prometheus, "max without(instance) (allot_node_buckets)", "node")
+                scraped = by_label(prometheus, 'up{job="allot"}', "instance")
+                if sorted(found) != keys or sorted(scraped.values()) != [1.0, 1.0, 1.0]:
+                    return None
+                return found if sum(found.values()) == 100 else None
+
+            processes.wait_for(nodes_in_prometheus, "Prometheus to scrape 3 nodes", timeout=60)
 
             # When the operator presses Ctrl-C (SIGINT to the terminal's process group)
             make.signal_group(signal.SIGINT)

@@ -93,7 +93,7 @@ def test_services_start_in_order_once_their_dependencies_are_healthy(
     config: dict[str, Any],
 ) -> None:
     services = config["services"]
-    assert set(services) == {"zookeeper", "redis", "postgres"} | APP_SERVICES
+    assert set(services) == {"zookeeper", "redis", "postgres", "prometheus"} | APP_SERVICES
     assert services["zookeeper"]["image"] == "zookeeper:3.8"
     assert services["redis"]["image"] == "redis:7"
     assert services["postgres"]["image"] == "postgres:15"
@@ -135,7 +135,7 @@ def test_flower_is_published_on_loopback_only_and_keeps_its_history(
     flower = config["services"]["flower"]
     assert flower["ports"] in (["127.0.0.1:5555:5555/tcp"], ["127.0.0.1:5555:5555"])
     for name, service in config["services"].items():
-        if name != "flower":
+        if name not in ("flower", "prometheus"):
             assert "ports" not in service, f"{name} must not be published"
     assert flower["command"] == ["celery", "-A", "tasks", "flower", "--conf=/app/flowerconfig.py"]
     environment = flower["environment"]
@@ -232,3 +232,21 @@ def test_the_commands_compose_runs_exist_in_the_image(config: dict[str, Any]) ->
                 assert str(path.parent) == workdir
                 assert path.name in copied_to_workdir
     assert any(k == "USER" and a != "root" for k, a in instructions)
+
+
+def test_prometheus_scrapes_every_worker_on_its_metrics_port(config: dict[str, Any]) -> None:
+    prometheus = config["services"]["prometheus"]
+    assert prometheus["ports"] in (["127.0.0.1:9090:9090/tcp"], ["127.0.0.1:9090:9090"])
+    mount = next(v for v in prometheus["volumes"] if ":/etc/prometheus/allot" in v)
+    assert Path(mount.split(":")[0]).resolve() == ROOT / "ops" / "prometheus"
+    config_file = prometheus["command"][0].removeprefix("--config.file=/etc/prometheus/allot/")
+    scrape = yaml.safe_load((ROOT / "ops" / "prometheus" / config_file).read_text())
+    (job,) = scrape["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    # the DNS name of the scaled service, on the port every worker serves its metrics on
+    assert discovery["names"] == ["worker"]
+    worker = config["services"]["worker"]
+    assert str(discovery["port"]) == worker["environment"]["ALLOT_METRICS_PORT"]
+    multiproc = worker["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert any(str(t).startswith(multiproc) for t in worker["tmpfs"]), "fresh at every start"
+    assert (ROOT / "ops" / "prometheus" / scrape["rule_files"][0]).exists()
