@@ -1,9 +1,10 @@
 """A local cluster of real processes for the benchmarks that need one (failover, scale).
 
 :func:`local_cluster` starts a ZooKeeper and a Redis of its own in a new temporary directory
-(allot.testing), creates a migrated SQLite database there and returns a
+(allot.testing), creates a migrated SQLite database there (or, with ``database="postgresql"``,
+a PostgreSQL database of its own on the server of ``ALLOT_TEST_POSTGRES_URL``) and returns a
 :class:`~allot.testing.cluster.LocalCluster` on them, with no worker started yet. Everything
-it started is stopped when the block ends.
+it started or created is stopped or dropped when the block ends.
 """
 
 from __future__ import annotations
@@ -14,20 +15,47 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine
+
 from allot.settings import Settings
 from allot.testing.cluster import LocalCluster
-from allot.testing.databases import migrated_sqlite
+from allot.testing.databases import (
+    POSTGRES_ADMIN_URL,
+    migrate,
+    migrated_sqlite,
+    postgres_database,
+)
 from allot.testing.processes import allot_env
 from allot.testing.servers import start_redis, start_zookeeper
 from allot.zk.client import connect
 from models.engine import make_engine
 
 ZK_ROOT = "/bench/allot"
+DATABASES = ("sqlite", "postgresql")
 
 
 @contextlib.contextmanager
-def local_cluster(prefix: str, bucket_count: int, **settings: Any) -> Iterator[LocalCluster]:
-    """A local cluster with ``bucket_count`` buckets in a new directory ``/tmp/<prefix>...``.
+def migrated_database(kind: str, workdir: Path, bucket_count: int) -> Iterator[str]:
+    """The URL of a new database of ``kind`` (one of :data:`DATABASES`) upgraded to the newest
+    schema with ``bucket_count`` buckets: a SQLite file in ``workdir``, or a PostgreSQL
+    database dropped when the block ends."""
+    if kind == "sqlite":
+        yield migrated_sqlite(workdir, bucket_count)
+        return
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with postgres_database(admin, "allot_bench_") as url:
+            yield migrate(url, bucket_count)
+    finally:
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def local_cluster(
+    prefix: str, bucket_count: int, database: str = "sqlite", **settings: Any
+) -> Iterator[LocalCluster]:
+    """A local cluster with ``bucket_count`` buckets in a new directory ``/tmp/<prefix>...``,
+    on a new database of kind ``database`` (:func:`migrated_database`).
 
     ``settings`` (``node_offline_timeout=2.0``) reach both the workers' environment and the
     cluster's own :class:`~allot.settings.Settings`, so that the cycles this process runs
@@ -40,7 +68,7 @@ def local_cluster(prefix: str, bucket_count: int, **settings: Any) -> Iterator[L
         stack.callback(zookeeper.stop)
         redis = start_redis(workdir / "redis")
         stack.callback(redis.stop)
-        database_url = migrated_sqlite(workdir, bucket_count)
+        database_url = stack.enter_context(migrated_database(database, workdir, bucket_count))
         engine = make_engine(database_url)
         stack.callback(engine.dispose)
         env = allot_env(

@@ -20,16 +20,21 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
-def migrated_sqlite(directory: Path, bucket_count: int = 100) -> str:
-    """The URL of a new SQLite database ``directory/allot.db``, upgraded to the newest schema
-    with ``bucket_count`` buckets."""
-    database_url = f"sqlite:///{directory / 'allot.db'}"
+def migrate(database_url: str, bucket_count: int = 100) -> str:
+    """Upgrade the database at ``database_url`` to the newest schema with ``bucket_count``
+    buckets; return the URL."""
     engine = make_engine(database_url)
     try:
         upgrade(engine, bucket_count=bucket_count)
     finally:
         engine.dispose()
     return database_url
+
+
+def migrated_sqlite(directory: Path, bucket_count: int = 100) -> str:
+    """The URL of a new SQLite database ``directory/allot.db``, upgraded to the newest schema
+    with ``bucket_count`` buckets."""
+    return migrate(f"sqlite:///{directory / 'allot.db'}", bucket_count)
 
 
 @contextlib.contextmanager
