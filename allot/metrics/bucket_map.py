@@ -26,6 +26,7 @@ from kazoo.client import KazooClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from allot.errors import ZooKeeperUnavailable
 from allot.observe import observe
 from allot.settings import Settings
 from allot.zk.paths import ZkPaths
@@ -47,8 +48,11 @@ def bucket_map(
     ``cycles`` (the last plans, newest first), ``epoch`` and ``at``.
 
     Raises:
+        ZooKeeperUnavailable: this process's ZooKeeper session is not connected.
         kazoo.exceptions.KazooException, sqlalchemy.exc.SQLAlchemyError: a read failed.
     """
+    if not client.connected:  # a read would wait for the connection and hold the request
+        raise ZooKeeperUnavailable("ZooKeeper is not connected")
     seen = observe(
         client, ZkPaths(settings.zk_root), sessions, now=utcnow(),
         offline_timeout=settings.node_offline_timeout, bucket_count=settings.bucket_count,
