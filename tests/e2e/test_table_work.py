@@ -108,6 +108,17 @@ def overlapping_owners(engine: Engine) -> list[tuple[int, str, str]]:
     return found
 
 
+def assert_each_committed_once(cluster: LocalCluster, sent: list[str]) -> None:
+    """Every sent run commits (waiting for those a dead worker held to come back), exactly
+    once, its writes landed once, and no bucket's committed runs overlap on two nodes."""
+    cluster.wait_for(lambda: len(committed(cluster.engine)) >= len(sent), "every run", 90)
+    runs = committed(cluster.engine)
+    assert set(runs) == set(sent)
+    assert set(runs.values()) == {1}
+    assert effects(cluster.engine) == dict.fromkeys(sent, 1)
+    assert overlapping_owners(cluster.engine) == []
+
+
 def test_messages_follow_their_buckets_through_join_stop_and_kill(
     work_cluster: LocalCluster, tmp_path: Path
 ) -> None:
@@ -134,12 +145,7 @@ def test_messages_follow_their_buckets_through_join_stop_and_kill(
 
     # Then every message committed once (the killed node's return after the redelivery
     # timeout), its writes landed once, and no bucket ran on two nodes at once
-    cluster.wait_for(lambda: len(committed(cluster.engine)) >= len(sent), "every run", 90)
-    runs = committed(cluster.engine)
-    assert set(runs) == set(sent)
-    assert set(runs.values()) == {1}
-    assert effects(cluster.engine) == dict.fromkeys(sent, 1)
-    assert overlapping_owners(cluster.engine) == []
+    assert_each_committed_once(cluster, sent)
 
 
 def test_a_worker_frozen_mid_task_is_fenced_and_the_task_runs_on_the_new_owner(
@@ -226,12 +232,7 @@ def test_a_redis_restart_loses_no_message_and_queues_still_follow_the_buckets(
         )
 
         # Then every message commits once, on the owner of its bucket
-        cluster.wait_for(lambda: len(committed(cluster.engine)) >= len(sent), "every run", 90)
-        runs = committed(cluster.engine)
-        assert set(runs) == set(sent)
-        assert set(runs.values()) == {1}
-        assert effects(cluster.engine) == dict.fromkeys(sent, 1)
-        assert overlapping_owners(cluster.engine) == []
+        assert_each_committed_once(cluster, sent)
     finally:
         cluster.stop_all()
         redis.stop()
