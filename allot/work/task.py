@@ -43,7 +43,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import Ignore, Reject
 from celery.utils.dispatch import Signal
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.errors import AllotError, ConfigurationError, Fenced, InvalidInput
@@ -336,10 +336,9 @@ def run_message(task: TableTask, table: str, kwargs: Mapping[str, Any]) -> Any:
     """The body of every table task's Celery task: :func:`execute` for this delivery."""
     sql = work_sql()
     node_key = node_key_of(sql.settings, task.request.hostname)
+    name = parse_table_name(table)
     try:
-        return execute(
-            sql, task.allot_spec, parse_table_name(table), task.request.id, node_key, kwargs
-        )
+        return execute(sql, task.allot_spec, name, task.request.id, node_key, kwargs)
     except NotHere as exc:
         fence = exc.args[0]
         holder = "no node yet" if fence is None else fence.node_key
@@ -348,5 +347,16 @@ def run_message(task: TableTask, table: str, kwargs: Mapping[str, Any]) -> Any:
         log.warning("%s[%s] on %s: %s", task.name, task.request.id, table, exc)
         requeue(task, "its commit was fenced")
     except DBAPIError as exc:
+        if not transient(exc):
+            # the SQL itself is wrong (the body's, or a table dropped since it was looked
+            # up): the run fails with the database's message, it is not retried
+            sql.tables.pop(name, None)
+            raise
         raise task.retry(exc=exc, countdown=1, max_retries=None) from None
     return None  # unreachable: requeue raises Ignore
+
+
+def transient(exc: DBAPIError) -> bool:
+    """Whether a database error may pass by itself (a lost connection, a locked database):
+    such a run is retried every second until the database answers."""
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))

@@ -8,10 +8,17 @@ import pytest
 from celery.exceptions import Ignore, Reject
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from allot.errors import InvalidInput
 from allot.work.queues import bucket_queue, queue_bucket
-from allot.work.task import TableContext, TableTaskSpec, requeue
+from allot.work.task import TableContext, TableTaskSpec, requeue, transient
 
 
 @given(
@@ -94,3 +101,16 @@ def test_a_message_the_broker_would_not_take_back_is_rejected_to_its_queue() -> 
     with pytest.raises(Reject) as caught:
         requeue(task, "fenced")
     assert caught.value.requeue is True
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (OperationalError("SELECT 1", {}, Exception("server closed the connection")), True),
+        (InterfaceError("SELECT 1", {}, Exception("connection already closed")), True),
+        (IntegrityError("INSERT", {}, Exception("duplicate key")), False),
+        (ProgrammingError("SELEC", {}, Exception("syntax error")), False),
+    ],
+)
+def test_only_database_errors_that_may_pass_are_retried(error: DBAPIError, retried: bool) -> None:
+    assert transient(error) is retried
