@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task, shared_task
+from celery.exceptions import Ignore
 from celery.result import AsyncResult
 
 from allot.errors import Fenced
@@ -99,8 +100,6 @@ def tick(self: Task, task: str, bucket_id: int, period: int) -> dict[str, Any]:
             queue = bucket_queue(sql.settings.cluster, bucket_id)
             self.apply_async(kwargs=self.request.kwargs, task_id=self.request.id, queue=queue)
             log.info("tick %s sent back to its bucket's queue: %r", self.request.id, exc)
-            from celery.exceptions import Ignore
-
             raise Ignore() from None
         except Exception:
             counts["failed"] += 1

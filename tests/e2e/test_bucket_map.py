@@ -35,11 +35,21 @@ def test_the_bucket_map_shows_owners_and_a_failover_as_it_happens(
     user, password = "operator", secrets.token_urlsafe(12)
     cluster.env["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
     ports = {name: free_port() for name in ("node1", "node2")}
-    for name, port in ports.items():
-        cluster.worker(name, ALLOT_METRICS_PORT=str(port))
-    cluster.wait_for(lambda: cluster.settled([50, 50]), "two nodes sharing the buckets", START)
+    cluster.worker("node1", ALLOT_METRICS_PORT=str(ports["node1"]))
+    cluster.wait_for(lambda: cluster.settled([100]), "node1 holding every bucket", START)
     base = f"127.0.0.1:{ports['node1']}"
     page = f"http://{user}:{password}@{base}/map"
+    node1 = cluster.key("node1")
+
+    def all_on_node1() -> bool:
+        shown = rendered(page, tmp_path)
+        return len(shown) == 100 and set(shown.values()) == {("live", f"{node1} (live)")}
+
+    cluster.wait_for(all_on_node1, "the map to show every bucket on node1", 30)
+
+    # When node2 joins, the page shows it taking its half
+    cluster.worker("node2", ALLOT_METRICS_PORT=str(ports["node2"]))
+    cluster.wait_for(lambda: cluster.settled([50, 50]), "two nodes sharing the buckets", START)
 
     # The page is behind Flower's credentials only
     assert http("GET", f"http://{base}/map")[0] == 401
@@ -74,12 +84,7 @@ def test_the_bucket_map_shows_owners_and_a_failover_as_it_happens(
     chromium(page, tmp_path, f"--screenshot={during}")
 
     # Then, after the failover, every bucket shows on the survivor
-    node1 = cluster.key("node1")
-    cluster.wait_for(
-        lambda: set(rendered(page, tmp_path).values()) == {("live", f"{node1} (live)")},
-        "every bucket on node1",
-        START,
-    )
+    cluster.wait_for(all_on_node1, "every bucket on node1 again", START)
     after = tmp_path / "bucket-map-after-failover.png"
     chromium(page, tmp_path, f"--screenshot={after}")
     assert png_size(after) == WINDOW
