@@ -78,6 +78,7 @@ class BucketWork:
         handoff_timeout: float,
         after_pass: Callable[[frozenset[int]], object] | None = None,
         on_handoff: Callable[[float], object] | None = None,
+        reread_seconds: float = REREAD_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -90,6 +91,7 @@ class BucketWork:
         self.handoff_timeout = handoff_timeout
         self._after_pass = after_pass
         self._on_handoff = on_handoff
+        self.reread_seconds = reread_seconds
         self._clock = clock
         self.assigned: frozenset[int] = frozenset()
         self._assignment_version = -1
@@ -202,7 +204,7 @@ class BucketWork:
             return
         now = self._clock()
         if now >= self._next_reread:
-            self._next_reread = now + REREAD_SECONDS
+            self._next_reread = now + self.reread_seconds
             self._reread_assignment()
             self._check_leases = True
             self._verify_fences()

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, update
 
 from allot.errors import Fenced
 from allot.testing.servers import ServerProcess
-from allot.work.leases import REREAD_SECONDS, BucketWork
+from allot.work.leases import BucketWork
 from allot.work.runs import hold_fence, read_fence
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
@@ -52,6 +52,10 @@ class Node:
         return self.work.held.get(bucket)
 
 
+REREAD = 1.0
+"""The nodes' periodic re-read (5 s in a worker): the foreign-writer tests wait for one."""
+
+
 @pytest.fixture
 def paths(zk_root: str) -> ZkPaths:
     return ZkPaths(zk_root)
@@ -74,6 +78,7 @@ def start_node(zookeeper: ServerProcess, paths: ZkPaths, migrated: Engine) -> It
             applied=lambda: queues.generation,
             busy=lambda: set(queues.busy),
             handoff_timeout=handoff_timeout,
+            reread_seconds=REREAD,
         )
         work.start()
         node = Node(key, client, work, queues)
@@ -308,7 +313,7 @@ def test_a_fence_changed_by_a_foreign_writer_is_written_again_by_the_lease_holde
     set_fence(migrated, 11, "intruder@h", token - 1)
     assert not commit_allowed(migrated, 11, "a@h", token)
     # Then the lease holder writes its fence again within a re-read, and keeps serving
-    wait_until(lambda: fence_of(migrated, 11) == ("a@h", token), timeout=REREAD_SECONDS + 5)
+    wait_until(lambda: fence_of(migrated, 11) == ("a@h", token), timeout=REREAD + 5)
     assert commit_allowed(migrated, 11, "a@h", token)
     assert a.queues.serving == {11}
 
@@ -325,6 +330,6 @@ def test_a_fence_a_foreign_writer_raised_past_the_lease_stops_the_bucket(
     set_fence(migrated, 12, "intruder@h", token + 10**9)
     # Then the holder stops serving the bucket (its tasks could not commit) and leaves the
     # fence alone: no commit by anyone but the intruder's token can land
-    wait_until(lambda: a.queues.serving == frozenset(), timeout=REREAD_SECONDS + 5)
+    wait_until(lambda: a.queues.serving == frozenset(), timeout=REREAD + 5)
     assert fence_of(migrated, 12) == ("intruder@h", token + 10**9)
     assert not commit_allowed(migrated, 12, "a@h", token)
