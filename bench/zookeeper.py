@@ -22,14 +22,17 @@ Run: ``.venv/bin/python bench/zookeeper.py [--record bench/RESULTS.md]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -105,6 +108,24 @@ def note(row: Row, seconds: float, result: ApplyResult) -> None:
     row.written = len(result.written)
 
 
+@contextlib.contextmanager
+def locked_store(server: ServerProcess, **options: Any) -> Iterator[tuple[AssignmentStore, Any]]:
+    """A store under a fresh root of ``server``, with the assignment lock held (its guard)."""
+    settings = Settings(
+        zk_hosts=server.address, zk_root=f"/bench-{uuid.uuid4().hex[:8]}/allot", **options
+    )
+    client = connect(settings)
+    try:
+        paths = ZkPaths(settings.zk_root)
+        lock = AssignmentLock(client, paths, "bench")
+        guard = lock.acquire()
+        yield AssignmentStore(client, paths), guard
+        lock.release()
+    finally:
+        client.stop()
+        client.close()
+
+
 def measure(server: ServerProcess, nodes: int, repeats: int) -> list[Row]:
     reads, first, second = (
         Row("read_all", nodes, []),
@@ -115,22 +136,11 @@ def measure(server: ServerProcess, nodes: int, repeats: int) -> list[Row]:
     initial = spread(keys)
     joined = join(initial, f"celery@worker-{nodes:04d}")
     for _ in range(repeats):
-        root = f"/bench-{uuid.uuid4().hex[:8]}/allot"
-        settings = Settings(zk_hosts=server.address, zk_root=root)
-        client = connect(settings)
-        try:
-            paths = ZkPaths(settings.zk_root)
-            store = AssignmentStore(client, paths)
-            lock = AssignmentLock(client, paths, "bench")
-            guard = lock.acquire()
+        with locked_store(server) as (store, guard):
             note(first, *timed_apply(store, store.read_all(), initial, "initial", guard))
             seconds, snapshot = timed_read(store)
             reads.seconds.append(seconds)
             note(second, *timed_apply(store, snapshot, joined, "join", guard))
-            lock.release()
-        finally:
-            client.stop()
-            client.close()
     return [reads, first, second]
 
 
@@ -139,19 +149,8 @@ def worst_case(server: ServerProcess, nodes: int, repeats: int) -> Row:
     keys = [f"{i:04d}-" + "k" * 123 for i in range(nodes)]
     initial = spread(keys)
     for _ in range(repeats):
-        root = f"/bench-{uuid.uuid4().hex[:8]}/allot"
-        settings = Settings(zk_hosts=server.address, zk_root=root, zk_auth="allot:secret")
-        client = connect(settings)
-        try:
-            paths = ZkPaths(settings.zk_root)
-            store = AssignmentStore(client, paths)
-            lock = AssignmentLock(client, paths, "bench")
-            guard = lock.acquire()
+        with locked_store(server, zk_auth="allot:secret") as (store, guard):
             note(row, *timed_apply(store, store.read_all(), initial, "initial", guard))
-            lock.release()
-        finally:
-            client.stop()
-            client.close()
     return row
 
 
