@@ -15,6 +15,7 @@ from allot.testing.servers import ServerProcess
 from allot.zk import AllAssignments, AssignmentLock, AssignmentStore, ZkPaths, connect
 from allot.zk.apply import commit_ops
 from allot.zk.batch import diff, first_failure, plan_steps
+from allot.zk.lock import LockGuard
 from allot.zk.testing import expire_session
 
 BUCKETS = 64
@@ -130,18 +131,26 @@ def test_removed_nodes_lose_their_entries_and_double_owners_are_refused(
     assert_tree_is(store, spread(["a", "b"]))
 
 
-def test_a_lock_holder_whose_session_expired_cannot_write(
-    zookeeper: ServerProcess, clients: list[KazooClient], zk_root: str
-) -> None:
-    # Given a cycle holding the lock, with a snapshot read
+def holding_the_lock(
+    holder: KazooClient, zk_root: str
+) -> tuple[ZkPaths, AssignmentStore, AssignmentLock, LockGuard, AllAssignments]:
+    """A store with plan p1 (nodes a and b) applied, the lock held by ``holder``, and the
+    snapshot a cycle would plan from."""
     paths = ZkPaths(zk_root)
-    holder, other = clients
     store = AssignmentStore(holder, paths)
     store.apply(store.read_all(), spread(["a", "b"]), plan_id="p1")
     lock = AssignmentLock(holder, paths, "holder")
     guard = lock.acquire()
     assert guard is not None
-    snapshot = store.read_all()
+    return paths, store, lock, guard, store.read_all()
+
+
+def test_a_lock_holder_whose_session_expired_cannot_write(
+    zookeeper: ServerProcess, clients: list[KazooClient], zk_root: str
+) -> None:
+    # Given a cycle holding the lock, with a snapshot read
+    paths, store, lock, guard, snapshot = holding_the_lock(clients[0], zk_root)
+    holder, other = clients
     # When its session expires mid-cycle (and another process takes the lock)
     expire_session(holder, zookeeper.address)
     assert AssignmentLock(other, paths, "other").acquire(timeout=5) is not None
@@ -157,14 +166,8 @@ def test_the_transaction_itself_checks_the_lock_znode(
 ) -> None:
     # Given a holder whose lock znode vanished while its local guard still looks fine
     # (the race between guard.check() and the commit)
-    paths = ZkPaths(zk_root)
-    holder, other = clients
-    store = AssignmentStore(holder, paths)
-    store.apply(store.read_all(), spread(["a", "b"]), plan_id="p1")
-    lock = AssignmentLock(holder, paths, "holder")
-    guard = lock.acquire()
-    assert guard is not None
-    snapshot = store.read_all()
+    _, store, lock, guard, snapshot = holding_the_lock(clients[0], zk_root)
+    other = clients[1]
     other.delete(guard.lock_node)
     assert guard.valid
     # When it applies, then ZooKeeper rolls the transaction back: nothing is written
