@@ -158,6 +158,36 @@ def test_make_run_brings_up_the_cluster_and_ctrl_c_stops_everything(
 
             processes.wait_for(ticks_by_worker, "Flower to show ticks on every node", timeout=30)
 
+            # And a table task sent through Flower's API runs once, on the table's owner
+            sent = http_json(
+                "POST",
+                f"{base}/api/task/async-apply/demo.compact",
+                auth=credentials,
+                body={"args": ["hive.sales.orders"], "kwargs": {"max_ms": 30}},
+            )
+
+            def run_of_flower_call() -> list[tuple[str, str, str]] | None:
+                with sqlite3.connect(tmp_path / "allot.db") as connection:
+                    found = connection.execute(
+                        "SELECT r.status, r.node_key, a.node_key FROM table_task_run r"
+                        " JOIN table_assignment a USING (table_id) WHERE r.run_id = ?",
+                        (sent["task-id"],),
+                    ).fetchall()
+                return found or None
+
+            [(run_status, ran_on, owner)] = processes.wait_for(
+                run_of_flower_call, "the table task sent through Flower", timeout=30
+            )
+            assert (run_status, ran_on) == ("committed", owner)
+            # an unregistered table is refused in the sender: nothing is sent
+            refused, _ = http(
+                "POST",
+                f"{base}/api/task/async-apply/demo.compact",
+                auth=credentials,
+                body={"args": ["hive.sales.nope"]},
+            )
+            assert refused != 200
+
             # And Prometheus (ALLOT_PROMETHEUS=1) has every node's metrics: the buckets they hold
             prometheus = f"127.0.0.1:{prometheus_port}"
 
