@@ -131,13 +131,14 @@ def main() -> None:
     table.add_row("reads that saw a bucket listed twice", "", str(doubles), "")
     console.print(table)
     if args.record:
+        text = console.export_text()  # clears the buffer: export once
         record_section(
             HERE / "RESULTS.md", "ZooKeeper ensemble: the leader killed under cycles",
             f"python bench/ensemble.py --trials {args.trials} --record",
             ["Cycles loop every 20 ms in one process; the observer reads every 20 ms."],
-            console.export_text(),
+            text,
         )  # fmt: skip
-        print(console.export_text())
+        print(text)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,7 @@ def main() -> None:
                   f"{statistics.median(durations):.0f}", "", "")  # fmt: skip
     console.print(table)
     if args.record:
+        text = console.export_text()  # clears the buffer: export once
         record_section(
             HERE / "RESULTS.md",
             "Scale: 1,000 members, 16,384 buckets",
@@ -153,9 +154,9 @@ def main() -> None:
                 "Cycles counted from the workers' logs (each cycle that planned logs one "
                 "headline; skipped retries log none).",
             ],
-            console.export_text(),
+            text,
         )
-        print(console.export_text())
+        print(text)
 
 
 if __name__ == "__main__":
