@@ -168,6 +168,11 @@ if [ -n "$flower_taken" ]; then
 fi
 
 procfile=Procfile
+if [ "${ALLOT_PROMETHEUS:-0}" = 1 ] && python -c 'import socket, sys
+sys.exit(socket.socket().connect_ex(("127.0.0.1", int(sys.argv[1]))) != 0)' "${PROMETHEUS_PORT:-9090}"; then
+    echo "error: 127.0.0.1:${PROMETHEUS_PORT:-9090} is taken (a Prometheus already running?); set PROMETHEUS_PORT" >&2
+    exit 1
+fi
 if [ "${ALLOT_PROMETHEUS:-0}" = 1 ]; then
     # Prometheus scraping the three nodes' metrics (scripts/node.sh: METRICS_BASE_PORT + 0..2)
     prometheus_dir="$ROOT/$VAR_DIR/prometheus"
