@@ -89,7 +89,11 @@ def test_prometheus_sees_the_assignment_of_zookeeper_through_a_join_and_a_kill(
     cluster.wait_for(
         lambda: matches_zookeeper(cluster, prometheus, 3), "Prometheus to see the join", START
     )
-    assert targets_up(prometheus, ports) == {"node1": 1.0, "node2": 1.0, "node3": 1.0}
+    cluster.wait_for(
+        lambda: targets_up(prometheus, ports) == {"node1": 1.0, "node2": 1.0, "node3": 1.0},
+        "every node's target up",
+        30,
+    )
 
     # When it is killed
     cluster.processes["node3"].kill()
