@@ -79,7 +79,10 @@ Every interleaving of a move with a running task, case by case:
 10. *Redis restarted or the connection cut.* Celery rebuilds the consumer from the selected
     queues and :class:`~allot.work.consumer.BucketQueues` applies the wanted set again.
     Messages survive a restart only if Redis persists them (``appendonly yes``); messages
-    taken and not acknowledged return after the redelivery timeout.
+    taken and not acknowledged return after the redelivery timeout. One window is kombu's, not
+    closable here: its Redis transport pops a message (``BRPOP``) and then records it as
+    unacknowledged in a second command; a message popped in the instant Redis stops, or the
+    worker is killed, between the two is lost.
 11. *A message on a queue that is not its bucket's* (sent around the router, or a tick that
     came late): the run finds the fence naming another node and sends it back through the
     router, untouched.
