@@ -178,12 +178,14 @@ class WorkerNode:
         if queues is None:
             return None
         settings = self.settings
-        ticker = Ticker(app, settings.cluster)
+        ticker = Ticker(app, settings.cluster, patience=settings.redelivery_timeout)
         work = BucketWork(
             client,
             self.paths,
             self.key,
-            session_factory(open_engine(settings.database_url)),
+            session_factory(
+                open_engine(settings.database_url, **_connect_timeout(settings.database_url))
+            ),
             serve=queues.serve,
             applied=lambda: queues.applied,
             busy=lambda: busy_buckets(settings.cluster),

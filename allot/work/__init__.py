@@ -59,8 +59,11 @@ Every interleaving of a move with a running task, case by case:
    committed before the kill is not run again.
 5. *A's session SUSPENDED.* The state listener stops every queue at once (no new task),
    running tasks go on and their commits are checked by (F). If the session comes back, A
-   serves again; if it is LOST, A forgets its leases and takes them again only if still
-   assigned and free.
+   serves again, and a bucket that moved away meanwhile is drained like any other (its lease
+   is kept until A holds none of its messages); if it is LOST, A forgets its leases and takes
+   them again only if still assigned and free. A ZooKeeper error in the middle of a take or a
+   release (the reply lost) leaves a lease A may not know: after any interrupted pass or
+   reconnect, A adopts the leases of its session it is assigned and deletes the others.
 6. *Move and move back before the release.* The draining bucket is simply served again: A
    never let its lease go.
 7. *B's view of the assignment is stale* (the bucket moved on to C before B took the lease):
@@ -75,7 +78,10 @@ Every interleaving of a move with a running task, case by case:
    commit under the holder's token can land past it, so the writer can only stall work).
    Until then the bucket's tasks cannot commit and go back to the queue.
 9. *SQL down.* No fence can be written: a new holder does not consume; commits fail and the
-   task is retried. ZooKeeper's side (leases, assignment) goes on; work resumes with SQL.
+   task is retried (1 s, backing off to 60 s; if the broker refuses the retry, the delivery
+   is rejected back to its queue). ZooKeeper's side (leases, assignment) goes on; work
+   resumes with SQL. A body whose own SQL is wrong fails once, it is not retried; a body that
+   wraps a refused commit in an error of its own is still fenced and sent back.
 10. *Redis restarted or the connection cut.* Celery rebuilds the consumer from the selected
     queues and :class:`~allot.work.consumer.BucketQueues` applies the wanted set again.
     Messages survive a restart only if Redis persists them (``appendonly yes``); messages
@@ -86,6 +92,9 @@ Every interleaving of a move with a running task, case by case:
 11. *A message on a queue that is not its bucket's* (sent around the router, or a tick that
     came late): the run finds the fence naming another node and sends it back through the
     router, untouched.
+12. *Periodic ticks.* A tick whose result never shows up (expired, lost with Redis) holds its
+    bucket's next period back for one period plus the redelivery timeout at most; a tick sent
+    twice runs each table's run once (run ids ``{task}:{table_id}:{period}``).
 
 Where this departs from DESIGN.md, and why
 -----------------------------------------

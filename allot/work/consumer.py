@@ -84,14 +84,14 @@ def busy_buckets(cluster: str) -> set[int]:
     waiting for their ETA), from Celery's worker state. Safe from another thread."""
     from celery.worker import state
 
-    for _ in range(10):
-        try:
-            requests = list(state.requests.values())
-            break
-        except RuntimeError:  # changed while copied: copy again
-            continue
-    else:
-        requests = []
+    requests: list[Any] = []
+    for held in (state.reserved_requests, state.active_requests, state.scheduled_requests):
+        for _ in range(10):
+            try:
+                requests.extend(list(held))  # Request objects: two with one id both count
+                break
+            except RuntimeError:  # changed while copied: copy again
+                continue
     buckets: set[int] = set()
     for request in requests:
         info = getattr(request, "delivery_info", None) or {}

@@ -1,26 +1,14 @@
 """Bucket leases and handoff, in a worker's main process.
 
-:class:`BucketWork` turns this node's assignment (``{root}/bucket-assignments/{key}/assignments``,
-watched) into the set of bucket queues the worker consumes, through leases:
-
-1. **Take.** For a bucket assigned here whose lease ``{root}/leases/{id}`` does not exist, one
-   ZooKeeper transaction checks that the assignment znode still has the version this node
-   read and creates the lease, ephemeral, JSON ``{"node_key","epoch"}``. Its ``czxid`` is the
-   node's *token* for the bucket.
-2. **Fence.** The node writes its key and token into the bucket's ``bucket_lease`` row
-   (:func:`allot.work.runs.take_fence`); that waits for a commit of the previous holder in
-   flight and refuses every later one.
-3. **Serve.** Only then is the bucket's queue consumed (:class:`~allot.work.consumer.BucketQueues`).
-4. **Give away.** When the bucket leaves the assignment, its queue is dropped at once; once the
-   worker confirms the drop and holds none of the bucket's messages any more, or
-   ``ALLOT_HANDOFF_TIMEOUT`` after the drop, the lease is deleted. The receiver, whose take
-   failed while the lease existed, is woken by a watch on ``{root}/leases`` and takes it.
-
-A session that is SUSPENDED stops every queue at once (the listener does not wait for the
-loop) and keeps the leases (ZooKeeper decides whether they survive); a LOST session forgets
-every lease (its ephemeral znodes are gone) and the loop starts again from step 1. A lease
-znode that is not ephemeral belongs to no session: it is foreign data and is deleted. Whether
-each step can race a move, a freeze or a crash is argued in :mod:`allot.work`.
+:class:`BucketWork` turns this node's assignment (watched) into the bucket queues the worker
+consumes: (1) **take** the lease ``{root}/leases/{id}`` (ephemeral, in one transaction that
+checks the assignment znode's version; its ``czxid`` is the node's *token*), (2) **fence**:
+write key and token into ``bucket_lease`` (:func:`allot.work.runs.take_fence`), (3) **serve**
+the queue (:class:`~allot.work.consumer.BucketQueues`), (4) **give away**: drop the queue at
+once, delete the lease once no message of the bucket runs here (at most
+``ALLOT_HANDOFF_TIMEOUT``); the receiver's watch on ``{root}/leases`` wakes it to take it.
+SUSPENDED stops every queue at once and keeps the leases; LOST forgets them; a lease znode no
+session owns is foreign and deleted. The argument, case by case, is in :mod:`allot.work`.
 """
 
 from __future__ import annotations
@@ -105,6 +93,7 @@ class BucketWork:
         self._suspended = False
         self._lost = False
         self._check_leases = True
+        self._scan_leases = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,9 +125,13 @@ class BucketWork:
             self._thread.join(5)
 
     def release_all(self) -> None:
-        """Delete every lease this node holds (a clean stop, after running tasks finished)."""
+        """Delete every lease this node holds (a clean stop, after running tasks finished);
+        one ZooKeeper cannot delete ends with the session."""
         for bucket in list(self.held):
-            self._release(bucket)
+            try:
+                self._release(bucket)
+            except KazooException as exc:
+                log.warning("lease of bucket %d kept (%r)", bucket, exc)
 
     # -- events (kazoo's threads: never block, never take a ZooKeeper call) -------------------
 
@@ -150,6 +143,7 @@ class BucketWork:
             log.warning("ZooKeeper session %s: bucket queues stopped", state.lower())
         else:
             self._suspended = False
+            self._scan_leases = True
         self._wake.set()
 
     def _on_assignment(self, data: bytes | None, stat: ZnodeStat | None, *_: Any) -> None:
@@ -185,6 +179,7 @@ class BucketWork:
             try:
                 self.reconcile()
             except KazooException as exc:
+                self._scan_leases = True  # a take or a release may have half happened
                 log.warning("lease reconcile interrupted by ZooKeeper: %r", exc)
             except Exception:
                 log.exception("lease reconcile failed; trying again")
@@ -200,8 +195,13 @@ class BucketWork:
             self.draining.clear()
             self.serving = frozenset()
         if self._suspended or not self.client.connected:
-            self._publish(frozenset())
+            # take nothing new; ``serving`` is kept, so a bucket that moves away meanwhile is
+            # drained (not released under a running task) once the session is back
+            self._serve(frozenset())
             return
+        if self._scan_leases:
+            self._scan_leases = False
+            self._adopt_strays()
         now = self._clock()
         if now >= self._next_reread:
             self._next_reread = now + self.reread_seconds
@@ -239,8 +239,9 @@ class BucketWork:
                 self._on_handoff(max(now - (deadline - self.handoff_timeout), 0.0))
             del self.draining[bucket]
         for bucket in set(self.held) - assigned - set(self.draining):
-            if bucket not in self.serving:
-                self._release(bucket)
+            # held, never served or no longer served (a suspension): released once no message
+            # of it runs here, at most the handoff timeout from now
+            self.draining[bucket] = (now + self.handoff_timeout, self._applied())
         # 1. take, 2. fence
         epoch: int | None = None
         for bucket in sorted(assigned - set(self.held)):
@@ -249,7 +250,10 @@ class BucketWork:
             self._take(bucket, version, epoch)
         for bucket in sorted((assigned & set(self.held)) - self.fenced):
             self._fence(bucket)
-        # 3. serve
+        # 3. serve (unless the session was suspended during this pass)
+        if self._suspended:
+            self._serve(frozenset())
+            return
         self._publish(frozenset(assigned & self.fenced))
         if self._after_pass is not None:
             self._after_pass(self.serving)
@@ -332,23 +336,40 @@ class BucketWork:
             )  # fmt: skip
 
     def _release(self, bucket: int) -> None:
-        self.held.pop(bucket, None)
+        """Delete this node's lease of ``bucket``, then forget it. A ZooKeeper error leaves
+        the bucket held (and draining), so the next pass tries again."""
         self.fenced.discard(bucket)
         path = self.paths.lease(bucket)
-        try:
-            stat = self.client.exists(path)
-            if stat is not None and stat.ephemeralOwner == self.client.client_id[0]:
+        stat = self.client.exists(path)
+        if stat is not None and stat.ephemeralOwner == self.client.client_id[0]:
+            with contextlib.suppress(NoNodeError):
                 self.client.delete(path, version=stat.version)
-                log.info("released the lease of bucket %d", bucket)
-        except NoNodeError:
-            pass
+            log.info("released the lease of bucket %d", bucket)
+        self.held.pop(bucket, None)
+
+    def _adopt_strays(self) -> None:
+        """Leases of this session that ``held`` does not list (a take whose reply was lost to
+        a ZooKeeper error, a pass that raced a reconnect): adopted when the bucket is assigned
+        here, deleted otherwise. Runs after every interrupted pass and reconnect."""
+        session = self.client.client_id[0]
+        for name in self.client.get_children(self.paths.leases):
+            if not name.isdigit() or int(name) in self.held:
+                continue
+            bucket = int(name)
+            stat = self.client.exists(self.paths.lease(bucket))
+            if stat is None or stat.ephemeralOwner != session:
+                continue
+            if bucket in self.assigned:
+                self.held[bucket] = stat.czxid
+                log.warning("adopted this session's lease of bucket %d", bucket)
+            else:
+                with contextlib.suppress(NoNodeError):
+                    self.client.delete(self.paths.lease(bucket), version=stat.version)
+                log.warning("deleted this session's stray lease of bucket %d", bucket)
 
     def _verify_fences(self) -> None:
-        """Re-read the SQL fence of every fenced bucket. Only a holder of the bucket's lease
-        writes it, so a fence that no longer names this node and token was changed by a
-        foreign writer: the bucket is fenced again before it is served (refused, and left
-        unserved, when the writer put a larger token there). Until this re-read, such a
-        bucket's tasks are sent back (they cannot commit), at most ``REREAD_SECONDS``."""
+        """Re-read the SQL fences: one not naming this node and token was changed by a foreign
+        writer; the bucket is fenced again (left unserved past a larger token)."""
         if not self.fenced:
             return
         try:
@@ -359,10 +380,7 @@ class BucketWork:
         for bucket in sorted(self.fenced):
             mine = FenceRow(bucket, self.node_key, self.held.get(bucket, -1))
             if found.get(bucket) != mine:
-                log.warning(
-                    "bucket %d: the SQL fence was changed by someone else (%s): fencing it "
-                    "again", bucket, found.get(bucket),
-                )  # fmt: skip
+                log.warning("bucket %d: SQL fence changed by another writer", bucket)
                 self.fenced.discard(bucket)
 
     def _verify_held(self) -> None:

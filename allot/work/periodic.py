@@ -44,11 +44,20 @@ def tick_id(task: str, bucket_id: int, period: int) -> str:
 class Ticker:
     """Sends the ticks of the buckets a node serves (called from the lease loop)."""
 
-    def __init__(self, app: Celery, cluster: str, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        cluster: str,
+        wall: Callable[[], float] = time.time,
+        patience: float = 300.0,
+    ) -> None:
         self.app = app
         self.cluster = cluster
         self._wall = wall
-        self._last: dict[tuple[str, int], tuple[int, str]] = {}
+        self.patience = patience
+        """Seconds beyond a period after which an unfinished tick no longer holds back the next
+        (its result may be gone: expired, lost with Redis): the redelivery timeout."""
+        self._last: dict[tuple[str, int], tuple[int, str, float]] = {}
 
     def tick(self, serving: frozenset[int]) -> int:
         """Send the ticks that are due; returns how many were sent."""
@@ -62,7 +71,11 @@ class Ticker:
                 last = self._last.get((name, bucket))
                 if last is not None and last[0] >= period:
                     continue
-                if last is not None and not AsyncResult(last[1], app=self.app).ready():
+                if (
+                    last is not None
+                    and now - last[2] < spec.every + self.patience
+                    and not AsyncResult(last[1], app=self.app).ready()
+                ):
                     continue  # the previous period still runs: this one is skipped
                 task_id = tick_id(name, bucket, period)
                 self.app.send_task(
@@ -71,7 +84,7 @@ class Ticker:
                     queue=bucket_queue(self.cluster, bucket),
                     task_id=task_id,
                 )
-                self._last[(name, bucket)] = (period, task_id)
+                self._last[(name, bucket)] = (period, task_id, now)
                 sent += 1
         for key in [key for key in self._last if key[1] not in serving]:
             del self._last[key]

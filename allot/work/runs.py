@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -35,6 +35,10 @@ from models.schema import BucketLease, TableTaskRun
 from models.states import RunStatus
 
 ERROR_LENGTH = 2000
+
+FENCE_LOCK_TIMEOUT_MS = 2000
+"""How long a new holder's fence write waits on PostgreSQL for a commit holding the row before
+it gives up for this pass (a frozen commit is ended by the server after the handoff timeout)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ def take_fence(session: Session, bucket_id: int, node_key: str, token: int) -> b
     another node's first write only if two nodes hold the bucket's lease at once, which
     ZooKeeper prevents; the loser of such a race gets an ``IntegrityError`` from the insert.
     """
+    if session.get_bind().dialect.name == "postgresql":
+        # the lease loop must not hang on a row a stuck commit holds: fail, try next pass
+        session.execute(text(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT_MS}ms'"))
     now = utcnow()
     raised = session.execute(
         update(BucketLease)

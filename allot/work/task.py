@@ -218,6 +218,8 @@ class TableContext:
         self.attempt_id = attempt_id
         self._sessions = sessions
         self.committed = False
+        self.fenced = False
+        """Whether a commit was refused: the run is fenced whatever the body raises next."""
 
     def owns(self) -> bool:
         """Whether the bucket's fence still names this node and token (a hint for long work:
@@ -238,7 +240,11 @@ class TableContext:
         if self.committed:
             raise AllotError(f"table task run {self.run_id}: commit() is used once per run")
         with self._sessions() as session, session.begin():
-            hold_fence(session, self.bucket_id, self.node_key, self.token)
+            try:
+                hold_fence(session, self.bucket_id, self.node_key, self.token)
+            except Fenced:
+                self.fenced = True
+                raise
             yield session
             mark_committed(session, self.attempt_id)
         self.committed = True
@@ -292,6 +298,9 @@ def execute(
         )
         return None
     except BaseException as exc:
+        if ctx.fenced:  # the body wrapped the refusal in an error of its own
+            _finish(sql, spec.name, attempt_id, RunStatus.FENCED, error=str(exc))
+            raise Fenced(f"{type(exc).__name__}: {exc}") from exc
         status = RunStatus.COMMITTED if ctx.committed else RunStatus.FAILED
         _finish(sql, spec.name, attempt_id, status, error=f"{type(exc).__name__}: {exc}")
         raise
@@ -352,11 +361,24 @@ def run_message(task: TableTask, table: str, kwargs: Mapping[str, Any]) -> Any:
             # up): the run fails with the database's message, it is not retried
             sql.tables.pop(name, None)
             raise
-        raise task.retry(exc=exc, countdown=1, max_retries=None) from None
+        countdown = min(2 ** min(task.request.retries, 6), 60)  # 1, 2, 4 ... 60 s
+        try:
+            raise task.retry(exc=exc, countdown=countdown, max_retries=None) from None
+        except Reject as refused:  # the broker refused the retry: keep this delivery instead
+            raise Reject(refused.reason, requeue=True) from None
     return None  # unreachable: requeue raises Ignore
 
 
 def transient(exc: DBAPIError) -> bool:
     """Whether a database error may pass by itself (a lost connection, a locked database):
-    such a run is retried every second until the database answers."""
-    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+    such a run is retried, backing off from 1 to 60 s, until the database answers. SQLite
+    reports a missing table or a syntax error as an ``OperationalError`` too: there only a
+    locked or busy database passes."""
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        message = str(exc.orig).lower()
+        return any(word in message for word in ("locked", "busy", "disk i/o"))
+    return True

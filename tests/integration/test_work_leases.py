@@ -333,3 +333,20 @@ def test_a_fence_a_foreign_writer_raised_past_the_lease_stops_the_bucket(
     wait_until(lambda: a.queues.serving == frozenset(), timeout=REREAD + 5)
     assert fence_of(migrated, 12) == ("intruder@h", token + 10**9)
     assert not commit_allowed(migrated, 12, "a@h", token)
+
+
+def test_a_lease_of_this_session_the_node_does_not_know_is_deleted_after_an_error(
+    start_node, store: AssignmentStore, paths: ZkPaths
+) -> None:
+    store.save("a@h", [13])
+    a = start_node("a@h")
+    wait_until(lambda: a.queues.serving == {13}, timeout=10)
+    # Given a lease of this session for a bucket that is not assigned here (a take whose
+    # reply was lost to a ZooKeeper error before the bucket moved on)
+    a.client.create(paths.lease(14), b"{}", ephemeral=True)
+    # When the loop next runs after an interrupted pass
+    a.work._scan_leases = True
+    a.work._wake.set()
+    # Then the stray lease is gone, so the bucket's owner can take it
+    wait_until(lambda: a.client.exists(paths.lease(14)) is None, timeout=10)
+    assert a.queues.serving == {13}

@@ -113,6 +113,28 @@ def test_a_commit_after_the_bucket_moved_is_fenced_and_writes_nothing(
     assert attempts(sql.engine, "run-3") == [RunStatus.FENCED, RunStatus.COMMITTED]
 
 
+def test_a_refused_commit_the_body_wraps_in_its_own_error_is_still_fenced(
+    sql: WorkSql, bucket: int
+) -> None:
+    class CompactionError(Exception):
+        pass
+
+    def body(ctx: TableContext) -> None:
+        with sql.sessions.begin() as session:
+            assert take_fence(session, ctx.bucket_id, "b@h", ctx.token + 1)
+        try:
+            with ctx.commit() as session:
+                session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+        except Exception as exc:
+            raise CompactionError("could not record the compaction") from exc
+
+    # the run is fenced (sent back to the bucket's queue), not failed (acknowledged, lost)
+    with pytest.raises(Fenced, match="CompactionError"):
+        execute(sql, TableTaskSpec("test.wrapped", body, None), TABLE, "run-7", "a@h", {})
+    assert effects_of(sql.engine, "run-7") == 0
+    assert attempts(sql.engine, "run-7") == [RunStatus.FENCED]
+
+
 def test_two_attempts_of_one_run_at_once_commit_once(sql: WorkSql, bucket: int) -> None:
     # a message handed out twice (a redelivery while the first attempt still runs)
     inside = threading.Barrier(2)

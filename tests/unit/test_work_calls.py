@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import pytest
@@ -110,6 +111,9 @@ def test_a_message_the_broker_would_not_take_back_is_rejected_to_its_queue() -> 
         (InterfaceError("SELECT 1", {}, Exception("connection already closed")), True),
         (IntegrityError("INSERT", {}, Exception("duplicate key")), False),
         (ProgrammingError("SELEC", {}, Exception("syntax error")), False),
+        (OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked")), True),
+        (OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: x")), False),
+        (OperationalError("SELEC", {}, sqlite3.OperationalError('near "SELEC": syntax')), False),
     ],
 )
 def test_only_database_errors_that_may_pass_are_retried(error: DBAPIError, retried: bool) -> None:
