@@ -301,14 +301,20 @@ def set_fence(engine: Engine, bucket: int, key: str, token: int) -> None:
         )
 
 
+def serving_alone(start_node, store: AssignmentStore, bucket: int) -> tuple[Node, int]:
+    """Node a@h serving ``bucket`` alone, and its lease token."""
+    store.save("a@h", [bucket])
+    a: Node = start_node("a@h")
+    wait_until(lambda: a.queues.serving == {bucket}, timeout=10)
+    token = a.lease_token(bucket)
+    assert token is not None
+    return a, token
+
+
 def test_a_fence_changed_by_a_foreign_writer_is_written_again_by_the_lease_holder(
     start_node, store: AssignmentStore, migrated: Engine
 ) -> None:
-    store.save("a@h", [11])
-    a = start_node("a@h")
-    wait_until(lambda: a.queues.serving == {11}, timeout=10)
-    token = a.lease_token(11)
-    assert token is not None
+    a, token = serving_alone(start_node, store, 11)
     # When someone else points the fence at another node with a smaller token
     set_fence(migrated, 11, "intruder@h", token - 1)
     assert not commit_allowed(migrated, 11, "a@h", token)
@@ -321,11 +327,7 @@ def test_a_fence_changed_by_a_foreign_writer_is_written_again_by_the_lease_holde
 def test_a_fence_a_foreign_writer_raised_past_the_lease_stops_the_bucket(
     start_node, store: AssignmentStore, migrated: Engine
 ) -> None:
-    store.save("a@h", [12])
-    a = start_node("a@h")
-    wait_until(lambda: a.queues.serving == {12}, timeout=10)
-    token = a.lease_token(12)
-    assert token is not None
+    a, token = serving_alone(start_node, store, 12)
     # When someone else writes a larger token than the lease's
     set_fence(migrated, 12, "intruder@h", token + 10**9)
     # Then the holder stops serving the bucket (its tasks could not commit) and leaves the
@@ -338,9 +340,7 @@ def test_a_fence_a_foreign_writer_raised_past_the_lease_stops_the_bucket(
 def test_a_lease_of_this_session_the_node_does_not_know_is_deleted_after_an_error(
     start_node, store: AssignmentStore, paths: ZkPaths
 ) -> None:
-    store.save("a@h", [13])
-    a = start_node("a@h")
-    wait_until(lambda: a.queues.serving == {13}, timeout=10)
+    a, _ = serving_alone(start_node, store, 13)
     # Given a lease of this session for a bucket that is not assigned here (a take whose
     # reply was lost to a ZooKeeper error before the bucket moved on)
     a.client.create(paths.lease(14), b"{}", ephemeral=True)
