@@ -13,8 +13,8 @@ import logging
 from typing import Any
 
 from allot.cycle import AssignmentCycle
+from allot.cycle.report import CycleOutcome, CycleReport
 from allot.metrics.instruments import record_cycle, record_failed_cycle
-from allot.report import CycleOutcome, CycleReport
 from allot.zk.records import read_last_cycle
 from tasks.app import app
 from tasks.runtime import get_runtime

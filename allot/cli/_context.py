@@ -98,13 +98,13 @@ def open_zookeeper(settings: Settings, doing: str) -> Iterator[KazooClient]:
 
 @contextlib.contextmanager
 def open_redis(settings: Settings) -> Iterator[Redis | None]:
-    """The broker's Redis for one command (:func:`allot.backlog.broker_redis`: None when the
+    """The broker's Redis for one command (:func:`allot.inspect.backlog.broker_redis`: None when the
     broker is not Redis; gives up quickly when Redis does not answer), closed afterwards.
 
     Raises:
         ConfigurationError: the broker URL is a Redis URL redis-py cannot read.
     """
-    from allot.backlog import broker_redis  # only the commands that read Redis load it
+    from allot.inspect.backlog import broker_redis  # only the commands that read Redis load it
 
     client = broker_redis(settings)
     try:

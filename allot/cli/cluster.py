@@ -18,14 +18,15 @@ from allot.cli._common import (
     print_json,
 )
 from allot.cli._context import open_database, open_redis, open_zookeeper
-from allot.status import cluster_status
+from allot.inspect.status import cluster_status
 from models.states import NodeState
 
 STATE_STYLE = {NodeState.LIVE: "green", NodeState.SUSPECT: "yellow", NodeState.OFFLINE: "red"}
 
 
 def _read_status() -> dict[str, Any]:
-    """The cluster's state (:func:`allot.status.cluster_status`) with its own connections."""
+    """The cluster's state (:func:`allot.inspect.status.cluster_status`), with its own
+    connections."""
     with (
         open_database() as db,
         open_zookeeper(db.settings, "reading the cluster") as client,

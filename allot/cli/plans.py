@@ -7,12 +7,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from allot import plans
 from allot.cli._celery import call_task
 from allot.cli._common import FormatOption, OutputFormat, TimeoutOption, console, print_json
 from allot.cli._context import open_database
 from allot.cli.cluster import print_report
-from allot.report import CycleOutcome
+from allot.cycle import plans
+from allot.cycle.report import CycleOutcome
 from models.schema import Plan as PlanRow
 
 app = typer.Typer(help="List recorded plans, show one, apply a dry-run plan.", no_args_is_help=True)

@@ -1,5 +1,5 @@
-"""``allot verify``: the invariants (:mod:`allot.invariants`), checked against the live cluster
-(:mod:`allot.verify`)."""
+"""``allot verify``: the invariants (:mod:`allot.inspect.invariants`), checked against the
+live cluster (:mod:`allot.inspect.verify`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import typer
 
 from allot.cli._common import FormatOption, OutputFormat, console, print_json
 from allot.cli._context import open_database, open_zookeeper
-from allot.invariants import Facts, Verdict, evaluate
-from allot.verify import read_facts
+from allot.inspect.invariants import Facts, Verdict, evaluate
+from allot.inspect.verify import read_facts
 
 
 def verify(output: FormatOption = OutputFormat.table) -> None:

@@ -1,6 +1,6 @@
 """``allot work``: send a table task to its table's owner, and read the run history.
 
-``send`` checks the call completely before anything is sent (:mod:`allot.work_client`), then
+``send`` checks the call completely before anything is sent (:mod:`allot.work.client`), then
 sends the task by name to the queue of the table's bucket, where only the bucket's lease
 holder takes it (:mod:`allot.work`).
 """
@@ -14,11 +14,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from allot import work_client
 from allot.cli._celery import send_task, wait_for
 from allot.cli._common import FormatOption, OutputFormat, TimeoutOption, console, print_json
 from allot.cli._context import cli_config, open_database
 from allot.names import parse_table_name, validate_node_key
+from allot.work import client as work_client
 from models.states import RunStatus
 
 app = typer.Typer(

@@ -26,8 +26,8 @@ from kazoo.client import KazooClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from allot.cycle.observe import observe
 from allot.errors import ZooKeeperUnavailable
-from allot.observe import observe
 from allot.settings import Settings
 from allot.zk.paths import ZkPaths
 from models.base import utcnow

@@ -2,13 +2,13 @@
 collector that reads ZooKeeper, SQL and Redis when it is scraped and exports what it read as
 gauges (the families and their help texts are :data:`FAMILIES`).
 
-It reads through allot's own readers: :func:`allot.observe.observe` (the assignment,
+It reads through allot's own readers: :func:`allot.cycle.observe.observe` (the assignment,
 membership, grace periods and the classification the assignment cycle plans from, so a node's
-state here is the one the next cycle would see), the planner's spread, :mod:`allot.mirror`'s
-mirrored epoch and :mod:`allot.backlog`'s queue lengths. The leases and the counts of plans and
-table task runs have no reader elsewhere; they are read here (:func:`leased_buckets`,
-:func:`read_sql`). Every node exports the same cluster-wide values: aggregate them with
-``max without(instance)`` in PromQL.
+state here is the one the next cycle would see), the planner's spread,
+:mod:`allot.cycle.mirror`'s mirrored epoch and :mod:`allot.inspect.backlog`'s queue lengths.
+The leases and the counts of plans and table task runs have no reader elsewhere; they are
+read here (:func:`leased_buckets`, :func:`read_sql`). Every node exports the same
+cluster-wide values: aggregate them with ``max without(instance)`` in PromQL.
 
 Failure modes (nothing ever raises out of :meth:`ClusterCollector.collect`):
     ZooKeeper SUSPENDED or LOST (the client is not connected): nothing is read (a read would
@@ -43,11 +43,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot.backlog import bucket_backlog
-from allot.classify import planner_snapshot
+from allot.cycle.classify import planner_snapshot
+from allot.cycle.mirror import mirrored_epoch
+from allot.cycle.observe import observe
 from allot.errors import AllotError, ZooKeeperUnavailable
-from allot.mirror import mirrored_epoch
-from allot.observe import observe
+from allot.inspect.backlog import bucket_backlog
 from allot.planner.balance import spread
 from allot.planner.problem import Problem
 from allot.settings import Settings
@@ -207,7 +207,7 @@ def leased_buckets(client: KazooClient, paths: ZkPaths) -> set[int]:
 def read_zookeeper(
     client: KazooClient, sessions: sessionmaker[Session], settings: Settings, now: dt.datetime
 ) -> ZooKeeperView:
-    """Read the cluster from ZooKeeper (:func:`allot.observe.observe`) and the leases.
+    """Read the cluster from ZooKeeper (:func:`allot.cycle.observe.observe`) and the leases.
 
     Raises:
         ZooKeeperUnavailable: the client is not connected (nothing was read).

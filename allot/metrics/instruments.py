@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from allot.report import CycleOutcome, CycleReport
+from allot.cycle.report import CycleOutcome, CycleReport
 from models.states import RunStatus
 
 CYCLE_FAILED = "failed"
 """The ``outcome`` of a cycle that raised instead of returning a report
-(:func:`record_failed_cycle`); the other outcomes are :class:`~allot.report.CycleOutcome`'s."""
+(:func:`record_failed_cycle`); the other outcomes are
+:class:`~allot.cycle.report.CycleOutcome`'s."""
 
 CYCLE_OUTCOMES = (*(str(outcome) for outcome in CycleOutcome), CYCLE_FAILED)
 """Every value the ``outcome`` label of ``allot_cycles_total`` takes."""

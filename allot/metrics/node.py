@@ -8,9 +8,9 @@ import os
 
 from kazoo.client import KazooClient
 
-from allot.backlog import broker_redis
 from allot.database import open_engine
 from allot.errors import AllotError
+from allot.inspect.backlog import broker_redis
 from allot.metrics.bucket_map import bucket_map, map_app
 from allot.metrics.cluster import ClusterCollector
 from allot.metrics.exposition import (

@@ -19,7 +19,7 @@ One module per idea:
 - :mod:`allot.zk.process`: is a pid of this host still running (takeover decisions);
 - :mod:`allot.zk.lock`: the assignment cycle's lock and its guard (:class:`AssignmentLock`);
 - :mod:`allot.zk.triggers`: the trigger duty, one cycle per membership change;
-- :mod:`allot.zk.testing`: fault injection for tests (session expiry).
+- :mod:`allot.testing.zookeeper`: fault injection for tests (session expiry).
 
 The write path's imports point one way, ``paths``/``codec`` -> ``model`` -> ``batch`` ->
 ``apply`` -> ``store``, and no module here imports one that imports it back.

@@ -15,18 +15,17 @@ from kazoo.client import KazooClient
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot import plans
-from allot.cycle import AssignmentCycle, CycleHooks
+from allot.cycle import AssignmentCycle, CycleHooks, plans
 from allot.settings import Settings
 from allot.testing.cluster import sql_assignment, zk_assignment
 from allot.testing.servers import ServerProcess
+from allot.testing.zookeeper import expire_session
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.lock import AssignmentLock
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
-from allot.zk.testing import expire_session
 from models import Node, Plan
 from models.engine import session_factory
 from tests.cli import allot

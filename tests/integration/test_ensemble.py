@@ -18,13 +18,13 @@ from sqlalchemy import Engine
 from allot.cycle import AssignmentCycle
 from allot.settings import Settings
 from allot.testing.ensemble import Ensemble, start_ensemble
+from allot.testing.zookeeper import wait_until
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.members import read_members
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
-from allot.zk.testing import wait_until
 from models.engine import session_factory
 from tests.integration.test_cycle import sizes
 

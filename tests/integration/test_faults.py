@@ -13,13 +13,12 @@ import threading
 from kazoo.client import KazooClient
 from sqlalchemy import delete, select, update
 
-from allot import plans
-from allot.cycle import CycleHooks
+from allot.cycle import CycleHooks, plans
+from allot.testing.zookeeper import expire_session
 from allot.zk.codec import encode_buckets
 from allot.zk.lock import LockGuard
 from allot.zk.paths import ZkPaths
 from allot.zk.records import read_departures
-from allot.zk.testing import expire_session
 from models import Bucket, Node, Plan
 from models.engine import make_engine, session_factory
 from models.schema import MirrorState

@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 from sqlalchemy import Engine, select
 
-from allot import mirror, plans
+from allot.cycle import mirror, plans
+from allot.cycle.mirror import NodeObservation
 from allot.errors import InvalidInput, NotFound
-from allot.mirror import NodeObservation
 from allot.planner import NodeInfo, Snapshot, plan
 from models import Bucket, Node
 from models.engine import session_factory

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, update
 
-from allot import plans
+from allot.cycle import plans
 from allot.errors import DatabaseUnavailable, ZooKeeperUnavailable
 from allot.planner import Plan, PlanStats
 from allot.zk.lock import AssignmentLock

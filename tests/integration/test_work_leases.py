@@ -17,11 +17,11 @@ from sqlalchemy import Engine, update
 
 from allot.errors import Fenced
 from allot.testing.servers import ServerProcess
+from allot.testing.zookeeper import expire_session, wait_until
 from allot.work.leases import BucketWork
 from allot.work.runs import hold_fence, read_fence
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
-from allot.zk.testing import expire_session, wait_until
 from models.engine import session_factory
 from models.schema import BucketLease
 

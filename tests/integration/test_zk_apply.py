@@ -12,11 +12,11 @@ from allot.errors import InvalidPlan, LockLost, StaleAssignment
 from allot.settings import Settings
 from allot.testing.cluster import round_robin
 from allot.testing.servers import ServerProcess
+from allot.testing.zookeeper import expire_session
 from allot.zk import AllAssignments, AssignmentLock, AssignmentStore, ZkPaths, connect
 from allot.zk.apply import commit_ops
 from allot.zk.batch import diff, first_failure, plan_steps
 from allot.zk.lock import LockGuard
-from allot.zk.testing import expire_session
 
 BUCKETS = 64
 

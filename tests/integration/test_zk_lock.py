@@ -14,8 +14,8 @@ from kazoo.retry import KazooRetry
 from allot.errors import LockLost, ZooKeeperUnavailable
 from allot.settings import Settings
 from allot.testing.servers import ServerProcess, start_zookeeper
+from allot.testing.zookeeper import expire_session, wait_until
 from allot.zk import AssignmentLock, ZkPaths, connect
-from allot.zk.testing import expire_session, wait_until
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from kazoo.client import KazooClient
 from allot.errors import NodeKeyTaken
 from allot.settings import Settings
 from allot.testing.servers import ServerProcess
+from allot.testing.zookeeper import expire_session, wait_until
 from allot.zk import (
     MemberInfo,
     MembershipWatch,
@@ -26,7 +27,6 @@ from allot.zk import (
     this_process,
 )
 from allot.zk.codec import decode_member_info, encode_member_info
-from allot.zk.testing import expire_session, wait_until
 
 # A worker that registers and then lives until killed; its session outlives a kill -9 by
 # zk_session_timeout (20 s here), so the successor cannot just wait for it.

@@ -9,8 +9,8 @@ import pytest
 from kazoo.client import KazooClient
 
 from allot.testing.servers import ServerProcess
+from allot.testing.zookeeper import expire_session, wait_until
 from allot.zk.paths import ZkPaths
-from allot.zk.testing import expire_session, wait_until
 from allot.zk.triggers import TriggerDuty, claim
 
 

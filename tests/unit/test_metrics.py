@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from sqlalchemy.orm import sessionmaker
 
+from allot.cycle.report import CycleOutcome, CycleReport
 from allot.errors import ConfigurationError
 from allot.metrics import (
     CYCLE_DURATION,
@@ -33,7 +34,6 @@ from allot.metrics import (
 )
 from allot.metrics.cluster import NodeView, SqlView, ZooKeeperView
 from allot.metrics.instruments import CYCLE_OUTCOMES
-from allot.report import CycleOutcome, CycleReport
 from allot.settings import Settings
 from models.states import NodeState, RunStatus
 

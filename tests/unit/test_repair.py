@@ -1,12 +1,12 @@
-"""What a foreign writer leaves in ZooKeeper becomes a plannable assignment (allot.repair)."""
+"""What a foreign writer leaves in ZooKeeper becomes a plannable assignment (allot.cycle.repair)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from allot.cycle.repair import repair_holdings
 from allot.planner import NodeInfo, NodeState, Snapshot
-from allot.repair import repair_holdings
 
 
 def test_nothing_to_repair_changes_nothing() -> None:

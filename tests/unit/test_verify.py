@@ -1,4 +1,5 @@
-"""The invariants of ``allot verify``, judged on plain facts (:func:`allot.invariants.evaluate`)."""
+"""The invariants of ``allot verify``, judged on plain facts
+(:func:`allot.inspect.invariants.evaluate`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from allot.invariants import Check, Facts, Verdict, evaluate
+from allot.inspect.invariants import Check, Facts, Verdict, evaluate
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 GRACE = 30.0

@@ -6,13 +6,14 @@ One cycle, under the ZooKeeper lock ``{root}/locks/assign``:
 2. finish or fail any plan a crashed cycle left ``applying`` (``assignment-version`` names the
    last applied plan);
 3. read membership and the stored assignment, classify live / suspect / offline
-   (:func:`allot.observe.observe`, shared with ``allot status``);
+   (:func:`allot.cycle.observe.observe`, shared with ``allot status``);
 4. plan (:mod:`allot.planner`); if nothing moves, refresh ``last-update-time`` of the live
    nodes, make SQL's bucket owners match ZooKeeper's (a no-op unless a crash left them behind)
    and stop;
 5. record the plan ``applying`` in SQL, apply it to ZooKeeper in one fenced transaction, then
    mirror it to ``bucket`` / ``node`` / ``plan`` in one SQL transaction;
-6. return a :class:`~allot.report.CycleReport` (:meth:`~allot.report.CycleReport.from_round`).
+6. return a :class:`~allot.cycle.report.CycleReport`
+   (:meth:`~allot.cycle.report.CycleReport.from_round`).
 
 Steps 1 and 2 and the ``aborted`` outcome are one context manager. A cycle plans again before
 releasing the lock when membership changed under it, a grace period ended or its write lost a
@@ -20,7 +21,7 @@ race (at most :data:`MAX_ROUNDS` rounds); event cycles that fail retry (``tasks.
 
 Failure modes (each has a test in tests/integration/test_cycle.py or test_faults.py):
     Session SUSPENDED or LOST mid-cycle: the guard trips, every ZooKeeper write checks the lock
-    znode and every SQL write confirms it (:mod:`allot.fenced_sql`): the cycle ends
+    znode and every SQL write confirms it (:mod:`allot.cycle.fence`): the cycle ends
     ``aborted`` having written nothing more; a plan it left ``applying`` is settled by the next
     holder. A frozen holder waking after a newer one wrote SQL is ``Superseded``.
     Someone else wrote first (``assignment-version`` moved): the plan is ``failed``, the cycle
@@ -50,8 +51,11 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot import plans
-from allot.classify import planner_snapshot
+from allot.cycle import plans
+from allot.cycle.classify import planner_snapshot
+from allot.cycle.fence import FencedSql
+from allot.cycle.observe import Observation, observe
+from allot.cycle.report import CycleOutcome, CycleReport
 from allot.errors import (
     ApplyOutcomeUnknown,
     CoordinationError,
@@ -59,10 +63,7 @@ from allot.errors import (
     StaleAssignment,
     ZooKeeperUnavailable,
 )
-from allot.fenced_sql import FencedSql
-from allot.observe import Observation, observe
 from allot.planner import Plan, plan
-from allot.report import CycleOutcome, CycleReport
 from allot.settings import Settings
 from allot.zk.lock import AssignmentLock, LockGuard
 from allot.zk.paths import ZkPaths

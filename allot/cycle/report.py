@@ -7,7 +7,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from allot.observe import Observation
+from allot.cycle.observe import Observation
 from allot.planner import Plan
 
 

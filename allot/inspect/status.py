@@ -1,8 +1,8 @@
 """The cluster's state for operators: nodes with their states, buckets, tables and backlog, the
 epoch, the buckets nobody works, the last cycle. Reads ZooKeeper (membership, assignment,
-leases, last cycle) and SQL (when nodes left) through :func:`allot.observe.observe`, as the
+leases, last cycle) and SQL (when nodes left) through :func:`allot.cycle.observe.observe`, as the
 assignment cycle does, plus the tables per bucket from SQL and the bucket queues' backlog from
-Redis (:mod:`allot.backlog`).
+Redis (:mod:`allot.inspect.backlog`).
 
 Failure modes: a ZooKeeper or SQL error propagates (the CLI turns it into one line); Redis
 out of reach only makes the backlog unknown (``None``, with ``backlog_error`` saying why).
@@ -19,8 +19,8 @@ from redis import Redis, RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot.backlog import bucket_backlog
-from allot.observe import observe
+from allot.cycle.observe import observe
+from allot.inspect.backlog import bucket_backlog
 from allot.settings import Settings
 from allot.zk.paths import ZkPaths
 from allot.zk.records import read_last_cycle

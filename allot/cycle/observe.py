@@ -3,8 +3,8 @@ DESIGN.md's cycle) and what ``allot status`` shows.
 
 :func:`observe` reads from ZooKeeper everything a decision needs: the stored assignment, the
 membership, when each departed node was first seen gone (``{root}/departures``) and the last
-published epoch; it repairs what a foreign writer left unplannable (:mod:`allot.repair`) and
-classifies the nodes live / suspect / offline (:mod:`allot.classify`). From SQL it reads only
+published epoch; it repairs what a foreign writer left unplannable (:mod:`allot.cycle.repair`) and
+classifies the nodes live / suspect / offline (:mod:`allot.cycle.classify`). From SQL it reads only
 what the mirror needs (which nodes SQL last recorded present, the epoch SQL mirrors), and an
 SQL outage leaves those empty and says so in :attr:`Observation.sql_problem`: SQL never
 decides. Pure reads: it writes nothing, and it takes the client and the session factory from
@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from kazoo.client import KazooClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot import mirror
-from allot.classify import Classification, classify
-from allot.mirror import SQL_UNAVAILABLE, NodeObservation
-from allot.repair import repair_holdings
+from allot.cycle import mirror
+from allot.cycle.classify import Classification, classify
+from allot.cycle.mirror import SQL_UNAVAILABLE, NodeObservation
+from allot.cycle.repair import repair_holdings
 from allot.zk.members import Members, read_members
 from allot.zk.model import AllAssignments
 from allot.zk.paths import ZkPaths
@@ -47,7 +47,7 @@ class Observation:
     """What one read saw.
 
     ``snapshot``: the stored assignment (with its version and ``corrupt`` entries); ``held``:
-    the buckets of every readable entry, repaired (:func:`allot.repair.repair_holdings`:
+    the buckets of every readable entry, repaired (:func:`allot.cycle.repair.repair_holdings`:
     ids out of range dropped, a bucket listed twice kept by one node) with ``repairs`` saying
     per node what was dropped; ``members``: the membership; ``departures``: the stored grace
     starts; ``classes``: the nodes classified at ``now``; ``recorded``: the nodes SQL last
@@ -76,7 +76,7 @@ class Observation:
         }
 
     def node_observations(self) -> list[NodeObservation]:
-        """Every node's state for the ``node`` table (:func:`allot.mirror.record_nodes`): the
+        """Every node's state for the ``node`` table (:func:`allot.cycle.mirror.record_nodes`): the
         live nodes with weight and host, then the suspect and offline ones, then the nodes SQL
         still records present that are now gone without a trace (offline)."""
         live = self.members.live

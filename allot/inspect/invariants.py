@@ -1,5 +1,5 @@
 """The invariants of a cluster, judged purely (``allot verify`` reads the facts: see
-:mod:`allot.verify`).
+:mod:`allot.inspect.verify`).
 
 :func:`evaluate` takes the :class:`Facts` one read of the cluster gathered and returns a
 :class:`Verdict`, every broken invariant (a :class:`Violation` of one :class:`Check`) and the
@@ -11,7 +11,8 @@ notes worth showing:
    at its stored departure, ``{root}/departures``); an owner gone past its grace period, or
    gone with no stored departure (unknown: no cycle saw it leave), breaks it;
 3. ``sql-agrees``: ``bucket.node_key`` names the ZooKeeper owner of every bucket and SQL
-   mirrors the epoch of a readable ``assignment-version`` (:func:`allot.mirror.mirrored_epoch`);
+   mirrors the epoch of a readable ``assignment-version``
+   (:func:`allot.cycle.mirror.mirrored_epoch`);
 4. ``lease-owner``: every lease ``{root}/leases/{bucket}`` (JSON ``{"node_key","epoch"}``)
    names the bucket's owner, or a live node handing the bucket over (a note: the donor keeps
    the lease until its running task ends); no ``leases`` znode, nothing to check;
@@ -32,8 +33,8 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from allot.classify import Classification, classify
-from allot.repair import format_ids
+from allot.cycle.classify import Classification, classify
+from allot.cycle.repair import format_ids
 
 
 class Check(enum.StrEnum):
@@ -179,7 +180,7 @@ def _one_owner(
 
 
 def _classify_owners(facts: Facts) -> Classification:
-    """The owners classified as the cycle does (:func:`allot.classify.classify`), from their
+    """The owners classified as the cycle does (:func:`allot.cycle.classify.classify`), from their
     stored lists as they are: an owner gone with no stored departure is ``newly_departed``."""
     departed = {
         key: dt.datetime.fromtimestamp(ms / 1000, dt.UTC) for key, ms in facts.departures.items()

@@ -1,6 +1,6 @@
 """Which nodes are live, suspect or offline in one cycle, and the planner's snapshot.
 
-Pure: :func:`allot.observe.observe` reads ZooKeeper and SQL, hands the facts here, and gets
+Pure: :func:`allot.cycle.observe.observe` reads ZooKeeper and SQL, hands the facts here, and gets
 back the classification of DESIGN.md ("Buckets, nodes, tables"; states are
 :class:`~models.states.NodeState`):
 

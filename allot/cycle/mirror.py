@@ -9,15 +9,14 @@ commit to the caller.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import CursorResult, case, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from allot.errors import Superseded
 from models.base import utcnow
 from models.schema import Bucket, MirrorState, Node
 from models.states import NodeState
@@ -38,83 +37,9 @@ class NodeObservation:
 FENCE = "assignment"
 
 
-def claim(session: Session, token: int, epoch: int | None = None) -> int:
-    """Fence this transaction: record ``token`` (and ``epoch``) as the newest writer, or refuse.
-
-    Call it first in every SQL transaction of a cycle. It raises ``holder_token`` to
-    ``token`` only if no larger token has written, and ``epoch`` to ``epoch`` only if SQL does
-    not already mirror a larger one; the UPDATE locks the row until the transaction ends, so
-    fenced transactions of two holders run one after the other, in token order as far as SQL
-    is concerned.
-
-    Args:
-        token: the caller's fencing token (:attr:`allot.zk.lock.LockGuard.token`).
-        epoch: the assignment epoch this transaction mirrors (None: it mirrors no epoch).
-
-    Returns:
-        The epoch SQL mirrors after the claim.
-
-    Raises:
-        Superseded: a larger token has written SQL, or ``epoch`` is below SQL's epoch.
-    """
-    # write first: the UPDATE takes the row lock (PostgreSQL) or the database's write lock
-    # (SQLite) before anything is read, so the check below cannot race another claim
-    locked: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-        update(MirrorState).where(MirrorState.name == FENCE).values(updated_at=utcnow())
-    )
-    if locked.rowcount == 0:  # a database created by hand: the migration inserts the row
-        session.execute(insert(MirrorState).values(name=FENCE, holder_token=0, epoch=0))
-    row = session.execute(select(MirrorState).where(MirrorState.name == FENCE)).scalar_one()
-    if row.holder_token > token:
-        raise Superseded(
-            f"a newer assignment-lock holder (token {row.holder_token} > {token}) has written "
-            "SQL; this cycle writes nothing there"
-        )
-    if epoch is not None and epoch < row.epoch:
-        raise Superseded(f"SQL mirrors epoch {row.epoch}; refusing to take it back to {epoch}")
-    new_epoch = row.epoch if epoch is None else epoch
-    session.execute(
-        update(MirrorState)
-        .where(MirrorState.name == FENCE)
-        .values(
-            holder_token=token,
-            epoch=case((MirrorState.epoch < new_epoch, new_epoch), else_=MirrorState.epoch),
-        )
-    )
-    return new_epoch
-
-
 SQL_UNAVAILABLE = (OperationalError, InterfaceError)
 """What SQLAlchemy raises when the database cannot be reached (or is locked past the busy
 timeout): the cycle goes on without SQL and the mirror catches up later."""
-
-
-def write_fenced(
-    sessions: sessionmaker[Session],
-    token: int,
-    confirm: Callable[[], None],
-    work: Callable[[Session], T],
-    *,
-    epoch: int | None = None,
-) -> T:
-    """Run ``work`` in one SQL transaction fenced by :func:`claim`, committed only if
-    ``confirm()`` (the holder still holds the lock, asked of ZooKeeper) passes after it.
-
-    ``confirm`` runs while the transaction holds the fence row, so a newer holder's first
-    fenced transaction waits for this one to end and then overwrites what it wrote: SQL never
-    keeps a stale holder's write past the newer holder's first transaction.
-
-    Raises:
-        Superseded: a newer holder has written SQL (nothing written).
-        LockLost: ``confirm`` failed (rolled back).
-        sqlalchemy.exc.OperationalError, InterfaceError: SQL is unavailable.
-    """
-    with sessions.begin() as session:
-        claim(session, token, epoch)
-        result = work(session)
-        session.flush()
-        confirm()
-    return result
 
 
 def mirrored_epoch(session: Session) -> int:

@@ -1,7 +1,7 @@
-"""``allot verify``'s read of the live cluster: the facts :func:`allot.invariants.evaluate`
+"""``allot verify``'s read of the live cluster: the facts :func:`allot.inspect.invariants.evaluate`
 judges (the checks are listed there).
 
-:func:`read_facts` gathers the facts: ZooKeeper through :func:`allot.observe.observe`, then
+:func:`read_facts` gathers the facts: ZooKeeper through :func:`allot.cycle.observe.observe`, then
 SQL, the lock, the leases. It writes nothing.
 
 Failure modes of the read:
@@ -23,11 +23,11 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot import mirror, plans
+from allot.cycle import mirror, plans
+from allot.cycle.observe import Observation, observe
 from allot.database import safe_url
 from allot.errors import DatabaseUnavailable
-from allot.invariants import Facts
-from allot.observe import Observation, observe
+from allot.inspect.invariants import Facts
 from allot.settings import Settings
 from allot.zk.lock import AssignmentLock
 from allot.zk.model import read_version
@@ -46,7 +46,7 @@ def read_facts(
     meanwhile) is repeated, at most ``attempts`` times in all; the last one is returned.
 
     Raises:
-        DatabaseUnavailable: SQL could not be read by :func:`allot.observe.observe`.
+        DatabaseUnavailable: SQL could not be read by :func:`allot.cycle.observe.observe`.
         AccessDenied: ZooKeeper refused reading the assignment.
         kazoo.exceptions.KazooException: ZooKeeper could not be read.
         sqlalchemy.exc.SQLAlchemyError: SQL could not be read.
