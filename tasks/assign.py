@@ -15,7 +15,7 @@ from typing import Any
 from allot.cycle import AssignmentCycle
 from allot.cycle.report import CycleOutcome, CycleReport
 from allot.metrics.instruments import record_cycle, record_failed_cycle
-from allot.zk.records import read_last_cycle
+from allot.zk.last_cycle import read_last_cycle
 from tasks.app import app
 from tasks.runtime import get_runtime
 

@@ -65,9 +65,11 @@ from allot.errors import (
 )
 from allot.planner import Plan, plan
 from allot.settings import Settings
+from allot.zk.departures import write_departures
+from allot.zk.epoch import republish_epoch
+from allot.zk.last_cycle import publish_last_cycle
 from allot.zk.lock import AssignmentLock, LockGuard
 from allot.zk.paths import ZkPaths
-from allot.zk.records import publish_last_cycle, republish_epoch, write_departures
 from allot.zk.store import AssignmentStore
 from models.base import utcnow
 from models.states import PlanStatus

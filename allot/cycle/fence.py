@@ -34,7 +34,7 @@ from allot.cycle.observe import Observation
 from allot.errors import Superseded
 from allot.planner import Plan
 from allot.zk.lock import LockGuard
-from allot.zk.model import AssignmentVersion
+from allot.zk.version import AssignmentVersion
 from models.base import utcnow
 from models.schema import MirrorState
 from models.states import PlanStatus

@@ -34,10 +34,11 @@ from allot.cycle import mirror
 from allot.cycle.classify import Classification, classify
 from allot.cycle.mirror import SQL_UNAVAILABLE, NodeObservation
 from allot.cycle.repair import repair_holdings
+from allot.zk.departures import Departures, read_departures
+from allot.zk.last_cycle import read_last_cycle
 from allot.zk.members import Members, read_members
-from allot.zk.model import AllAssignments
 from allot.zk.paths import ZkPaths
-from allot.zk.records import Departures, read_departures, read_last_cycle
+from allot.zk.snapshot import AllAssignments
 from allot.zk.store import AssignmentStore
 from models.states import NodeState
 

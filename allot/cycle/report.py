@@ -1,5 +1,5 @@
 """The summary of one assignment cycle: what Flower shows as the task's result (its copy at
-``{root}/last-cycle``, which ``allot status`` shows, is kept by :mod:`allot.zk.records`)."""
+``{root}/last-cycle``, which ``allot status`` shows, is kept by :mod:`allot.zk.last_cycle`)."""
 
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from allot.cycle.observe import observe
 from allot.inspect.backlog import bucket_backlog
 from allot.settings import Settings
+from allot.zk.last_cycle import read_last_cycle
 from allot.zk.paths import ZkPaths
-from allot.zk.records import read_last_cycle
 from models.base import utcnow
 from models.schema import Bucket
 

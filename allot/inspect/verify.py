@@ -30,9 +30,9 @@ from allot.errors import DatabaseUnavailable
 from allot.inspect.invariants import Facts
 from allot.settings import Settings
 from allot.zk.lock import AssignmentLock
-from allot.zk.model import read_version
 from allot.zk.multiread import get_many
 from allot.zk.paths import ZkPaths
+from allot.zk.version import read_version
 from models.base import utcnow
 from models.states import PlanStatus
 

@@ -6,13 +6,19 @@ One module per idea:
 - :mod:`allot.zk.codec`: the bytes (Amoro's formats), strict decoders, :class:`MemberInfo`;
 - :mod:`allot.zk.client`: the only place that opens connections (:func:`connect`), ACLs;
 - :mod:`allot.zk.multiread`: reading many znodes in one round trip (``multiRead``);
-- :mod:`allot.zk.model`: the values read (:class:`AllAssignments`, :class:`AssignmentVersion`)
-  and :func:`~allot.zk.model.read_version`, the one read every writer starts from;
+- :mod:`allot.zk.version`: ``assignment-version``, the epoch and fence
+  (:class:`AssignmentVersion`), and :func:`~allot.zk.version.read_version`, the one read every
+  writer starts from;
+- :mod:`allot.zk.snapshot`: a read of the assignment subtree (:class:`AllAssignments`), what a
+  plan is computed on and an apply fenced by; no I/O;
 - :mod:`allot.zk.batch`: a plan as fenced transactions within ZooKeeper's request limit (pure);
 - :mod:`allot.zk.apply`: committing them (:func:`apply_plan`), and :func:`touch` when
   nothing moves;
 - :mod:`allot.zk.store`: the assignment subtree's reads and writes (:class:`AssignmentStore`);
-- :mod:`allot.zk.records`: departures, the epoch floor and the last cycle's report;
+- :mod:`allot.zk.departures`: when each gone node was first seen gone (grace periods);
+- :mod:`allot.zk.epoch`: the epoch floor, ``assignment-version`` re-published so an epoch never
+  goes backwards;
+- :mod:`allot.zk.last_cycle`: the last cycle's report, for ``allot status``;
 - :mod:`allot.zk.registration`: registering this node, taking over a crashed predecessor's
   znode (:class:`NodeRegistration`);
 - :mod:`allot.zk.members`: reading and watching the member list (:func:`read_members`);
@@ -21,8 +27,9 @@ One module per idea:
 - :mod:`allot.zk.triggers`: the trigger duty, one cycle per membership change;
 - :mod:`allot.testing.zookeeper`: fault injection for tests (session expiry).
 
-The write path's imports point one way, ``paths``/``codec`` -> ``model`` -> ``batch`` ->
-``apply`` -> ``store``, and no module here imports one that imports it back.
+The write path's imports point one way, ``paths``/``codec`` -> ``version`` -> ``snapshot`` ->
+``batch`` -> ``apply`` -> ``store`` (and ``departures``/``epoch``), and no module here imports one
+that imports it back (``lint-imports`` checks it).
 
 The assignment cycle, in short::
 
@@ -47,10 +54,11 @@ from allot.zk.client import connect, default_acl, ensure_layout, make_client
 from allot.zk.codec import MemberInfo, now_ms
 from allot.zk.lock import AssignmentLock, LockGuard
 from allot.zk.members import LiveNode, Members, MembershipWatch, read_members
-from allot.zk.model import AllAssignments, AssignmentVersion, NodeAssignment
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration, this_process
+from allot.zk.snapshot import AllAssignments, NodeAssignment
 from allot.zk.store import AssignmentStore
+from allot.zk.version import AssignmentVersion
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",

@@ -1,6 +1,8 @@
 """Writing the assignment: applying a plan in one fenced multi-op transaction (or fenced steps
 when too big), and refreshing ``last-update-time`` when a cycle moves nothing. Both commit
-through :func:`commit_ops`; the operations come from :mod:`allot.zk.batch` (pure).
+through :func:`commit_ops`; the operations come from :mod:`allot.zk.batch` (pure). The lock
+holder's single-znode writes beside the assignment (:mod:`allot.zk.departures`,
+:mod:`allot.zk.epoch`) commit through :func:`commit_as_holder`.
 
 The fence
     Every transaction starts by writing ``assignment-version`` *conditionally on the data
@@ -83,12 +85,20 @@ from allot.zk.batch import (
 from allot.zk.client import ensure_layout
 from allot.zk.codec import MsClock, encode_time, now_ms
 from allot.zk.lock import LockGuard
-from allot.zk.model import AllAssignments, AssignmentVersion, read_version
 from allot.zk.paths import LAST_UPDATE_TIME, ZkPaths
+from allot.zk.snapshot import AllAssignments
+from allot.zk.version import AssignmentVersion, read_version
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "ApplyResult", "apply_plan", "commit_ops", "touch"]
+__all__ = [
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "ApplyResult",
+    "apply_plan",
+    "commit_as_holder",
+    "commit_ops",
+    "touch",
+]
 
 
 @dataclass(frozen=True)
@@ -307,6 +317,26 @@ def commit_ops(
             plan_id,
         ) from None
     return results, size
+
+
+def commit_as_holder(client: KazooClient, write: Op, guard: LockGuard, what: str) -> None:
+    """Commit ``write`` in one transaction that first ``check``s the holder's lock znode, so
+    a holder whose session ended writes nothing and a concurrent writer makes it fail.
+
+    Raises:
+        LockLost: the guard tripped or the lock znode is gone; nothing written.
+        StaleAssignment: ``write``'s znode changed since it was read; nothing written.
+        ApplyOutcomeUnknown, AccessDenied: see :func:`commit_ops`.
+    """
+    ops = [Op("check", guard.lock_node), write]
+    results, _ = commit_ops(client, ops, guard, DEFAULT_MAX_REQUEST_BYTES, f"writing {what}")
+    failure = first_failure(results)
+    if failure is None:
+        return
+    position, error = failure
+    if position == 0:
+        raise LockLost(f"{what} not written: the assignment lock znode is gone")
+    raise StaleAssignment(f"{what} changed since it was read ({type(error).__name__})")
 
 
 def _children_of(client: KazooClient, paths: ZkPaths, keys: Iterable[str]) -> dict[str, list[str]]:

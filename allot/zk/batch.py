@@ -34,8 +34,8 @@ from kazoo.security import OPEN_ACL_UNSAFE
 from allot.errors import InvalidNodeKey, InvalidPlan, PlanTooLarge
 from allot.names import validate_node_key
 from allot.zk.codec import VersionRecord, encode_buckets, encode_time, encode_version
-from allot.zk.model import AllAssignments
 from allot.zk.paths import ASSIGNMENTS, LAST_UPDATE_TIME, ZkPaths
+from allot.zk.snapshot import AllAssignments
 
 DEFAULT_MAX_REQUEST_BYTES = 1_048_575
 """ZooKeeper's default ``jute.maxbuffer``: the largest request a server accepts (measured on

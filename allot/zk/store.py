@@ -42,17 +42,10 @@ from allot.zk.codec import (
     now_ms,
 )
 from allot.zk.lock import LockGuard
-from allot.zk.model import (
-    AllAssignments,
-    AssignmentVersion,
-    NodeAssignment,
-    decode_node,
-    get_result,
-    read_version,
-    version_from,
-)
 from allot.zk.multiread import get_many
 from allot.zk.paths import ASSIGNMENTS, LAST_UPDATE_TIME, ZkPaths
+from allot.zk.snapshot import AllAssignments, NodeAssignment, decode_node
+from allot.zk.version import AssignmentVersion, get_result, read_version, version_from
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +76,7 @@ class AssignmentStore:
 
     def read_version(self) -> AssignmentVersion:
         """The current ``assignment-version`` (epoch 0 and ``zversion`` -1 when absent): see
-        :func:`allot.zk.model.read_version`."""
+        :func:`allot.zk.version.read_version`."""
         return read_version(self.client, self.paths)
 
     def read_all(self) -> AllAssignments:

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from allot.testing.cluster import LocalCluster, moved, watching_for_double_owners
-from allot.zk.records import read_last_cycle
+from allot.zk.last_cycle import read_last_cycle
 from models import Plan
 from tests.cli import ALLOT_COMMAND, allot
 from tests.e2e.conftest import SESSION_TIMEOUT, START

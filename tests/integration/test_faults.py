@@ -16,9 +16,9 @@ from sqlalchemy import delete, select, update
 from allot.cycle import CycleHooks, plans
 from allot.testing.zookeeper import expire_session
 from allot.zk.codec import encode_buckets
+from allot.zk.departures import read_departures
 from allot.zk.lock import LockGuard
 from allot.zk.paths import ZkPaths
-from allot.zk.records import read_departures
 from models import Bucket, Node, Plan
 from models.engine import make_engine, session_factory
 from models.schema import MirrorState

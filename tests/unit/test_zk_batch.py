@@ -14,8 +14,9 @@ from kazoo.security import OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, make_digest_acl
 from allot.errors import InvalidPlan, PlanTooLarge
 from allot.zk.batch import REQUEST_OVERHEAD_BYTES, Op, diff, op_size, plan_steps
 from allot.zk.codec import decode_buckets, decode_version, encode_buckets
-from allot.zk.model import AllAssignments, AssignmentVersion, NodeAssignment
 from allot.zk.paths import ASSIGNMENTS, LAST_UPDATE_TIME, ZkPaths
+from allot.zk.snapshot import AllAssignments, NodeAssignment
+from allot.zk.version import AssignmentVersion
 
 PATHS = ZkPaths("/default/allot")
 BOTH = frozenset({ASSIGNMENTS, LAST_UPDATE_TIME})

@@ -1,36 +1,27 @@
-"""The values read from the assignment subtree, and the one read every writer starts from.
+"""``{root}/assignment-version``: the epoch of the assignment, and the fence of every writer.
 
-:class:`NodeAssignment`, :class:`AssignmentVersion` and :class:`AllAssignments` are pure data,
-decoded by :func:`version_from` and :func:`decode_node`. :func:`read_version` is the single
-``get`` of ``assignment-version``: the store reads it for its callers, an apply reads it to tell
-a repeated plan from a stale one. It sits here, below both, so neither imports the other.
+:class:`AssignmentVersion` is what the znode said when it was read, decoded by
+:func:`version_from` (a malformed record is reported, never raised). :func:`read_version` is
+the single ``get`` every writer starts from: the store reads it for its callers, an apply reads
+it to tell a repeated plan from a stale one. The bytes are :mod:`allot.zk.codec`'s
+(:class:`~allot.zk.codec.VersionRecord`); re-publishing a lost epoch is :mod:`allot.zk.epoch`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoNodeError
 
 from allot.errors import AccessDenied
-from allot.zk.codec import decode_buckets, decode_time, decode_version
+from allot.zk.codec import decode_version
 from allot.zk.paths import ZkPaths
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NodeAssignment:
-    """One node's stored assignment: sorted bucket ids and the last write time (epoch ms,
-    ``None`` when the ``last-update-time`` znode is missing)."""
-
-    node_key: str
-    buckets: tuple[int, ...]
-    last_update_ms: int | None
 
 
 @dataclass(frozen=True)
@@ -55,28 +46,6 @@ class AssignmentVersion:
     def exists(self) -> bool:
         """True when the ``assignment-version`` znode exists."""
         return self.zversion >= 0
-
-
-@dataclass(frozen=True)
-class AllAssignments:
-    """A read of the whole assignment subtree, the input of planning and of an apply.
-
-    ``nodes`` holds every readable node (including nodes holding no bucket). ``corrupt`` maps
-    node keys whose data cannot be decoded to the reason; ``invalid`` maps child names that
-    are not valid node keys to the reason. ``present`` records, for every valid node key
-    found, which of ``assignments`` / ``last-update-time`` exist: an apply needs it to choose
-    between create and set.
-    """
-
-    nodes: Mapping[str, NodeAssignment]
-    version: AssignmentVersion
-    corrupt: Mapping[str, str] = field(default_factory=dict)
-    invalid: Mapping[str, str] = field(default_factory=dict)
-    present: Mapping[str, frozenset[str]] = field(default_factory=dict)
-
-    def buckets_by_node(self) -> dict[str, list[int]]:
-        """``{node_key: [bucket, ...]}`` of the readable nodes, the planner's ``assignments``."""
-        return {key: list(node.buckets) for key, node in self.nodes.items()}
 
 
 def version_from(data: bytes | None, zversion: int) -> AssignmentVersion:
@@ -124,18 +93,3 @@ def read_version(client: KazooClient, paths: ZkPaths) -> AssignmentVersion:
     """
     found = client.retry(lambda: get_result(client.get_async(paths.assignment_version)))
     return AssignmentVersion() if found is None else version_from(found[0], found[1].version)
-
-
-def decode_node(
-    key: str, assignments: tuple[bytes, Any] | None, updated: tuple[bytes, Any] | None
-) -> NodeAssignment:
-    """A node's assignment from the ``(data, stat)`` of its two znodes (None: missing).
-
-    Raises:
-        ValueError: ``assignments`` is missing or either znode's data is malformed.
-    """
-    if assignments is None:
-        raise ValueError("the assignments znode is missing")
-    buckets = decode_buckets(assignments[0])
-    last_update = None if updated is None else decode_time(updated[0])
-    return NodeAssignment(key, buckets, last_update)
