@@ -272,8 +272,9 @@ class AssignmentCycle:
         if dry_run:
             plan_id = plans.new_plan_id()
             status = PlanStatus.GENERATED
-            if not sql.record(seen, planned, plan_id, trigger=trigger, status=status,
-                              max_moves=max_moves):  # fmt: skip
+            if not sql.record(
+                seen, planned, plan_id, trigger=trigger, status=status, max_moves=max_moves
+            ):
                 raise DatabaseUnavailable(f"a dry run keeps its plan in SQL: {sql.problem}")
             return CycleReport.from_round(CycleOutcome.GENERATED, trigger, seen, planned, plan_id)
         self._keep_records(seen, guard)
@@ -291,8 +292,9 @@ class AssignmentCycle:
             sql.catch_up(seen)
             return CycleReport.from_round(CycleOutcome.UNCHANGED, trigger, seen, planned)
         plan_id = plans.new_plan_id()  # step 5
-        sql.record(seen, planned, plan_id, trigger=trigger, status=PlanStatus.APPLYING,
-                   max_moves=max_moves)  # fmt: skip
+        sql.record(
+            seen, planned, plan_id, trigger=trigger, status=PlanStatus.APPLYING, max_moves=max_moves
+        )
         if self.hooks.after_plan_recorded is not None:
             self.hooks.after_plan_recorded(plan_id)
         return self._apply(section, seen, planned, plan_id, max_moves)
@@ -302,9 +304,13 @@ class AssignmentCycle:
         ``strategy``, default the configured one)."""
         settings = self.settings
         seen = observe(
-            self.client, self.paths, self.sessions, now=self.clock(),
-            offline_timeout=settings.node_offline_timeout, bucket_count=settings.bucket_count,
-        )  # fmt: skip
+            self.client,
+            self.paths,
+            self.sessions,
+            now=self.clock(),
+            offline_timeout=settings.node_offline_timeout,
+            bucket_count=settings.bucket_count,
+        )
         snapshot = planner_snapshot(seen.classes, seen.held, settings.bucket_count, max_moves)
         return seen, plan(snapshot, strategy or settings.strategy)
 
@@ -334,9 +340,12 @@ class AssignmentCycle:
         try:
             guard.check()
             result = self.store.apply(
-                seen.snapshot, planned.assignments, plan_id=plan_id, remove=seen.classes.offline,
+                seen.snapshot,
+                planned.assignments,
+                plan_id=plan_id,
+                remove=seen.classes.offline,
                 guard=guard,
-            )  # fmt: skip
+            )
         except ApplyOutcomeUnknown:
             raise  # the plan stays `applying`: the next cycle's recovery asks ZooKeeper
         except Exception as exc:
@@ -345,9 +354,13 @@ class AssignmentCycle:
         if self.hooks.after_zookeeper is not None:
             self.hooks.after_zookeeper(plan_id)
         sql.finish(
-            seen, planned, plan_id, trigger=section.trigger,
-            epochs=(result.base_epoch, result.epoch), max_moves=max_moves,
-        )  # fmt: skip
+            seen,
+            planned,
+            plan_id,
+            trigger=section.trigger,
+            epochs=(result.base_epoch, result.epoch),
+            max_moves=max_moves,
+        )
         return CycleReport.from_round(
             CycleOutcome.APPLIED, section.trigger, seen, planned, plan_id, epoch=result.epoch
         )

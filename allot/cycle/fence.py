@@ -170,9 +170,10 @@ class FencedSql:
                 landed = version.plan_id == plan_id and version.pending is None
                 plans.settle_applying(session, plan_id, version.epoch if landed else None)
                 log.warning(
-                    "plan %s was left applying; it %s", plan_id,
+                    "plan %s was left applying; it %s",
+                    plan_id,
                     "reached ZooKeeper: applied" if landed else "never landed: failed",
-                )  # fmt: skip
+                )
             return stuck
 
         return self.write(settle) or []
@@ -193,9 +194,14 @@ class FencedSql:
 
         def record(session: Session) -> bool:
             plans.record_plan(
-                session, planned, plan_id=plan_id, trigger=trigger, status=status,
-                base_epoch=seen.snapshot.version.epoch, max_moves=max_moves,
-            )  # fmt: skip
+                session,
+                planned,
+                plan_id=plan_id,
+                trigger=trigger,
+                status=status,
+                base_epoch=seen.snapshot.version.epoch,
+                max_moves=max_moves,
+            )
             return True
 
         return bool(self.write(record))
@@ -217,9 +223,14 @@ class FencedSql:
 
         def mirror_plan(session: Session) -> None:
             if not plans.finish_applying(
-                session, planned, plan_id, trigger=trigger, base_epoch=base_epoch, epoch=epoch,
+                session,
+                planned,
+                plan_id,
+                trigger=trigger,
+                base_epoch=base_epoch,
+                epoch=epoch,
                 max_moves=max_moves,
-            ):  # fmt: skip
+            ):
                 log.warning("plan %s was settled by another cycle; not mirroring it", plan_id)
                 return
             mirror.mirror_assignment(session, planned.assignments, epoch)

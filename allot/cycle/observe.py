@@ -143,9 +143,17 @@ def observe(
         published_epoch if isinstance(published_epoch, int) else 0,
     )
     return Observation(
-        snapshot, repaired.held, members, classes, frozenset(recorded), now,
-        repaired.problems, departures, floor, sql_problem,
-    )  # fmt: skip
+        snapshot,
+        repaired.held,
+        members,
+        classes,
+        frozenset(recorded),
+        now,
+        repaired.problems,
+        departures,
+        floor,
+        sql_problem,
+    )
 
 
 def _moment(epoch_ms: int) -> dt.datetime:

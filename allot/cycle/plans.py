@@ -122,13 +122,19 @@ def settle_applying(session: Session, plan_id: str, landed_epoch: int | None) ->
     ZooKeeper shows it landed, else (None) ``failed``. Returns whether the row changed."""
     if landed_epoch is not None:
         return set_status(
-            session, plan_id, PlanStatus.APPLIED, epoch=landed_epoch,
+            session,
+            plan_id,
+            PlanStatus.APPLIED,
+            epoch=landed_epoch,
             expected=[PlanStatus.APPLYING],
-        )  # fmt: skip
+        )
     return set_status(
-        session, plan_id, PlanStatus.FAILED, expected=[PlanStatus.APPLYING],
+        session,
+        plan_id,
+        PlanStatus.FAILED,
+        expected=[PlanStatus.APPLYING],
         error="its cycle stopped before the ZooKeeper transaction committed",
-    )  # fmt: skip
+    )
 
 
 def fail_applying(session: Session, plan_id: str, error: str) -> bool:
@@ -139,9 +145,15 @@ def fail_applying(session: Session, plan_id: str, error: str) -> bool:
 
 
 def finish_applying(
-    session: Session, plan: Plan, plan_id: str, *, trigger: str, base_epoch: int,
-    epoch: int, max_moves: int | None,
-) -> bool:  # fmt: skip
+    session: Session,
+    plan: Plan,
+    plan_id: str,
+    *,
+    trigger: str,
+    base_epoch: int,
+    epoch: int,
+    max_moves: int | None,
+) -> bool:
     """Mark a plan that reached ZooKeeper ``applied`` at ``epoch``, recording it first when SQL
     never got it (it was unavailable when the plan was made).
 
@@ -150,9 +162,14 @@ def finish_applying(
     """
     if session.get(PlanRow, plan_id) is None:
         record_plan(
-            session, plan, plan_id=plan_id, trigger=trigger, status=PlanStatus.APPLYING,
-            base_epoch=base_epoch, max_moves=max_moves,
-        )  # fmt: skip
+            session,
+            plan,
+            plan_id=plan_id,
+            trigger=trigger,
+            status=PlanStatus.APPLYING,
+            base_epoch=base_epoch,
+            max_moves=max_moves,
+        )
     return set_status(
         session, plan_id, PlanStatus.APPLIED, epoch=epoch, expected=[PlanStatus.APPLYING]
     )
@@ -179,12 +196,22 @@ def record_missed(
         return False
     session.add(
         PlanRow(
-            plan_id=plan_id, trigger="catch-up", status=PlanStatus.APPLIED, strategy="unknown",
-            base_epoch=epoch - 1, epoch=epoch, max_moves=None, moves=len(moves), min_moves=0,
-            spread_before=0, spread_after=0, created_at=utcnow(), applied_at=utcnow(),
+            plan_id=plan_id,
+            trigger="catch-up",
+            status=PlanStatus.APPLIED,
+            strategy="unknown",
+            base_epoch=epoch - 1,
+            epoch=epoch,
+            max_moves=None,
+            moves=len(moves),
+            min_moves=0,
+            spread_before=0,
+            spread_after=0,
+            created_at=utcnow(),
+            applied_at=utcnow(),
             error="applied while SQL was unavailable; recorded when it came back",
         )
-    )  # fmt: skip
+    )
     session.flush()
     _insert_moves(session, plan_id, moves)
     return True

@@ -54,9 +54,13 @@ def bucket_map(
     if not client.connected:  # a read would wait for the connection and hold the request
         raise ZooKeeperUnavailable("ZooKeeper is not connected")
     seen = observe(
-        client, ZkPaths(settings.zk_root), sessions, now=utcnow(),
-        offline_timeout=settings.node_offline_timeout, bucket_count=settings.bucket_count,
-    )  # fmt: skip
+        client,
+        ZkPaths(settings.zk_root),
+        sessions,
+        now=utcnow(),
+        offline_timeout=settings.node_offline_timeout,
+        bucket_count=settings.bucket_count,
+    )
     classes = seen.classes
     owner = {bucket: key for key, held in seen.held.items() for bucket in held}
     weights = {key: float(weight) for key, weight in classes.live.items()}
@@ -141,9 +145,10 @@ def map_app(read: Callable[[], dict[str, Any]], auth: str | None) -> WsgiApp:
 
         if not allowed:
             return send(
-                "403 Forbidden", b"the bucket map needs FLOWER_BASIC_AUTH on this worker\n",
+                "403 Forbidden",
+                b"the bucket map needs FLOWER_BASIC_AUTH on this worker\n",
                 "text/plain; charset=utf-8",
-            )  # fmt: skip
+            )
         if not authorized(environ.get("HTTP_AUTHORIZATION"), allowed):
             challenge = ("WWW-Authenticate", 'Basic realm="allot"')
             return send("401 Unauthorized", b"credentials needed\n", "text/plain", challenge)
@@ -155,8 +160,11 @@ def map_app(read: Callable[[], dict[str, Any]], auth: str | None) -> WsgiApp:
                 body = json.dumps(read()).encode()
             except Exception as exc:  # a read failed: say so, the page keeps polling
                 log.warning("bucket map: %s", exc)
-                return send("503 Service Unavailable", json.dumps({"error": str(exc)}).encode(),
-                            "application/json")  # fmt: skip
+                return send(
+                    "503 Service Unavailable",
+                    json.dumps({"error": str(exc)}).encode(),
+                    "application/json",
+                )
             return send("200 OK", body, "application/json")
         return send("404 Not Found", b"not found\n", "text/plain")
 

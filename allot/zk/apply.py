@@ -208,8 +208,13 @@ def apply_plan(
         sizes.append(size)
     log.info(
         "applied plan %s: epoch %d -> %d, %d node(s) written, %d removed, %d transaction(s)",
-        plan_id, base.epoch, base.epoch + 1, len(changes.final), len(changes.remove), len(sizes),
-    )  # fmt: skip
+        plan_id,
+        base.epoch,
+        base.epoch + 1,
+        len(changes.final),
+        len(changes.remove),
+        len(sizes),
+    )
     return ApplyResult(
         plan_id,
         base.epoch,
