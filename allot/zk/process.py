@@ -1,26 +1,16 @@
 """Is a process on this host still running? Used to tell a crashed predecessor's membership
 znode (safe to take over) from a live process's (never taken).
 
-Linux-first: ``/proc/{pid}/stat`` gives the state (a zombie is dead) and the start time (a pid
-reused by a newer process is not the one that registered). Elsewhere only ``os.kill(pid, 0)``
-is used, which cannot see pid reuse.
+Read through psutil: the process state (a zombie has exited and is not running) and its start
+time (a pid reused by a newer process is not the one that registered). On Linux psutil reads
+``/proc``, where the boot time is in whole seconds, so start times are exact to about ±1 s.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import psutil
 
-_PROC = Path("/proc")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    # "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
-    return raw[raw.rfind(")") + 2 :].split()
+_NOT_RUNNING = frozenset({psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
 
 
 def pid_running(pid: int) -> bool:
@@ -28,28 +18,20 @@ def pid_running(pid: int) -> bool:
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = psutil.Process(pid).status()
+    except psutil.NoSuchProcess:  # ZombieProcess included: a platform that cannot read it
         return False
-    except PermissionError:
-        pass  # it exists, under another user
-    fields = _stat_fields(pid)
-    return not (fields and fields[0] in ("Z", "X"))
+    except psutil.AccessDenied:
+        return True  # it exists, under another user
+    return status not in _NOT_RUNNING
 
 
 def process_started_ms(pid: int) -> int | None:
     """Start time of process ``pid`` in epoch milliseconds (±1 s: the boot time is in whole
-    seconds), or None when unknown (no /proc, no such process)."""
-    fields = _stat_fields(pid)
-    if not fields or len(fields) < 20:
+    seconds), or None when unknown (no such process, or it cannot be read)."""
+    if pid <= 0:
         return None
     try:
-        boot = next(
-            int(line.split()[1])
-            for line in (_PROC / "stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-        ticks = os.sysconf("SC_CLK_TCK")
-        return boot * 1000 + int(fields[19]) * 1000 // ticks
-    except (OSError, StopIteration, ValueError):
+        return int(psutil.Process(pid).create_time() * 1000)
+    except psutil.Error:
         return None

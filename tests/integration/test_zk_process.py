@@ -17,6 +17,22 @@ def test_this_process_runs_and_started_in_the_past() -> None:
     assert started <= now_ms() + 1_000
 
 
+def test_a_newer_process_has_a_later_start_time() -> None:
+    # Given a time taken before a child starts (start times are exact to about one second)
+    before = now_ms()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        # Then the child runs and its start time tells it from this older process
+        assert pid_running(child.pid)
+        started = process_started_ms(child.pid)
+        assert started is not None
+        assert before - 1_000 <= started <= now_ms() + 1_000
+        assert started >= (process_started_ms(os.getpid()) or 0)
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_reaped_process_is_not_running() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
