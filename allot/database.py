@@ -8,6 +8,7 @@ bucket count that differs from the one the database was created with.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,6 @@ from sqlalchemy import Connection, Engine, func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoSuchTableError, OperationalError, ProgrammingError
 
-import migrations
 from allot.errors import (
     BucketCountMismatch,
     ConfigurationError,
@@ -31,7 +31,18 @@ from models.schema import SCHEMA_REVISION, Bucket
 if TYPE_CHECKING:
     from alembic.config import Config
 
-MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+def _migrations_dir() -> Path:
+    """The folder of the ``migrations`` package, found without importing it: its ``env.py``
+    imports :mod:`allot.settings`, so importing it from here would make the packages import
+    each other."""
+    spec = importlib.util.find_spec("migrations")
+    if spec is None or spec.origin is None:
+        raise ImportError("the migrations package is not installed beside allot")
+    return Path(spec.origin).parent
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def open_engine(url: str, **kwargs: Any) -> Engine:
