@@ -24,9 +24,10 @@ venv: $(STAMP) ## Create .venv and install allot with its dev tools
 services: ## Install ZooKeeper, Redis and PostgreSQL when missing; start PostgreSQL when down
 	@scripts/ensure-services.sh
 
-lint: venv ## ruff check and ruff format --check
+lint: venv ## ruff check, ruff format --check, and the import contracts (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: venv ## mypy (strict) on the packages, the tests and the benchmarks
 	$(BIN)/mypy
