@@ -13,8 +13,9 @@ from kazoo.retry import KazooRetry
 
 from allot.errors import LockLost, ZooKeeperUnavailable
 from allot.settings import Settings
+from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess, start_zookeeper
-from allot.testing.zookeeper import expire_session, wait_until
+from allot.testing.zookeeper import expire_session
 from allot.zk import AssignmentLock, ZkPaths, connect
 
 
@@ -116,9 +117,9 @@ def test_a_suspension_trips_the_guard_even_when_the_session_survives(tmp_path: P
         session = client.client_id[0]
         # When the server goes away for a moment (SUSPENDED) and comes back in time
         server.stop()
-        assert wait_until(lambda: "SUSPENDED" in states, timeout=10)
+        wait_for(lambda: "SUSPENDED" in states, "the client to see SUSPENDED", 10)
         server = start_zookeeper(tmp_path / "zk", port=server.port)
-        assert wait_until(lambda: client.connected, timeout=20)
+        wait_for(lambda: client.connected, "the client to reconnect", 20)
         # Then the session and its lock znode survived, but the guard stays tripped
         assert client.client_id[0] == session
         assert client.exists(guard.lock_node) is not None

@@ -15,8 +15,9 @@ from kazoo.client import KazooClient
 
 from allot.errors import NodeKeyTaken
 from allot.settings import Settings
+from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess
-from allot.testing.zookeeper import expire_session, wait_until
+from allot.testing.zookeeper import expire_session
 from allot.zk import (
     MemberInfo,
     MembershipWatch,
@@ -174,7 +175,7 @@ def test_re_registers_after_the_session_expires(
         stat = client.exists(paths.node("n@h"))
         return stat is not None and stat.ephemeralOwner == client.client_id[0]
 
-    assert wait_until(registered_again, timeout=5)
+    wait_for(registered_again, "n@h registered by the new session", 5)
 
 
 def test_a_displaced_node_does_not_steal_back(client: KazooClient, settings: Settings) -> None:
@@ -194,7 +195,7 @@ def test_a_displaced_node_does_not_steal_back(client: KazooClient, settings: Set
         # Then it notices, reports itself displaced, and leaves the twin alone: the decision is
         # made by the reconcile the deletion started, and one more reconcile (what a reconnection
         # runs) changes nothing either
-        assert wait_until(lambda: registration.displaced is not None, timeout=5)
+        wait_for(lambda: registration.displaced is not None, "n@h to see itself displaced", 5)
         registration._reconcile()
         assert client.get(paths.node("n@h"))[1].ephemeralOwner == twin.client_id[0]
         assert not registration.registered
@@ -211,7 +212,7 @@ def test_the_watch_reports_joins_and_departures(client: KazooClient, settings: S
     watch = MembershipWatch(client, paths, seen.append)
     registration = NodeRegistration(client, paths, this_process("n@h"))
     registration.register()
-    assert wait_until(lambda: bool(seen) and seen[-1] == {"n@h"}, timeout=5)
+    wait_for(lambda: bool(seen) and seen[-1] == {"n@h"}, "the watch to report n@h", 5)
     registration.unregister()
-    assert wait_until(lambda: seen[-1] == frozenset(), timeout=5)
+    wait_for(lambda: seen[-1] == frozenset(), "the watch to report no members", 5)
     watch.stop()
