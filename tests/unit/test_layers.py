@@ -117,4 +117,3 @@ def test_no_top_level_package_imports_itself_back(graph: grimp.ImportGraph) -> N
 def test_layers_point_down(graph: grimp.ImportGraph, lower: str, upper: str) -> None:
     chains = graph.find_shortest_chains(importer=lower, imported=upper)
     assert chains == set(), f"{lower} must not import {upper}: {sorted(chains)}"
-
