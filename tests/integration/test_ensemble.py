@@ -26,7 +26,7 @@ from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
 from models.engine import session_factory
-from tests.integration.test_cycle import sizes
+from tests.integration.conftest import sizes
 
 SESSION = 10.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,21 +12,15 @@ from kazoo.client import KazooClient
 from kazoo.retry import KazooRetry
 
 from allot.errors import LockLost, ZooKeeperUnavailable
-from allot.settings import Settings
 from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess, start_zookeeper
 from allot.testing.zookeeper import expire_session
-from allot.zk import AssignmentLock, ZkPaths, connect
+from allot.zk import AssignmentLock, ZkPaths
 
 
 @pytest.fixture
-def clients(zookeeper: ServerProcess, zk_root: str) -> Iterator[list[KazooClient]]:
-    settings = Settings(zk_hosts=zookeeper.address, zk_root=zk_root, zk_session_timeout=4)
-    opened = [connect(settings) for _ in range(2)]
-    yield opened
-    for client in opened:
-        client.stop()
-        client.close()
+def clients(zk_connect: Callable[[], KazooClient]) -> list[KazooClient]:
+    return [zk_connect() for _ in range(2)]
 
 
 def test_a_held_lock_means_skipped_without_waiting(

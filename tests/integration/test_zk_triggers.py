@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from kazoo.client import KazooClient
@@ -16,14 +16,8 @@ from allot.zk.triggers import TriggerDuty, claim
 
 
 @pytest.fixture
-def clients(zookeeper: ServerProcess) -> Iterator[list[KazooClient]]:
-    started = [KazooClient(hosts=zookeeper.address) for _ in range(8)]
-    for client in started:
-        client.start(timeout=10)
-    yield started
-    for client in started:
-        client.stop()
-        client.close()
+def clients(zk_connect: Callable[[], KazooClient]) -> list[KazooClient]:
+    return [zk_connect() for _ in range(8)]
 
 
 def test_exactly_one_of_many_workers_claims_a_change(
