@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import pytest
 from kazoo.client import KazooClient
-from kazoo.exceptions import NotEmptyError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +17,7 @@ from allot.cycle import AssignmentCycle, CycleHooks
 from allot.settings import Settings
 from allot.testing.cluster import sql_assignment, zk_assignment
 from allot.testing.servers import ServerProcess
+from allot.testing.zookeeper import delete_root
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.paths import ZkPaths
@@ -59,27 +59,6 @@ def zk_connect(zk_settings: Settings) -> Iterator[Callable[[], KazooClient]]:
 def zk(zk_connect: Callable[[], KazooClient]) -> KazooClient:
     """A started client on this test's root (see :func:`zk_connect`)."""
     return zk_connect()
-
-
-def delete_root(settings: Settings, attempts: int = 3) -> None:
-    """Delete the top znode of ``settings.zk_root`` (``/allottest-…``) and all below it.
-
-    A session that is still closing may create a znode meanwhile (``NotEmptyError``): the
-    delete is tried again, ``attempts`` times in all, as kazoo's own test harness does.
-    """
-    top = "/" + settings.zk_root.strip("/").split("/")[0]
-    client = connect(settings)
-    try:
-        for attempt in range(attempts):
-            try:
-                client.delete(top, recursive=True)
-                return
-            except NotEmptyError:
-                if attempt == attempts - 1:
-                    raise
-    finally:
-        client.stop()
-        client.close()
 
 
 class Clock:
