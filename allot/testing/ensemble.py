@@ -78,9 +78,11 @@ class Ensemble:
         old = self.servers[server_id]
         with old.log_path.open("ab") as log:
             process = subprocess.Popen(
-                self.commands[server_id], stdout=log, stderr=subprocess.STDOUT,
+                self.commands[server_id],
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
         server = ServerProcess(old.name, old.host, old.port, process, old.workdir, old.log_path)
         self.servers[server_id] = _wait_until_ready(server, "zookeeper", timeout)
 
@@ -134,9 +136,15 @@ def start_ensemble(
                 )
             )
             command = [
-                java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.jmx.log4j.disable=true",
-                "-cp", str(ZOOKEEPER_JAR), QUORUM_MAIN, str(config),
-            ]  # fmt: skip
+                java,
+                "-Xmx256m",
+                "-XX:+UseSerialGC",
+                "-Dzookeeper.jmx.log4j.disable=true",
+                "-cp",
+                str(ZOOKEEPER_JAR),
+                QUORUM_MAIN,
+                str(config),
+            ]
             log_path = home / "zookeeper.log"
             with log_path.open("ab") as log:
                 process = subprocess.Popen(

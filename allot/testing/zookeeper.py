@@ -1,4 +1,5 @@
-"""Fault injection against a real ZooKeeper server, for tests and benchmarks.
+"""Fault injection against a real ZooKeeper server, for tests and benchmarks, and the
+cleanup of a test's root (:func:`delete_root`).
 
 :func:`expire_session` uses the technique of kazoo's own test suite: a second client joins
 the session with the same id and password, then closes it; the server expires the session,
@@ -13,6 +14,10 @@ import time
 from collections.abc import Callable
 
 from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import NotEmptyError
+
+from allot.settings import Settings
+from allot.zk.client import connect
 
 
 def wait_until(
@@ -59,3 +64,24 @@ def expire_session(client: KazooClient, hosts: str, timeout: float = 15.0) -> No
     if not back.wait(max(0.0, deadline - time.monotonic())):
         client.remove_listener(listener)
         raise TimeoutError("the client did not reconnect after the session expired")
+
+
+def delete_root(settings: Settings, attempts: int = 3) -> None:
+    """Delete the top znode of ``settings.zk_root`` (``/allottest-…``) and all below it.
+
+    A session that is still closing may create a znode meanwhile (``NotEmptyError``): the
+    delete is tried again, ``attempts`` times in all, as kazoo's own test harness does.
+    """
+    top = "/" + settings.zk_root.strip("/").split("/")[0]
+    client = connect(settings)
+    try:
+        for attempt in range(attempts):
+            try:
+                client.delete(top, recursive=True)
+                return
+            except NotEmptyError:
+                if attempt == attempts - 1:
+                    raise
+    finally:
+        client.stop()
+        client.close()

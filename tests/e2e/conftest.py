@@ -12,6 +12,7 @@ from allot.settings import Settings
 from allot.testing.cluster import LocalCluster
 from allot.testing.processes import Processes, fresh_allot_env
 from allot.testing.servers import ServerProcess
+from allot.testing.zookeeper import delete_root
 from allot.zk.client import connect
 
 SESSION_TIMEOUT = 2.0
@@ -48,7 +49,7 @@ def cluster(
     cluster_env: dict[str, str], migrated: Engine, zk_root: str, tmp_path: Path
 ) -> Iterator[LocalCluster]:
     """Start processes with ``cluster.worker(name)`` / ``cluster.beat()``; all are stopped after
-    the test, and their logs are printed when it failed."""
+    the test, their logs are printed when it failed, and the test's root is deleted."""
     settings = Settings(zk_hosts=cluster_env["ALLOT_ZK_HOSTS"], zk_root=zk_root)
     client = connect(settings)
     local = LocalCluster(tmp_path, cluster_env, client, migrated, settings)
@@ -59,3 +60,4 @@ def cluster(
         client.stop()
         client.close()
         print(local.logs())
+        delete_root(settings)

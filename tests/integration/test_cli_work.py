@@ -87,7 +87,11 @@ class Work:
 
 @pytest.fixture
 def work(
-    zookeeper: ServerProcess, redis_server: ServerProcess, zk_root: str, migrated: Engine
+    zookeeper: ServerProcess,
+    redis_server: ServerProcess,
+    zk_root: str,
+    zk: KazooClient,
+    migrated: Engine,
 ) -> Iterator[Work]:
     cluster = f"clitest-{uuid.uuid4().hex[:10]}"
     env = allot_env(
@@ -101,13 +105,10 @@ def work(
     env["PYTHONPATH"] = str(ROOT)  # the task module is found from any working directory
     settings = Settings(zk_hosts=zookeeper.address, zk_root=zk_root)
     client = redis.Redis(host=redis_server.host, port=redis_server.port, decode_responses=True)
-    zk = connect(settings)
     yield Work(env, cluster, migrated, client, zk, ZkPaths(zk_root), settings)
     for key in client.keys(f"allot.{cluster}.*"):
         client.delete(key)
     client.close()
-    zk.stop()
-    zk.close()
 
 
 def one_line_error(result: Any) -> str:

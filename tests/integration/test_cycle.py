@@ -6,118 +6,19 @@ can be injected at exact points (a crash between steps, a session expiring mid-c
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-
 import pytest
-from kazoo.client import KazooClient
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select
 
 from allot.cycle import AssignmentCycle, CycleHooks, plans
-from allot.settings import Settings
-from allot.testing.cluster import sql_assignment, zk_assignment
-from allot.testing.servers import ServerProcess
 from allot.testing.zookeeper import expire_session
 from allot.zk.client import connect
-from allot.zk.codec import MemberInfo
 from allot.zk.lock import AssignmentLock
 from allot.zk.paths import ZkPaths
-from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
 from models import Node, Plan
 from models.engine import session_factory
 from tests.cli import allot
-
-GRACE = 30.0
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
-
-
-@dataclass
-class Cluster:
-    settings: Settings
-    engine: Engine
-    client: KazooClient
-    clock: Clock
-    nodes: dict[str, KazooClient] = field(default_factory=dict)
-
-    def cycle(
-        self,
-        hooks: CycleHooks | None = None,
-        *,
-        client: KazooClient | None = None,
-        sessions: sessionmaker[Session] | None = None,
-    ) -> AssignmentCycle:
-        """A cycle on this cluster (through another ZooKeeper client or database if given)."""
-        return AssignmentCycle(
-            client or self.client,
-            sessions or session_factory(self.engine),
-            self.settings,
-            clock=self.clock,
-            hooks=hooks,
-        )
-
-    def join(self, key: str, weight: float = 1.0) -> None:
-        node = connect(self.settings)
-        NodeRegistration(
-            node, ZkPaths(self.settings.zk_root), MemberInfo(key, "host", 1, weight, 0)
-        ).register()
-        self.nodes[key] = node
-
-    def leave(self, key: str) -> None:
-        """The node's session ends (its membership znode disappears at once)."""
-        node = self.nodes.pop(key)
-        node.stop()
-        node.close()
-
-    def zk_assignment(self) -> dict[str, list[int]]:
-        return zk_assignment(AssignmentStore(self.client, ZkPaths(self.settings.zk_root)))
-
-    def sql_assignment(self) -> dict[str, list[int]]:
-        return sql_assignment(self.engine)
-
-    def assert_consistent(self) -> dict[str, list[int]]:
-        """ZooKeeper and SQL agree and every bucket has exactly one owner."""
-        zk = self.zk_assignment()
-        assert zk == self.sql_assignment()
-        owned = sorted(bucket for buckets in zk.values() for bucket in buckets)
-        assert owned == list(range(1, self.settings.bucket_count + 1))
-        return zk
-
-
-@pytest.fixture
-def cluster(zookeeper: ServerProcess, zk_root: str, migrated: Engine) -> Iterator[Cluster]:
-    settings = Settings(
-        zk_hosts=zookeeper.address,
-        zk_root=zk_root,
-        zk_session_timeout=4.0,
-        database_url=migrated.url.render_as_string(hide_password=False),
-        node_offline_timeout=GRACE,
-    )
-    client = connect(settings)
-    result = Cluster(settings, migrated, client, Clock())
-    yield result
-    for key in list(result.nodes):
-        result.leave(key)
-    client.stop()
-    client.close()
-
-
-def sizes(assignment: dict[str, list[int]]) -> dict[str, int]:
-    return {key: len(buckets) for key, buckets in assignment.items()}
+from tests.integration.conftest import GRACE, Cluster, sizes
 
 
 def test_first_assignment_is_34_33_33_in_zookeeper_and_sql(cluster: Cluster) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from allot.cycle import AssignmentCycle
 from allot.settings import Settings
 from allot.testing.ensemble import Ensemble, start_ensemble
-from allot.testing.zookeeper import wait_until
+from allot.testing.polling import wait_for
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.members import read_members
@@ -26,7 +26,7 @@ from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
 from models.engine import session_factory
-from tests.integration.test_cycle import sizes
+from tests.integration.conftest import sizes
 
 SESSION = 10.0
 
@@ -112,10 +112,12 @@ def test_killing_the_leader_mid_cycles_loses_nothing(
     store = AssignmentStore(nodes["a@h"], paths)
     try:
         with Watch(settings, migrated) as watch:
-            assert wait_until(lambda: len(store.read_all().buckets_by_node()) == 3, timeout=30)
+            wait_for(
+                lambda: len(store.read_all().buckets_by_node()) == 3, "three nodes assigned", 30
+            )
             before = store.read_all().version.epoch
             # When the leader is killed while cycles run
-            assert wait_until(lambda: len(watch.outcomes) >= 5, timeout=30)
+            wait_for(lambda: len(watch.outcomes) >= 5, "five cycles", 30)
             leader = ensemble.leader()
             ensemble.kill(leader)
             at_kill = len(watch.outcomes)
@@ -123,10 +125,12 @@ def test_killing_the_leader_mid_cycles_loses_nothing(
             # And a fourth node joins afterwards
             join("d@h")
             # Then the cycles go on and give d its share
-            assert wait_until(
-                lambda: sizes(store.read_all().buckets_by_node()).get("d@h") == 25, timeout=60
+            wait_for(
+                lambda: sizes(store.read_all().buckets_by_node()).get("d@h") == 25,
+                "d@h to hold 25 buckets",
+                60,
             )
-            assert wait_until(lambda: len(watch.outcomes) >= at_kill + 10, timeout=60)
+            wait_for(lambda: len(watch.outcomes) >= at_kill + 10, "ten cycles after the kill", 60)
         # And no session was lost: every node is still a member
         assert set(read_members(nodes["a@h"], paths).live) == {"a@h", "b@h", "c@h", "d@h"}
         # And no read ever saw a bucket listed twice

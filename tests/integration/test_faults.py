@@ -22,9 +22,7 @@ from allot.zk.paths import ZkPaths
 from models import Bucket, Node, Plan
 from models.engine import make_engine, session_factory
 from models.schema import MirrorState
-from tests.integration.test_cycle import GRACE, Cluster, cluster, sizes
-
-__all__ = ["cluster"]
+from tests.integration.conftest import GRACE, Cluster, sizes
 
 
 def paths(cluster: Cluster) -> ZkPaths:

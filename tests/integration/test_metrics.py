@@ -44,10 +44,7 @@ from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models.engine import make_engine, session_factory
 from models.schema import TableIdentifier, TableTaskRun
-from tests.integration.test_cycle import GRACE, Cluster, cluster
-from tests.integration.test_verify import closed_port
-
-__all__ = ["cluster"]
+from tests.integration.conftest import GRACE, Cluster
 
 Labels = tuple[tuple[str, str], ...]
 Scrape = dict[str, dict[Labels, float]]
@@ -96,7 +93,7 @@ def served(collector: ClusterCollector | None) -> Iterator[int]:
 
 def unreachable_redis() -> Redis:
     return Redis(
-        host="127.0.0.1", port=closed_port(), socket_connect_timeout=1, socket_timeout=1,
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=1, socket_timeout=1,
         retry=Retry(NoBackoff(), 0),
     )  # fmt: skip
 
@@ -267,7 +264,7 @@ def test_sql_and_redis_outages_leave_only_their_own_families_out(cluster: Cluste
     # Given a healthy cluster, read through a database and a Redis nobody answers on
     cluster.join("a@h")
     cluster.cycle().run()
-    gone = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/postgres")
+    gone = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres")
     collector = ClusterCollector(
         cluster.client, session_factory(gone), cluster.settings, unreachable_redis()
     )

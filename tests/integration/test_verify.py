@@ -5,7 +5,6 @@ one line and the error's exit code."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy import Engine, update
 from allot.cycle import plans
 from allot.errors import DatabaseUnavailable, ZooKeeperUnavailable
 from allot.planner import Plan, PlanStats
+from allot.testing.servers import free_port
 from allot.zk.lock import AssignmentLock
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
@@ -24,9 +24,7 @@ from models.engine import session_factory
 from models.schema import MirrorState
 from models.states import PlanStatus
 from tests.cli import allot
-from tests.integration.test_cycle import GRACE, Cluster, cluster
-
-__all__ = ["cluster"]
+from tests.integration.conftest import GRACE, Cluster
 
 
 def run_verify(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,13 +39,6 @@ def run_verify(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]
     assert result.returncode in (0, 1), result.stderr
     assert result.stderr == ""  # the findings are the output, never log lines
     return result
-
-
-def closed_port() -> int:
-    """A local port nobody listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def verify(cluster: Cluster) -> tuple[int, dict[str, Any]]:
@@ -206,7 +197,7 @@ def test_a_lease_naming_a_node_that_is_not_live_is_a_violation(cluster: Cluster)
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_zookeeper_out_of_reach_is_one_line_and_its_exit_code(migrated: Engine) -> None:
-    port = closed_port()
+    port = free_port()
     env = {
         "ALLOT_ZK_HOSTS": f"127.0.0.1:{port}",
         "ALLOT_DATABASE_URL": migrated.url.render_as_string(hide_password=False),
@@ -221,7 +212,7 @@ def test_zookeeper_out_of_reach_is_one_line_and_its_exit_code(migrated: Engine) 
 
 
 def test_sql_out_of_reach_is_one_line_and_its_exit_code() -> None:
-    url = f"postgresql://allot:secret@127.0.0.1:{closed_port()}/allot"
+    url = f"postgresql://allot:secret@127.0.0.1:{free_port()}/allot"
 
     result = allot("verify", "--format", "json", env={"ALLOT_DATABASE_URL": url})
 

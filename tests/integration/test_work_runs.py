@@ -4,24 +4,38 @@ ordered by the database."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.exc import DBAPIError
 
 from allot.errors import Fenced
 from allot.names import parse_table_name
 from allot.registry import register_tables
 from allot.settings import Settings
+from allot.testing.polling import wait_for
 from allot.work.runs import take_fence
 from allot.work.sql import WorkSql, open_work_sql
 from allot.work.task import NotHere, TableContext, TableTaskSpec, execute
 from models.engine import session_factory
-from models.schema import TableTaskRun
+from models.schema import BucketLease, TableTaskRun
 from models.states import RunStatus
 
 effects = MetaData()
@@ -187,15 +201,50 @@ def test_a_new_holder_waits_for_a_commit_that_passed_the_fence(sql: WorkSql, buc
             take_fence(session, bucket, "b@h", 200)
         order.append("fence")
 
-    taker = threading.Thread(target=new_holder)
-    taker.start()
-    time.sleep(0.5)
+    taker = threading.Thread(target=new_holder, name="new-holder")
+    with fence_write_sent(sql.engine, "new-holder") as sent:
+        taker.start()
+        assert sent.wait(10), "the new holder never sent its fence write"
+    # SQLite waits in its busy handler, which nothing outside sees; PostgreSQL shows the wait
+    if sql.engine.dialect.name == "postgresql":
+        wait_for(lambda: waiting_on_a_lock(sql.engine), "the fence write to wait on a lock", 10)
     assert order == []  # the fence write waits for the commit holding the row
     release.set()
     runner.join(10)
     taker.join(30)
     assert order == ["commit", "fence"]
     assert effects_of(sql.engine, "run-5") == 1
+
+
+@contextlib.contextmanager
+def fence_write_sent(engine: Engine, thread_name: str) -> Iterator[threading.Event]:
+    """An event set when the thread named ``thread_name`` sends its write of a bucket's fence
+    row to the database (the write may then wait there)."""
+    sent = threading.Event()
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if threading.current_thread().name == thread_name and statement.lstrip().startswith(
+            f"UPDATE {BucketLease.__tablename__}"
+        ):
+            sent.set()
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+def waiting_on_a_lock(engine: Engine) -> bool:
+    """Whether a session of the engine's PostgreSQL database waits on a lock."""
+    with engine.connect() as connection:
+        waiting = connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return bool(waiting)
 
 
 def test_the_fence_token_only_rises(sql: WorkSql, bucket: int) -> None:

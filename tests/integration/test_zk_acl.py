@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from kazoo.client import KazooClient
@@ -17,30 +17,28 @@ from allot.zk import (
     AssignmentStore,
     NodeRegistration,
     ZkPaths,
-    connect,
     this_process,
 )
 
 
 @pytest.fixture
-def settings(zookeeper: ServerProcess, zk_root: str) -> Settings:
+def zk_settings(zookeeper: ServerProcess, zk_root: str) -> Settings:
+    """This test's root, with credentials (the root is deleted with them after the test)."""
     return Settings(
         zk_hosts=zookeeper.address, zk_root=zk_root, zk_session_timeout=4, zk_auth="allot:s3cr:et"
     )
 
 
 @pytest.fixture
-def secured(settings: Settings) -> Iterator[KazooClient]:
+def secured(zk_settings: Settings, zk_connect: Callable[[], KazooClient]) -> KazooClient:
     """A tree written by allot with credentials: assignments, a node, the lock."""
-    client = connect(settings)
-    paths = ZkPaths(settings.zk_root)
+    client = zk_connect()
+    paths = ZkPaths(zk_settings.zk_root)
     store = AssignmentStore(client, paths)
     store.apply(store.read_all(), {"a@h": [1, 2]}, plan_id="p1")
     NodeRegistration(client, paths, this_process("a@h")).register()
     assert AssignmentLock(client, paths).acquire() is not None
-    yield client
-    client.stop()
-    client.close()
+    return client
 
 
 @pytest.fixture
@@ -53,9 +51,9 @@ def anonymous(zookeeper: ServerProcess) -> Iterator[KazooClient]:
 
 
 def test_without_credentials_nothing_of_allots_can_be_written(
-    secured: KazooClient, anonymous: KazooClient, settings: Settings
+    secured: KazooClient, anonymous: KazooClient, zk_settings: Settings
 ) -> None:
-    paths = ZkPaths(settings.zk_root)
+    paths = ZkPaths(zk_settings.zk_root)
     # Then reading works (world READ) ...
     assert anonymous.get(paths.assignments("a@h"))[0] == b'["1","2"]'
     # ... but no write, create or delete, at any level allot created
@@ -81,9 +79,9 @@ def test_without_credentials_nothing_of_allots_can_be_written(
 
 
 def test_acls_are_digest_all_plus_world_read_and_ancestors_stay_open(
-    secured: KazooClient, anonymous: KazooClient, settings: Settings
+    secured: KazooClient, anonymous: KazooClient, zk_settings: Settings
 ) -> None:
-    paths = ZkPaths(settings.zk_root)
+    paths = ZkPaths(zk_settings.zk_root)
     for path in (paths.root, paths.assignments("a@h"), paths.node("a@h"), paths.assign_lock):
         acls, _ = secured.get_acls(path)
         schemes = {(acl.id.scheme, acl.perms) for acl in acls}

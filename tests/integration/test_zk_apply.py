@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from kazoo.client import KazooClient
 
 from allot.errors import InvalidPlan, LockLost, StaleAssignment
-from allot.settings import Settings
 from allot.testing.cluster import round_robin
 from allot.testing.servers import ServerProcess
 from allot.testing.zookeeper import expire_session
-from allot.zk import AllAssignments, AssignmentLock, AssignmentStore, ZkPaths, connect
+from allot.zk import AllAssignments, AssignmentLock, AssignmentStore, ZkPaths
 from allot.zk.apply import commit_ops
 from allot.zk.batch import diff, first_failure, plan_steps
 from allot.zk.lock import LockGuard
@@ -26,17 +25,9 @@ def spread(nodes: list[str], buckets: int = BUCKETS) -> dict[str, list[int]]:
     return round_robin(nodes, buckets)
 
 
-def connect_to(zookeeper: ServerProcess, zk_root: str) -> KazooClient:
-    return connect(Settings(zk_hosts=zookeeper.address, zk_root=zk_root, zk_session_timeout=4))
-
-
 @pytest.fixture
-def clients(zookeeper: ServerProcess, zk_root: str) -> Iterator[list[KazooClient]]:
-    opened = [connect_to(zookeeper, zk_root) for _ in range(2)]
-    yield opened
-    for client in opened:
-        client.stop()
-        client.close()
+def clients(zk_connect: Callable[[], KazooClient]) -> list[KazooClient]:
+    return [zk_connect() for _ in range(2)]
 
 
 def assert_tree_is(store: AssignmentStore, expected: dict[str, list[int]]) -> AllAssignments:

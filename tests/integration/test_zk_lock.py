@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,20 +12,15 @@ from kazoo.client import KazooClient
 from kazoo.retry import KazooRetry
 
 from allot.errors import LockLost, ZooKeeperUnavailable
-from allot.settings import Settings
+from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess, start_zookeeper
-from allot.testing.zookeeper import expire_session, wait_until
-from allot.zk import AssignmentLock, ZkPaths, connect
+from allot.testing.zookeeper import expire_session
+from allot.zk import AssignmentLock, ZkPaths
 
 
 @pytest.fixture
-def clients(zookeeper: ServerProcess, zk_root: str) -> Iterator[list[KazooClient]]:
-    settings = Settings(zk_hosts=zookeeper.address, zk_root=zk_root, zk_session_timeout=4)
-    opened = [connect(settings) for _ in range(2)]
-    yield opened
-    for client in opened:
-        client.stop()
-        client.close()
+def clients(zk_connect: Callable[[], KazooClient]) -> list[KazooClient]:
+    return [zk_connect() for _ in range(2)]
 
 
 def test_a_held_lock_means_skipped_without_waiting(
@@ -116,9 +111,9 @@ def test_a_suspension_trips_the_guard_even_when_the_session_survives(tmp_path: P
         session = client.client_id[0]
         # When the server goes away for a moment (SUSPENDED) and comes back in time
         server.stop()
-        assert wait_until(lambda: "SUSPENDED" in states, timeout=10)
+        wait_for(lambda: "SUSPENDED" in states, "the client to see SUSPENDED", 10)
         server = start_zookeeper(tmp_path / "zk", port=server.port)
-        assert wait_until(lambda: client.connected, timeout=20)
+        wait_for(lambda: client.connected, "the client to reconnect", 20)
         # Then the session and its lock znode survived, but the guard stays tripped
         assert client.client_id[0] == session
         assert client.exists(guard.lock_node) is not None

@@ -15,8 +15,9 @@ from kazoo.client import KazooClient
 
 from allot.errors import NodeKeyTaken
 from allot.settings import Settings
+from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess
-from allot.testing.zookeeper import expire_session, wait_until
+from allot.testing.zookeeper import expire_session
 from allot.zk import (
     MemberInfo,
     MembershipWatch,
@@ -43,23 +44,10 @@ time.sleep(600)
 
 
 @pytest.fixture
-def settings(zookeeper: ServerProcess, zk_root: str) -> Settings:
-    return Settings(zk_hosts=zookeeper.address, zk_root=zk_root, zk_session_timeout=4)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[KazooClient]:
-    client = connect(settings)
-    yield client
-    client.stop()
-    client.close()
-
-
-@pytest.fixture
-def worker(settings: Settings) -> Iterator[subprocess.Popen[str]]:
+def worker(zk_settings: Settings) -> Iterator[subprocess.Popen[str]]:
     """A real worker process registered as ``worker@test``."""
     process = subprocess.Popen(
-        [sys.executable, "-c", WORKER, settings.zk_hosts, settings.zk_root, "worker@test"],
+        [sys.executable, "-c", WORKER, zk_settings.zk_hosts, zk_settings.zk_root, "worker@test"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -71,34 +59,34 @@ def worker(settings: Settings) -> Iterator[subprocess.Popen[str]]:
     process.wait()
 
 
-def test_register_and_list_live_nodes(client: KazooClient, settings: Settings) -> None:
-    paths = ZkPaths(settings.zk_root)
-    registration = NodeRegistration(client, paths, this_process("n1@h", weight=2.5))
+def test_register_and_list_live_nodes(zk: KazooClient, zk_settings: Settings) -> None:
+    paths = ZkPaths(zk_settings.zk_root)
+    registration = NodeRegistration(zk, paths, this_process("n1@h", weight=2.5))
     registration.register()
     registration.register()  # safe to repeat
-    members = read_members(client, paths)
+    members = read_members(zk, paths)
     node = members.live["n1@h"]
     assert node.info is not None
     assert (node.info.pid, node.info.weight) == (os.getpid(), 2.5)
-    assert node.session_id == client.client_id[0]
+    assert node.session_id == zk.client_id[0]
     registration.unregister()
-    assert read_members(client, paths).live == {}
+    assert read_members(zk, paths).live == {}
 
 
 def test_foreign_membership_znodes_are_reported_and_ignored(
-    client: KazooClient, settings: Settings
+    zk: KazooClient, zk_settings: Settings
 ) -> None:
     # Given an allot node, Amoro's own AMS member on the same root, a malformed and a lying
     # znode, and a child whose name is not a node key
-    paths = ZkPaths(settings.zk_root)
-    NodeRegistration(client, paths, this_process("good@h")).register()
+    paths = ZkPaths(zk_settings.zk_root)
+    NodeRegistration(zk, paths, this_process("good@h")).register()
     amoro = b'{"host":"10.0.0.7","restBindPort":1630,"thriftBindPort":1260}'
-    client.create(f"{paths.nodes}/node-0000000002", amoro, ephemeral=True)
-    client.create(paths.node("bad@h"), b"{oops", ephemeral=True)
-    client.create(paths.node("liar@h"), encode_member_info(this_process("other@h")), ephemeral=True)
-    client.create(f"{paths.nodes}/not a key", b"", ephemeral=True)
+    zk.create(f"{paths.nodes}/node-0000000002", amoro, ephemeral=True)
+    zk.create(paths.node("bad@h"), b"{oops", ephemeral=True)
+    zk.create(paths.node("liar@h"), encode_member_info(this_process("other@h")), ephemeral=True)
+    zk.create(f"{paths.nodes}/not a key", b"", ephemeral=True)
     # When membership is read
-    members = read_members(client, paths)
+    members = read_members(zk, paths)
     # Then only the allot node is live; every other child is reported with its reason
     assert set(members.live) == {"good@h"}
     assert set(members.foreign) == {"node-0000000002", "bad@h", "liar@h"}
@@ -108,83 +96,83 @@ def test_foreign_membership_znodes_are_reported_and_ignored(
 
 
 def test_a_killed_workers_node_is_taken_over_by_its_successor_at_once(
-    client: KazooClient, settings: Settings, worker: subprocess.Popen[str]
+    zk: KazooClient, zk_settings: Settings, worker: subprocess.Popen[str]
 ) -> None:
     # Given a worker killed with -9: its znode stays while its 20 s session lives on
-    paths = ZkPaths(settings.zk_root)
+    paths = ZkPaths(zk_settings.zk_root)
     path = paths.node("worker@test")
-    _, stale = client.get(path)
+    _, stale = zk.get(path)
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
-    assert client.exists(path) is not None
+    assert zk.exists(path) is not None
     # When its successor on the same host registers under the same key
     started = time.monotonic()
-    NodeRegistration(client, paths, this_process("worker@test")).register()
+    NodeRegistration(zk, paths, this_process("worker@test")).register()
     elapsed = time.monotonic() - started
     # Then it owns the znode within 2 s, without waiting for the old session to expire
-    data, stat = client.get(path)
+    data, stat = zk.get(path)
     assert elapsed < 2.0
-    assert stat.ephemeralOwner == client.client_id[0] != stale.ephemeralOwner
+    assert stat.ephemeralOwner == zk.client_id[0] != stale.ephemeralOwner
     assert decode_member_info(data).pid == os.getpid()
 
 
 def test_a_live_process_is_never_robbed_of_its_key(
-    client: KazooClient, settings: Settings, worker: subprocess.Popen[str]
+    zk: KazooClient, zk_settings: Settings, worker: subprocess.Popen[str]
 ) -> None:
     # Given a live worker registered as worker@test
-    paths = ZkPaths(settings.zk_root)
-    _, before = client.get(paths.node("worker@test"))
+    paths = ZkPaths(zk_settings.zk_root)
+    _, before = zk.get(paths.node("worker@test"))
     # When another process starts with the same key, it fails loudly instead of stealing
-    registration = NodeRegistration(client, paths, this_process("worker@test"))
+    registration = NodeRegistration(zk, paths, this_process("worker@test"))
     with pytest.raises(NodeKeyTaken, match=f"pid {worker.pid}"):
         registration.register()
     started = time.monotonic()
     with pytest.raises(NodeKeyTaken):
         registration.register(wait=0.5)  # waits for the holder to go, then gives up
     assert time.monotonic() - started >= 0.5
-    _, after = client.get(paths.node("worker@test"))
+    _, after = zk.get(paths.node("worker@test"))
     assert after.ephemeralOwner == before.ephemeralOwner
 
 
 def test_another_hosts_znode_is_waited_for_not_taken(
-    client: KazooClient, settings: Settings, zookeeper: ServerProcess
+    zk: KazooClient, zk_settings: Settings, zookeeper: ServerProcess
 ) -> None:
-    paths = ZkPaths(settings.zk_root)
-    other = connect(settings)
+    paths = ZkPaths(zk_settings.zk_root)
+    other = connect(zk_settings)
     try:
         elsewhere = MemberInfo("n@h", "another-host", os.getpid(), 1.0, 1)
         NodeRegistration(other, paths, elsewhere).register()
         threading.Timer(0.3, other.stop).start()  # its session ends: the znode goes
-        NodeRegistration(client, paths, this_process("n@h")).register(wait=5)
-        assert client.get(paths.node("n@h"))[1].ephemeralOwner == client.client_id[0]
+        NodeRegistration(zk, paths, this_process("n@h")).register(wait=5)
+        assert zk.get(paths.node("n@h"))[1].ephemeralOwner == zk.client_id[0]
     finally:
         other.close()
 
 
 def test_re_registers_after_the_session_expires(
-    client: KazooClient, settings: Settings, zookeeper: ServerProcess
+    zk: KazooClient, zk_settings: Settings, zookeeper: ServerProcess
 ) -> None:
-    paths = ZkPaths(settings.zk_root)
-    NodeRegistration(client, paths, this_process("n@h")).register()
-    old_session = client.client_id[0]
-    expire_session(client, zookeeper.address)
-    assert client.client_id[0] != old_session
+    paths = ZkPaths(zk_settings.zk_root)
+    NodeRegistration(zk, paths, this_process("n@h")).register()
+    old_session = zk.client_id[0]
+    expire_session(zk, zookeeper.address)
+    assert zk.client_id[0] != old_session
 
     def registered_again() -> bool:
-        stat = client.exists(paths.node("n@h"))
-        return stat is not None and stat.ephemeralOwner == client.client_id[0]
+        stat = zk.exists(paths.node("n@h"))
+        return stat is not None and stat.ephemeralOwner == zk.client_id[0]
 
-    assert wait_until(registered_again, timeout=5)
+    wait_for(registered_again, "n@h registered by the new session", 5)
 
 
-def test_a_displaced_node_does_not_steal_back(client: KazooClient, settings: Settings) -> None:
+def test_a_displaced_node_does_not_steal_back(zk: KazooClient, zk_settings: Settings) -> None:
     # Given a registered node
-    paths = ZkPaths(settings.zk_root)
+    paths = ZkPaths(zk_settings.zk_root)
     reasons: list[str] = []
-    registration = NodeRegistration(client, paths, this_process("n@h"), on_displaced=reasons.append)
+    registration = NodeRegistration(zk, paths, this_process("n@h"), on_displaced=reasons.append)
     registration.register()
     # When another live session replaces its znode (a misconfigured twin)
-    twin = connect(settings)
+    twin = connect(zk_settings)
     try:
         twin_info = encode_member_info(MemberInfo("n@h", "twin-host", 1, 1.0, 1))
         replace = twin.transaction()
@@ -194,9 +182,9 @@ def test_a_displaced_node_does_not_steal_back(client: KazooClient, settings: Set
         # Then it notices, reports itself displaced, and leaves the twin alone: the decision is
         # made by the reconcile the deletion started, and one more reconcile (what a reconnection
         # runs) changes nothing either
-        assert wait_until(lambda: registration.displaced is not None, timeout=5)
+        wait_for(lambda: registration.displaced is not None, "n@h to see itself displaced", 5)
         registration._reconcile()
-        assert client.get(paths.node("n@h"))[1].ephemeralOwner == twin.client_id[0]
+        assert zk.get(paths.node("n@h"))[1].ephemeralOwner == twin.client_id[0]
         assert not registration.registered
         assert reasons
         assert "twin-host" in reasons[0]
@@ -205,13 +193,13 @@ def test_a_displaced_node_does_not_steal_back(client: KazooClient, settings: Set
         twin.close()
 
 
-def test_the_watch_reports_joins_and_departures(client: KazooClient, settings: Settings) -> None:
-    paths = ZkPaths(settings.zk_root)
+def test_the_watch_reports_joins_and_departures(zk: KazooClient, zk_settings: Settings) -> None:
+    paths = ZkPaths(zk_settings.zk_root)
     seen: list[frozenset[str]] = []
-    watch = MembershipWatch(client, paths, seen.append)
-    registration = NodeRegistration(client, paths, this_process("n@h"))
+    watch = MembershipWatch(zk, paths, seen.append)
+    registration = NodeRegistration(zk, paths, this_process("n@h"))
     registration.register()
-    assert wait_until(lambda: bool(seen) and seen[-1] == {"n@h"}, timeout=5)
+    wait_for(lambda: bool(seen) and seen[-1] == {"n@h"}, "the watch to report n@h", 5)
     registration.unregister()
-    assert wait_until(lambda: seen[-1] == frozenset(), timeout=5)
+    wait_for(lambda: seen[-1] == frozenset(), "the watch to report no members", 5)
     watch.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from kazoo.client import KazooClient
@@ -18,28 +18,16 @@ NOW = 1_700_000_000_123
 
 
 @pytest.fixture
-def client(zookeeper: ServerProcess, zk_root: str) -> Iterator[KazooClient]:
-    client = connect(Settings(zk_hosts=zookeeper.address, zk_root=zk_root, zk_session_timeout=4))
-    yield client
-    client.stop()
-    client.close()
-
-
-@pytest.fixture
-def raw(zookeeper: ServerProcess) -> Iterator[KazooClient]:
-    """A plain KazooClient, to read and write znodes by hand."""
-    client = KazooClient(hosts=zookeeper.address)
-    client.start(timeout=10)
-    yield client
-    client.stop()
-    client.close()
+def raw(zk_connect: Callable[[], KazooClient]) -> KazooClient:
+    """A second session, to read and write znodes by hand."""
+    return zk_connect()
 
 
 def test_applied_assignments_have_amoros_paths_and_exact_bytes(
-    client: KazooClient, raw: KazooClient, zk_root: str
+    zk: KazooClient, raw: KazooClient, zk_root: str
 ) -> None:
     # Given an empty root
-    store = AssignmentStore(client, ZkPaths(zk_root), clock=lambda: NOW)
+    store = AssignmentStore(zk, ZkPaths(zk_root), clock=lambda: NOW)
     # When a plan is applied
     result = store.apply(store.read_all(), {"a@h": [7, 1, 4], "b@h": []}, plan_id="plan-1")
     # Then the znodes hold exactly Amoro's bytes, and the version record is compact JSON
@@ -101,11 +89,11 @@ def test_reads_a_tree_written_by_amoro(
 
 
 def test_corrupt_nodes_are_reported_not_fatal_and_the_next_apply_rewrites_them(
-    client: KazooClient, raw: KazooClient, zk_root: str
+    zk: KazooClient, raw: KazooClient, zk_root: str
 ) -> None:
     # Given one good node and several damaged by hand
     paths = ZkPaths(zk_root)
-    store = AssignmentStore(client, paths, clock=lambda: NOW)
+    store = AssignmentStore(zk, paths, clock=lambda: NOW)
     store.apply(store.read_all(), {"good@h": [1, 2]}, plan_id="p1")
     raw.create(paths.assignments("json@h"), b'{"1", oops', makepath=True)
     raw.create(paths.assignments("ints@h"), b"[3, 4]", makepath=True)
@@ -135,10 +123,10 @@ def test_corrupt_nodes_are_reported_not_fatal_and_the_next_apply_rewrites_them(
 
 
 def test_a_corrupt_version_record_is_reported_and_epochs_keep_increasing(
-    client: KazooClient, raw: KazooClient, zk_root: str
+    zk: KazooClient, raw: KazooClient, zk_root: str
 ) -> None:
     paths = ZkPaths(zk_root)
-    store = AssignmentStore(client, paths)
+    store = AssignmentStore(zk, paths)
     store.apply(store.read_all(), {"a@h": [1]}, plan_id="p1")
     store.apply(store.read_all(), {"a@h": [1, 2]}, plan_id="p2")
     raw.set(paths.assignment_version, b"garbage")  # znode version 2 now
@@ -151,9 +139,9 @@ def test_a_corrupt_version_record_is_reported_and_epochs_keep_increasing(
     assert store.read_version().problem is None
 
 
-def test_save_read_delete_one_node(client: KazooClient, raw: KazooClient, zk_root: str) -> None:
+def test_save_read_delete_one_node(zk: KazooClient, raw: KazooClient, zk_root: str) -> None:
     paths = ZkPaths(zk_root)
-    store = AssignmentStore(client, paths, clock=lambda: NOW)
+    store = AssignmentStore(zk, paths, clock=lambda: NOW)
     assert store.read("n@h") is None
     store.save("n@h", [9, 3])
     store.save("n@h", [9, 3])  # safe to repeat
@@ -175,17 +163,17 @@ def test_save_read_delete_one_node(client: KazooClient, raw: KazooClient, zk_roo
 
 @pytest.mark.parametrize("multi_read", [True, False])
 def test_read_all_of_many_nodes_with_and_without_multiread(
-    client: KazooClient, raw: KazooClient, zk_root: str, multi_read: bool
+    zk: KazooClient, raw: KazooClient, zk_root: str, multi_read: bool
 ) -> None:
     # Given 1,200 nodes (more than one multiRead request) and a few oddities
     paths = ZkPaths(zk_root)
-    store = AssignmentStore(client, paths)
+    store = AssignmentStore(zk, paths)
     plan = {f"node-{i:04d}@host": [i + 1] for i in range(1_200)}
     store.apply(store.read_all(), plan, plan_id="many")
     raw.delete(paths.last_update_time("node-0007@host"))
     raw.set(paths.assignments("node-0008@host"), b"nope")
     # When read with multiRead (ZooKeeper 3.6+) or one request per znode
-    use_multi_read(client, multi_read)
+    use_multi_read(zk, multi_read)
     snapshot = store.read_all()
     # Then the results are the same
     expected = {k: list(v) for k, v in plan.items() if k != "node-0008@host"}
@@ -194,4 +182,4 @@ def test_read_all_of_many_nodes_with_and_without_multiread(
     assert list(snapshot.corrupt) == ["node-0008@host"]
     assert snapshot.present["node-0007@host"] == {"assignments"}
     assert snapshot.version.epoch == 1
-    use_multi_read(client, True)
+    use_multi_read(zk, True)

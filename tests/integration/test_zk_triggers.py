@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from kazoo.client import KazooClient
 
+from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess
-from allot.testing.zookeeper import expire_session, wait_until
+from allot.testing.zookeeper import expire_session
 from allot.zk.paths import ZkPaths
 from allot.zk.triggers import TriggerDuty, claim
 
 
 @pytest.fixture
-def clients(zookeeper: ServerProcess) -> Iterator[list[KazooClient]]:
-    started = [KazooClient(hosts=zookeeper.address) for _ in range(8)]
-    for client in started:
-        client.start(timeout=10)
-    yield started
-    for client in started:
-        client.stop()
-        client.close()
+def clients(zk_connect: Callable[[], KazooClient]) -> list[KazooClient]:
+    return [zk_connect() for _ in range(8)]
 
 
 def test_exactly_one_of_many_workers_claims_a_change(
@@ -74,22 +69,24 @@ def test_one_worker_at_a_time_holds_the_trigger_duty_and_a_successor_takes_over(
 
     duties = [TriggerDuty(client, paths, f"w{i}", recorder(i)) for i, client in enumerate(clients)]
     try:
-        assert wait_until(lambda: sum(d.holding.is_set() for d in duties) == 1)
+        wait_for(lambda: sum(d.holding.is_set() for d in duties) == 1, "one duty holder", 10)
         [holder] = [i for i, d in enumerate(duties) if d.holding.is_set()]
         # When a member joins, exactly one cycle is requested, by the holder
         before = len(claimed)
         clients[0].create(paths.node("a@h"), b"{}", ephemeral=True, makepath=True)
         version = clients[0].exists(paths.nodes).cversion
-        assert wait_until(lambda: (holder, version) in claimed)
+        wait_for(lambda: (holder, version) in claimed, f"w{holder} to claim {version}", 10)
         # When the holder's session ends
         expire_session(clients[holder], zookeeper.address)
         # Then another worker takes the duty and acts on the next change
-        assert wait_until(
-            lambda: any(d.holding.is_set() for i, d in enumerate(duties) if i != holder)
+        wait_for(
+            lambda: any(d.holding.is_set() for i, d in enumerate(duties) if i != holder),
+            "another worker to take the duty",
+            10,
         )
         clients[1 if holder != 1 else 2].create(paths.node("b@h"), b"{}", ephemeral=True)
         later = clients[2].exists(paths.nodes).cversion
-        assert wait_until(lambda: any(v >= later for _, v in claimed))
+        wait_for(lambda: any(v >= later for _, v in claimed), f"a claim of version {later}", 10)
         # And no version was ever claimed twice
         versions = [v for _, v in claimed]
         assert len(versions) == len(set(versions))
