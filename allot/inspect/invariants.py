@@ -13,9 +13,10 @@ notes worth showing:
 3. ``sql-agrees``: ``bucket.node_key`` names the ZooKeeper owner of every bucket and SQL
    mirrors the epoch of a readable ``assignment-version``
    (:func:`allot.cycle.mirror.mirrored_epoch`);
-4. ``lease-owner``: every lease ``{root}/leases/{bucket}`` (JSON ``{"node_key","epoch"}``)
-   names the bucket's owner, or a live node handing the bucket over (a note: the donor keeps
-   the lease until its running task ends); no ``leases`` znode, nothing to check;
+4. ``lease-owner``: every lease ``{root}/leases/{bucket}`` (as
+   :func:`allot.zk.leases.read_leases` lists them) names the bucket's owner, or a live node
+   handing the bucket over (a note: the donor keeps the lease until its running task ends); no
+   ``leases`` znode, nothing to check;
 5. ``stuck-plan``: no plan is ``applying`` and no apply in steps is ``pending`` in
    ``assignment-version`` while nobody holds the assignment lock.
 
@@ -28,13 +29,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from allot.cycle.classify import Classification, classify
 from allot.cycle.repair import format_ids
+from allot.zk.leases import LeaseListing
 
 
 class Check(enum.StrEnum):
@@ -64,8 +65,8 @@ class Facts:
     ``departures``: the stored grace starts (epoch ms); ``now`` and ``grace`` (seconds): where
     grace periods are measured; ``epoch``, ``version_problem``, ``pending``: what
     ``assignment-version`` holds; ``sql_owners``, ``sql_epoch``, ``applying``: SQL's owners,
-    mirrored epoch and the plans ``applying``; ``leases``: the data of every child of
-    ``{root}/leases`` (None: no such znode); ``lock_held``: somebody holds or waits for the
+    mirrored epoch and the plans ``applying``; ``leases``: every child of ``{root}/leases``
+    (None: no such znode); ``lock_held``: somebody holds or waits for the
     assignment lock; ``ignored_members``: children of ``nodes/`` that are not allot nodes;
     ``departures_problem``: why ``departures`` could not be read.
     """
@@ -83,7 +84,7 @@ class Facts:
     sql_owners: Mapping[int, str | None] = field(default_factory=dict)
     sql_epoch: int = 0
     applying: Sequence[str] = ()
-    leases: Mapping[str, bytes] | None = None
+    leases: LeaseListing | None = None
     lock_held: bool = False
     ignored_members: Mapping[str, str] = field(default_factory=dict)
     departures_problem: str | None = None
@@ -140,9 +141,13 @@ def evaluate(facts: Facts) -> Verdict:
     ]
     suspect = sorted(set(classes.suspect) - set(classes.newly_departed))
     return Verdict(
-        tuple(found), tuple(notes), facts.epoch, facts.bucket_count, tuple(sorted(facts.live)),
+        tuple(found),
+        tuple(notes),
+        facts.epoch,
+        facts.bucket_count,
+        tuple(sorted(facts.live)),
         tuple(suspect),
-    )  # fmt: skip
+    )
 
 
 def _one_owner(
@@ -241,11 +246,11 @@ def _sql_agrees(
 def _lease_owner(
     facts: Facts, listers: Mapping[int, list[str]], notes: list[str]
 ) -> Iterator[Violation]:
-    for name, data in sorted((facts.leases or {}).items()):
-        if not name.isdigit() or name != str(int(name)):
-            notes.append(f"ignored leases/{name}: not a bucket id")
-            continue
-        bucket, holder = int(name), _lease_holder(data)
+    if facts.leases is None:
+        return
+    notes.extend(f"ignored leases/{name}: not a bucket id" for name in facts.leases.foreign)
+    for bucket, lease in sorted(facts.leases.leases.items()):
+        holder = lease.node_key
         owner = " and ".join(listers.get(bucket, [])) or "nobody"
         if not 1 <= bucket <= facts.bucket_count:
             yield Violation(
@@ -254,7 +259,8 @@ def _lease_owner(
             )
         elif holder is None:
             yield Violation(
-                Check.LEASE_OWNER, f"the lease of bucket {bucket} is unreadable: {data[:60]!r}"
+                Check.LEASE_OWNER,
+                f"the lease of bucket {bucket} is unreadable: {lease.data[:60]!r}",
             )
         elif holder not in listers.get(bucket, []) and holder in facts.live:
             # the donor of a handoff keeps the lease until its running task ends (at most
@@ -268,16 +274,6 @@ def _lease_owner(
                 Check.LEASE_OWNER,
                 f"the lease of bucket {bucket} names {holder}, its owner is {owner}",
             )
-
-
-def _lease_holder(data: bytes) -> str | None:
-    """The ``node_key`` a lease names, or None when its data is not a lease."""
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    holder = value.get("node_key") if isinstance(value, dict) else None
-    return holder if isinstance(holder, str) else None
 
 
 def _stuck_plan(facts: Facts) -> Iterator[Violation]:

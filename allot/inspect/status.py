@@ -1,8 +1,9 @@
 """The cluster's state for operators: nodes with their states, buckets, tables and backlog, the
-epoch, the buckets nobody works, the last cycle. Reads ZooKeeper (membership, assignment,
-leases, last cycle) and SQL (when nodes left) through :func:`allot.cycle.observe.observe`, as the
-assignment cycle does, plus the tables per bucket from SQL and the bucket queues' backlog from
-Redis (:mod:`allot.inspect.backlog`).
+epoch, the buckets nobody works, the last cycle. Reads ZooKeeper (membership, assignment) and
+SQL (when nodes left) through :func:`allot.cycle.observe.observe`, as the assignment cycle
+does, the leases through :func:`allot.zk.leases.read_leases`, the last cycle's report, plus the
+tables per bucket from SQL and the bucket queues' backlog from Redis
+(:mod:`allot.inspect.backlog`).
 
 Failure modes: a ZooKeeper or SQL error propagates (the CLI turns it into one line); Redis
 out of reach only makes the backlog unknown (``None``, with ``backlog_error`` saying why).
@@ -14,7 +15,6 @@ import datetime as dt
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
 from redis import Redis, RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +23,7 @@ from allot.cycle.observe import observe
 from allot.inspect.backlog import bucket_backlog
 from allot.settings import Settings
 from allot.zk.last_cycle import read_last_cycle
+from allot.zk.leases import read_leases
 from allot.zk.paths import ZkPaths
 from models.base import utcnow
 from models.schema import Bucket
@@ -39,7 +40,8 @@ def cluster_status(
 
     Keys: ``epoch``, ``plan_id``, ``applied_at`` (ISO time), ``bucket_count``, ``unowned``
     (bucket count nobody holds), ``without_lease`` (the held buckets without a lease
-    ``{root}/leases/{id}``: no node works their tables now), ``nodes`` (one entry per node:
+    ``{root}/leases/{id}``: no node works their tables now; children that are no bucket id are
+    ignored, ``allot verify`` reports them), ``nodes`` (one entry per node:
     ``node_key``, ``state``, ``weight``, ``buckets``, ``tables`` in its buckets, ``backlog``
     (messages waiting in its buckets' queues, None when unknown), ``host``, ``offline_in``
     seconds for suspects), ``backlog_error`` (why the backlog is unknown, or None),
@@ -47,14 +49,19 @@ def cluster_status(
     """
     paths = ZkPaths(settings.zk_root)
     seen = observe(
-        client, paths, sessions, now=utcnow(), offline_timeout=settings.node_offline_timeout,
+        client,
+        paths,
+        sessions,
+        now=utcnow(),
+        offline_timeout=settings.node_offline_timeout,
         bucket_count=settings.bucket_count,
-    )  # fmt: skip
+    )
     snapshot, held, classes = seen.snapshot, seen.held, seen.classes
     owned_ids = sorted(bucket for buckets in held.values() for bucket in buckets)
     tables = _tables_per_bucket(sessions)
     backlog, backlog_error = _backlog(redis, settings.cluster, owned_ids)
-    leased = _leased_buckets(client, paths)
+    leases = client.retry(read_leases, client, paths)
+    leased = frozenset() if leases is None else leases.buckets
     nodes = []
     for key in sorted(set(classes.live) | set(held) | set(snapshot.corrupt)):
         live = seen.members.live.get(key)
@@ -108,13 +115,3 @@ def _backlog(
         return bucket_backlog(redis, cluster, bucket_ids), None
     except RedisError as exc:
         return None, f"cannot read the bucket queues from Redis: {exc}"
-
-
-def _leased_buckets(client: KazooClient, paths: ZkPaths) -> set[int]:
-    """The buckets with a lease ``{root}/leases/{id}`` (children that are no bucket id are
-    ignored: ``allot verify`` reports them)."""
-    try:
-        children = client.retry(client.get_children, paths.leases)
-    except NoNodeError:
-        return set()
-    return {int(child) for child in children if child.isascii() and child.isdigit()}

@@ -2,7 +2,7 @@
 judges (the checks are listed there).
 
 :func:`read_facts` gathers the facts: ZooKeeper through :func:`allot.cycle.observe.observe`, then
-SQL, the lock, the leases. It writes nothing.
+SQL, the lock, the leases (:func:`allot.zk.leases.read_leases`). It writes nothing.
 
 Failure modes of the read:
     SUSPENDED: every ZooKeeper read retries through ``client.retry`` until it gives up
@@ -29,8 +29,8 @@ from allot.database import safe_url
 from allot.errors import DatabaseUnavailable
 from allot.inspect.invariants import Facts
 from allot.settings import Settings
+from allot.zk.leases import LeaseListing, read_leases
 from allot.zk.lock import AssignmentLock
-from allot.zk.multiread import get_many
 from allot.zk.paths import ZkPaths
 from allot.zk.version import read_version
 from models.base import utcnow
@@ -72,9 +72,13 @@ def _read_once(
 ) -> tuple[Facts, bool]:
     """One read, and whether it settled (nothing it compares moved while it read)."""
     seen = observe(
-        client, paths, sessions, now=utcnow(), offline_timeout=settings.node_offline_timeout,
+        client,
+        paths,
+        sessions,
+        now=utcnow(),
+        offline_timeout=settings.node_offline_timeout,
         bucket_count=settings.bucket_count,
-    )  # fmt: skip
+    )
     if seen.sql_problem is not None:
         raise DatabaseUnavailable(
             f"cannot use the database at {safe_url(settings.database_url)}: {seen.sql_problem}"
@@ -88,7 +92,7 @@ def _read_once(
         after = _read_sql(sessions)
         applying = [plan for plan in after.applying if plan in before.applying]
         sql = _SqlRead(after.owners, after.epoch, applying, after.settled)
-    leases = _read_leases(client, paths)
+    leases = client.retry(read_leases, client, paths)
     unchanged = read_version(client, paths).zversion == seen.snapshot.version.zversion
     return _facts(seen, settings, sql, leases, lock_held), sql.settled and unchanged
 
@@ -97,7 +101,7 @@ def _facts(
     seen: Observation,
     settings: Settings,
     sql: _SqlRead,
-    leases: dict[str, bytes] | None,
+    leases: LeaseListing | None,
     lock_held: bool,
 ) -> Facts:
     snapshot = seen.snapshot
@@ -142,14 +146,3 @@ def _lock_held(client: KazooClient, paths: ZkPaths) -> bool:
         return bool(client.retry(AssignmentLock(client, paths).contenders))
     except NoNodeError:
         return False
-
-
-def _read_leases(client: KazooClient, paths: ZkPaths) -> dict[str, bytes] | None:
-    """The data of every child of ``{root}/leases``; None when that znode does not exist."""
-    parent = paths.leases
-    try:
-        children = sorted(client.retry(client.get_children, parent))
-    except NoNodeError:
-        return None
-    found = client.retry(get_many, client, [f"{parent}/{child}" for child in children])
-    return {child: hit[0] for child, hit in zip(children, found, strict=True) if hit is not None}

@@ -5,9 +5,10 @@ gauges (the families and their help texts are :data:`FAMILIES`).
 It reads through allot's own readers: :func:`allot.cycle.observe.observe` (the assignment,
 membership, grace periods and the classification the assignment cycle plans from, so a node's
 state here is the one the next cycle would see), the planner's spread,
-:mod:`allot.cycle.mirror`'s mirrored epoch and :mod:`allot.inspect.backlog`'s queue lengths.
-The leases and the counts of plans and table task runs have no reader elsewhere; they are
-read here (:func:`leased_buckets`, :func:`read_sql`). Every node exports the same
+:mod:`allot.cycle.mirror`'s mirrored epoch, :func:`allot.zk.leases.read_leases` (the leases,
+as ``allot status`` and ``allot verify`` read them) and :mod:`allot.inspect.backlog`'s queue
+lengths. The counts of plans and table task runs have no reader elsewhere; they are read here
+(:func:`read_sql`). Every node exports the same
 cluster-wide values: aggregate them with ``max without(instance)`` in PromQL.
 
 Failure modes (nothing ever raises out of :meth:`ClusterCollector.collect`):
@@ -36,7 +37,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import TypeVar
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import KazooException
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis import Redis, RedisError
 from sqlalchemy import func, select
@@ -51,6 +52,7 @@ from allot.inspect.backlog import bucket_backlog
 from allot.planner.balance import spread
 from allot.planner.problem import Problem
 from allot.settings import Settings
+from allot.zk.leases import read_leases
 from allot.zk.paths import ZkPaths
 from models.base import utcnow
 from models.schema import Plan as PlanRow
@@ -190,20 +192,6 @@ class SqlView:
         yield runs
 
 
-def leased_buckets(client: KazooClient, paths: ZkPaths) -> set[int]:
-    """The bucket ids with a lease znode under ``{root}/leases`` (other children are ignored;
-    ``allot verify`` reports them).
-
-    Raises:
-        kazoo.exceptions.KazooException: ZooKeeper could not be read.
-    """
-    try:
-        names = client.retry(client.get_children, paths.leases)
-    except NoNodeError:  # no node ever took a lease
-        names = []
-    return {int(name) for name in names if name.isdigit()}
-
-
 def read_zookeeper(
     client: KazooClient, sessions: sessionmaker[Session], settings: Settings, now: dt.datetime
 ) -> ZooKeeperView:
@@ -217,9 +205,13 @@ def read_zookeeper(
         raise ZooKeeperUnavailable("the ZooKeeper client is not connected")
     paths = ZkPaths(settings.zk_root)
     seen = observe(
-        client, paths, sessions, now=now, offline_timeout=settings.node_offline_timeout,
+        client,
+        paths,
+        sessions,
+        now=now,
+        offline_timeout=settings.node_offline_timeout,
         bucket_count=settings.bucket_count,
-    )  # fmt: skip
+    )
     held, classes, live = seen.held, seen.classes, seen.members.live
     nodes = tuple(
         NodeView(
@@ -231,11 +223,12 @@ def read_zookeeper(
         for key in sorted(set(classes.live) | set(held) | set(seen.snapshot.corrupt))
     )
     owned = {bucket for node in nodes for bucket in node.buckets}
+    leases = client.retry(read_leases, client, paths)
     problem = Problem.from_snapshot(planner_snapshot(classes, held, settings.bucket_count))
     return ZooKeeperView(
         nodes=nodes,
         unowned=max(settings.bucket_count - len(owned), 0),
-        without_lease=len(owned - leased_buckets(client, paths)),
+        without_lease=len(owned - (leases.buckets if leases is not None else frozenset())),
         spread=0.0 if problem.share is None else spread(problem.share, problem.counts()),
         epoch=seen.snapshot.version.epoch,
         membership=len(live),
@@ -319,8 +312,10 @@ class ClusterCollector:
                 reason = (str(exc) or type(exc).__name__).splitlines()[0]
                 log.warning(
                     "metrics: cannot read %s (%s); its metrics are left out until it answers",
-                    source, reason, exc_info=not isinstance(exc, EXPECTED_ERRORS),
-                )  # fmt: skip
+                    source,
+                    reason,
+                    exc_info=not isinstance(exc, EXPECTED_ERRORS),
+                )
             return None
         with self._lock:
             back = source in self._down

@@ -7,18 +7,22 @@ write key and token into ``bucket_lease`` (:func:`allot.work.runs.take_fence`), 
 the queue (:class:`~allot.work.consumer.BucketQueues`), (4) **give away**: drop the queue at
 once, delete the lease once no message of the bucket runs here (at most
 ``ALLOT_HANDOFF_TIMEOUT``); the receiver's watch on ``{root}/leases`` wakes it to take it.
-SUSPENDED stops every queue at once and keeps the leases; LOST forgets them; a lease znode no
-session owns is foreign and deleted. The argument, case by case, is in :mod:`allot.work`.
+Each bucket is in one :class:`Phase`, the session in one :class:`Session` (the transitions are
+drawn in :class:`BucketWork`). SUSPENDED stops every queue at once and keeps the leases; LOST
+forgets them; a lease znode no session owns is foreign and deleted. The argument, case by
+case, is in :mod:`allot.work`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
@@ -29,7 +33,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.work.runs import FenceRow, read_fences, take_fence
-from allot.zk.codec import decode_buckets, decode_version
+from allot.zk.codec import LeaseRecord, decode_buckets, decode_version, encode_lease
+from allot.zk.leases import read_leases
 from allot.zk.paths import ZkPaths
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,62 @@ REREAD_SECONDS = 5.0
 fired: a watch lost with a session, or never set again, delays a change by this at most."""
 
 
+class Phase(enum.Enum):
+    """Where one bucket of this node is, from taking its lease to releasing it (a bucket
+    whose lease this node does not hold has no phase)."""
+
+    TAKEN = "taken"
+    """The lease is this session's; the SQL fence is not written (yet: SQL down, or refused
+    by a larger token). Not served."""
+    FENCED = "fenced"
+    """The fence names this node and token; served at the end of the pass."""
+    SERVING = "serving"
+    """Its queue is consumed (while the session is connected)."""
+    DRAINING = "draining"
+    """Assigned elsewhere: its queue is dropped; the lease is deleted once no message of it
+    runs here, or at the handoff deadline."""
+
+
+class ZkSession(enum.Enum):
+    """The ZooKeeper session as the loop last followed it (kazoo's states, in order)."""
+
+    CONNECTED = "connected"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+
+
+class Recheck(enum.Enum):
+    """A check the next pass owes."""
+
+    HELD = "held"
+    """Are the held leases still this session's? (the leases watch fired, a re-read is due)"""
+    STRAYS = "strays"
+    """Does this session own leases the node does not know? (a reconnect, an interrupted
+    pass: a take or a release may have half happened)"""
+
+
+_MOVES: dict[Phase | None, frozenset[Phase | None]] = {
+    None: frozenset({Phase.TAKEN}),
+    Phase.TAKEN: frozenset({Phase.FENCED, Phase.DRAINING, None}),
+    Phase.FENCED: frozenset({Phase.SERVING, Phase.TAKEN, Phase.DRAINING, None}),
+    Phase.SERVING: frozenset({Phase.FENCED, Phase.TAKEN, Phase.DRAINING, None}),
+    Phase.DRAINING: frozenset({Phase.TAKEN, None}),
+}
+"""The phase changes :class:`BucketWork` draws (None: no lease held)."""
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """A bucket whose lease this node holds: its ``phase``, its lease's ``token`` and, while
+    DRAINING, ``since`` (when its queue was dropped) and the queue ``generation`` that drops
+    it."""
+
+    phase: Phase
+    token: int
+    since: float = 0.0
+    generation: int = 0
+
+
 class BucketWork:
     """This node's leases and the bucket queues it serves.
 
@@ -50,7 +111,50 @@ class BucketWork:
     not finished. They are Celery's in a worker (:mod:`allot.work.consumer`) and plain
     callables in tests. ``after_pass(serving)`` runs after every pass (the periodic ticker);
     ``on_handoff(seconds)`` after each bucket given away, with the time from dropping its
-    queue to releasing its lease (the node's metrics).
+    queue to releasing its lease (the node's metrics). :attr:`passes` counts completed passes.
+
+    Each bucket whose lease this node holds is in one :class:`Phase` (:meth:`phase`), changed
+    only by :meth:`_enter`::
+
+        (none) --take--> TAKEN --fence--> FENCED --serve--> SERVING
+                          ^ |                |                  |
+              came back   | | not assigned   | not assigned     | assigned elsewhere:
+              (fenced     | |                |                  | queue dropped
+              again)      | v                v                  v
+                          DRAINING <---------+------------------+
+                            |
+                            +-- no message of it runs here, or the handoff timeout:
+                                lease deleted --> (none)
+
+    Besides: FENCED or SERVING -> TAKEN when a re-read finds the fence changed by another
+    writer (queue stopped at once, fenced again if still assigned: refused past a larger
+    token); SERVING -> FENCED when the work stops; any phase -> (none) when the lease is no
+    longer this session's, when the session is LOST, or on :meth:`release_all`. A bucket that
+    comes back while DRAINING keeps its lease and token; its fence is written again.
+
+    The session (:class:`ZkSession`), followed by the loop in the order kazoo reported it::
+
+        CONNECTED --SUSPENDED--> SUSPENDED --CONNECTED--> CONNECTED (+ check for strays)
+            |                       |
+            +--------LOST-----------+--> LOST (every bucket forgotten)
+                                           |
+                                           +--CONNECTED (a new session)--> CONNECTED
+
+    Error handling:
+        SUSPENDED: the state listener stops every queue at once (kazoo's thread, no ZooKeeper
+        call); leases and phases are kept and the loop takes and releases nothing until the
+        session is back; then a bucket that moved away meanwhile is drained like any other
+        (its lease kept until no message of it runs here).
+        LOST: the leases ended with the session: every bucket is forgotten, and taken again
+        (new token, fence written again) only if still assigned here and free.
+        A stale ephemeral node: a lease of this session the node does not know (a take or a
+        release whose reply was lost to a ZooKeeper error) is adopted when its bucket is
+        assigned here and deleted otherwise, after every interrupted pass and reconnect; a
+        lease of another session (this node's previous process before its session expired)
+        is waited for until ZooKeeper deletes it; a persistent znode in a lease's place is
+        foreign and deleted. A ZooKeeper error mid-pass ends the pass; the next one checks
+        for strays.
+        SQL down: no fence can be written, so a TAKEN bucket is not served (logged once).
     """
 
     def __init__(
@@ -83,17 +187,14 @@ class BucketWork:
         self._clock = clock
         self.assigned: frozenset[int] = frozenset()
         self._assignment_version = -1
-        self.held: dict[int, int] = {}
-        """Bucket -> token (the czxid of this node's lease znode)."""
-        self.fenced: set[int] = set()
-        """Held buckets whose SQL fence names this node and token."""
-        self.serving: frozenset[int] = frozenset()
-        self.draining: dict[int, tuple[float, int]] = {}
-        """Bucket -> (deadline, generation at which its queue is dropped)."""
-        self._suspended = False
-        self._lost = False
-        self._check_leases = True
-        self._scan_leases = False
+        self.session = ZkSession.CONNECTED
+        """The session as the loop last followed it (changed only by :meth:`_follow_session`)."""
+        self.passes = 0
+        """Completed passes: each ended by handing the served buckets to ``serve``."""
+        self._buckets: dict[int, _Bucket] = {}
+        self._events: deque[str] = deque()
+        """Session states reported by kazoo, not yet followed by the loop."""
+        self._due: set[Recheck] = {Recheck.HELD}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,6 +204,52 @@ class BucketWork:
         self._next_reread = 0.0
         self._assignment_lock = threading.Lock()
         self._assignment_stat: ZnodeStat | None = None
+
+    # -- what it holds ------------------------------------------------------------------------
+
+    def phase(self, bucket: int) -> Phase | None:
+        """The phase of ``bucket``, or None when this node holds no lease of it."""
+        entry = self._buckets.get(bucket)
+        return None if entry is None else entry.phase
+
+    def in_phase(self, *phases: Phase) -> frozenset[int]:
+        """The buckets in any of ``phases``."""
+        return frozenset(b for b, entry in self._buckets.copy().items() if entry.phase in phases)
+
+    @property
+    def held(self) -> dict[int, int]:
+        """Bucket -> token (the czxid of this node's lease znode), for every lease held."""
+        return {bucket: entry.token for bucket, entry in self._buckets.copy().items()}
+
+    @property
+    def serving(self) -> frozenset[int]:
+        """The buckets whose queues this node consumes (while the session is connected)."""
+        return self.in_phase(Phase.SERVING)
+
+    def _enter(
+        self,
+        bucket: int,
+        phase: Phase | None,
+        *,
+        token: int | None = None,
+        since: float = 0.0,
+        generation: int = 0,
+    ) -> None:
+        """Move ``bucket`` to ``phase`` (None: forget it), the one place phases change; the
+        token is kept unless ``token`` is given (taking or adopting a lease).
+
+        Raises:
+            RuntimeError: a move the class docstring does not draw (a bug).
+        """
+        entry = self._buckets.get(bucket)
+        before = None if entry is None else entry.phase
+        if phase not in _MOVES[before]:
+            raise RuntimeError(f"bucket {bucket}: no move from {before} to {phase}")
+        if phase is None:
+            self._buckets.pop(bucket, None)
+            return
+        kept = token if token is not None else entry.token if entry is not None else -1
+        self._buckets[bucket] = _Bucket(phase, kept, since, generation)
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -120,14 +267,18 @@ class BucketWork:
         :meth:`release_all`)."""
         self._stop.set()
         self._wake.set()
-        self._publish(frozenset())
+        self._serve(frozenset())
         if self._thread is not None:
             self._thread.join(5)
+            if self._thread.is_alive():
+                return  # the loop still owns the phases; it ends after its pass
+        for bucket in self.serving:
+            self._enter(bucket, Phase.FENCED)
 
     def release_all(self) -> None:
         """Delete every lease this node holds (a clean stop, after running tasks finished);
         one ZooKeeper cannot delete ends with the session."""
-        for bucket in list(self.held):
+        for bucket in sorted(self._buckets.copy()):
             try:
                 self._release(bucket)
             except KazooException as exc:
@@ -137,13 +288,9 @@ class BucketWork:
 
     def _on_state(self, state: str) -> None:
         if state in (KazooState.SUSPENDED, KazooState.LOST):
-            self._suspended = True
-            self._lost = self._lost or state == KazooState.LOST
             self._serve(frozenset())  # take no new task, now
             log.warning("ZooKeeper session %s: bucket queues stopped", state.lower())
-        else:
-            self._suspended = False
-            self._scan_leases = True
+        self._events.append(state)  # followed by the loop, in order
         self._wake.set()
 
     def _on_assignment(self, data: bytes | None, stat: ZnodeStat | None, *_: Any) -> None:
@@ -165,7 +312,7 @@ class BucketWork:
         self.assigned, self._assignment_version = buckets, (stat.version if stat else -1)
 
     def _on_leases(self, _children: list[str]) -> None:
-        self._check_leases = True
+        self._due.add(Recheck.HELD)
         self._wake.set()
 
     # -- the loop -----------------------------------------------------------------------------
@@ -179,89 +326,126 @@ class BucketWork:
             try:
                 self.reconcile()
             except KazooException as exc:
-                self._scan_leases = True  # a take or a release may have half happened
+                self._due.add(Recheck.STRAYS)  # a take or a release may have half happened
                 log.warning("lease reconcile interrupted by ZooKeeper: %r", exc)
             except Exception:
                 log.exception("lease reconcile failed; trying again")
 
     def reconcile(self) -> None:
-        """One pass of steps 1-4 (see the module docstring)."""
-        if self._lost:
-            self._lost = False
-            if self.held:
-                log.warning("session lost: leases of buckets %s are gone", sorted(self.held))
-            self.held.clear()
-            self.fenced.clear()
-            self.draining.clear()
-            self.serving = frozenset()
-        if self._suspended or not self.client.connected:
-            # take nothing new; ``serving`` is kept, so a bucket that moves away meanwhile is
+        """One pass: follow the session, run the checks owed, give away (4), take (1), fence
+        (2) and serve (3) (see the module docstring)."""
+        self._follow_session()
+        if self.session is not ZkSession.CONNECTED or not self.client.connected:
+            # take nothing new; the phases are kept, so a bucket that moves away meanwhile is
             # drained (not released under a running task) once the session is back
             self._serve(frozenset())
             return
-        if self._scan_leases:
-            self._scan_leases = False
-            self._adopt_strays()
         now = self._clock()
+        self._recheck(now)
+        assigned, version = self.assigned, self._assignment_version
+        self._give_away(assigned, now)
+        self._take_assigned(assigned, version)
+        for bucket in sorted(self.in_phase(Phase.TAKEN) & assigned):
+            self._fence(bucket)
+        if self._events or not self.client.connected:
+            self._serve(frozenset())  # the session changed during this pass: the next follows it
+            return
+        self._serve_fenced()
+        if self._after_pass is not None:
+            self._after_pass(self.serving)
+        self.passes += 1
+
+    def _follow_session(self) -> None:
+        """Apply the session states kazoo reported, in order: the one place the session
+        changes. LOST forgets every bucket; CONNECTED owes a check for strays."""
+        while self._events:
+            self.session = ZkSession(self._events.popleft().lower())
+            if self.session is ZkSession.LOST:
+                if self._buckets:
+                    log.warning(
+                        "session lost: leases of buckets %s are gone", sorted(self._buckets)
+                    )
+                for bucket in list(self._buckets):
+                    self._enter(bucket, None)
+            elif self.session is ZkSession.CONNECTED:
+                self._due.add(Recheck.STRAYS)
+
+    def _recheck(self, now: float) -> None:
+        """The checks owed: strays, then (every ``reread_seconds``) the assignment and the
+        fences, then the held leases."""
+        if self._owed(Recheck.STRAYS):
+            self._adopt_strays()
         if now >= self._next_reread:
             self._next_reread = now + self.reread_seconds
             self._reread_assignment()
-            self._check_leases = True
+            self._due.add(Recheck.HELD)
             self._verify_fences()
-        if self._check_leases:
-            self._check_leases = False
+        if self._owed(Recheck.HELD):
             self._verify_held()
-        assigned, version = self.assigned, self._assignment_version
-        # 4. give away: drop the queue first, release once drained (or the handoff timed out)
+
+    def _owed(self, check: Recheck) -> bool:
+        """Whether ``check`` was owed (it no longer is)."""
+        try:
+            self._due.remove(check)
+        except KeyError:
+            return False
+        return True
+
+    def _give_away(self, assigned: frozenset[int], now: float) -> None:
+        """Step 4: drop the queues of the buckets assigned elsewhere at once, release the
+        drained ones (or those past the handoff timeout); a held bucket never served or no
+        longer served (a suspension) starts draining too."""
         leaving = self.serving - assigned
         if leaving:
-            generation = self._publish(self.serving & assigned)
-            for bucket in leaving:
-                self.draining[bucket] = (now + self.handoff_timeout, generation)
+            generation = self._serve(self.serving & assigned)
+            for bucket in sorted(leaving):
+                self._enter(bucket, Phase.DRAINING, since=now, generation=generation)
                 log.info("bucket %d moved away: draining before its lease is released", bucket)
-        busy = self._busy() if self.draining else set()
-        for bucket, (deadline, generation) in list(self.draining.items()):
-            if bucket in assigned:  # it came back before it was released: keep the lease
-                del self.draining[bucket]
-                continue
-            dropped = self._applied() >= generation
-            if dropped and bucket not in busy:
-                self._release(bucket)
-            elif now >= deadline:
-                log.warning(
-                    "bucket %d: handoff timeout (%g s) with work still running: releasing; "
-                    "its commits are refused from now on", bucket, self.handoff_timeout,
-                )  # fmt: skip
-                self._release(bucket)
-            else:
-                continue
-            if self._on_handoff is not None:
-                self._on_handoff(max(now - (deadline - self.handoff_timeout), 0.0))
-            del self.draining[bucket]
-        for bucket in set(self.held) - assigned - set(self.draining):
-            # held, never served or no longer served (a suspension): released once no message
-            # of it runs here, at most the handoff timeout from now
-            self.draining[bucket] = (now + self.handoff_timeout, self._applied())
-        # 1. take, 2. fence
+        draining = self.in_phase(Phase.DRAINING)
+        busy = self._busy() if draining else set()
+        for bucket in sorted(draining):
+            self._drain(bucket, assigned, busy, now)
+        for bucket in sorted(self.in_phase(Phase.TAKEN, Phase.FENCED) - assigned):
+            # released once no message of it runs here, at most the handoff timeout from now
+            self._enter(bucket, Phase.DRAINING, since=now, generation=self._applied())
+
+    def _drain(self, bucket: int, assigned: frozenset[int], busy: set[int], now: float) -> None:
+        """Release a DRAINING ``bucket`` if no message of it runs here any more (or the handoff
+        timed out); one assigned here again keeps its lease."""
+        entry = self._buckets[bucket]
+        if bucket in assigned:  # it came back before it was released: keep the lease
+            self._enter(bucket, Phase.TAKEN)
+            return
+        dropped = self._applied() >= entry.generation
+        if dropped and bucket not in busy:
+            self._release(bucket)
+        elif now >= entry.since + self.handoff_timeout:
+            log.warning(
+                "bucket %d: handoff timeout (%g s) with work still running: releasing; "
+                "its commits are refused from now on",
+                bucket,
+                self.handoff_timeout,
+            )
+            self._release(bucket)
+        else:
+            return
+        if self._on_handoff is not None:
+            self._on_handoff(max(now - entry.since, 0.0))
+
+    def _take_assigned(self, assigned: frozenset[int], version: int) -> None:
+        """Step 1: take the lease of every assigned bucket not held."""
         epoch: int | None = None
-        for bucket in sorted(assigned - set(self.held)):
+        for bucket in sorted(assigned - self._buckets.keys()):
             if epoch is None:
                 epoch = self._epoch()
             self._take(bucket, version, epoch)
-        for bucket in sorted((assigned & set(self.held)) - self.fenced):
-            self._fence(bucket)
-        # 3. serve (unless the session was suspended during this pass)
-        if self._suspended:
-            self._serve(frozenset())
-            return
-        self._publish(frozenset(assigned & self.fenced))
-        if self._after_pass is not None:
-            self._after_pass(self.serving)
 
-    def _publish(self, buckets: frozenset[int]) -> int:
-        generation = self._serve(buckets)
-        self.serving = buckets
-        return generation
+    def _serve_fenced(self) -> None:
+        """Step 3: consume the queues of the fenced buckets (every one still assigned)."""
+        ready = self.in_phase(Phase.FENCED, Phase.SERVING)
+        self._serve(ready)
+        for bucket in sorted(self.in_phase(Phase.FENCED)):
+            self._enter(bucket, Phase.SERVING)
 
     # -- ZooKeeper and SQL steps --------------------------------------------------------------
 
@@ -283,10 +467,9 @@ class BucketWork:
         if version < 0:
             return  # no assignment znode: nothing is assigned (and -1 would match any version)
         path = self.paths.lease(bucket)
-        body = json.dumps({"node_key": self.node_key, "epoch": epoch}).encode()
         transaction = self.client.transaction()
         transaction.check(self.paths.assignments(self.node_key), version)
-        transaction.create(path, body, ephemeral=True)
+        transaction.create(path, encode_lease(LeaseRecord(self.node_key, epoch)), ephemeral=True)
         results = transaction.commit()
         if any(isinstance(result, NodeExistsError) for result in results):
             self._adopt_or_clear(bucket)
@@ -296,7 +479,7 @@ class BucketWork:
         stat = self.client.exists(path)
         if stat is None or stat.ephemeralOwner != self.client.client_id[0]:
             return
-        self.held[bucket] = stat.czxid
+        self._enter(bucket, Phase.TAKEN, token=stat.czxid)
         log.info("took the lease of bucket %d (token %d)", bucket, stat.czxid)
 
     def _adopt_or_clear(self, bucket: int) -> None:
@@ -307,7 +490,7 @@ class BucketWork:
         if stat is None:
             self._wake.set()
         elif stat.ephemeralOwner == self.client.client_id[0]:
-            self.held[bucket] = stat.czxid
+            self._enter(bucket, Phase.TAKEN, token=stat.czxid)
         elif stat.ephemeralOwner == 0:
             log.warning("leases/%d is not a lease (a persistent znode): deleting it", bucket)
             with contextlib.suppress(NoNodeError, KazooException):
@@ -315,7 +498,8 @@ class BucketWork:
             self._wake.set()
 
     def _fence(self, bucket: int) -> None:
-        token = self.held[bucket]
+        """Step 2: write this node's key and token into the bucket's SQL fence."""
+        token = self._buckets[bucket].token
         try:
             with self.sessions.begin() as session:
                 taken = take_fence(session, bucket, self.node_key, token)
@@ -326,74 +510,78 @@ class BucketWork:
             return
         self._sql_warned = False
         if taken:
-            self.fenced.add(bucket)
+            self._enter(bucket, Phase.FENCED)
             self._refused.discard((bucket, token))
         elif (bucket, token) not in self._refused:
             self._refused.add((bucket, token))
             log.error(
                 "bucket %d: SQL's fence has a larger token than this node's lease (%d): "
-                "not serving it; a newer holder exists", bucket, token,
-            )  # fmt: skip
+                "not serving it; a newer holder exists",
+                bucket,
+                token,
+            )
 
     def _release(self, bucket: int) -> None:
         """Delete this node's lease of ``bucket``, then forget it. A ZooKeeper error leaves
-        the bucket held (and draining), so the next pass tries again."""
-        self.fenced.discard(bucket)
+        the bucket in its phase (DRAINING), so the next pass tries again."""
         path = self.paths.lease(bucket)
         stat = self.client.exists(path)
         if stat is not None and stat.ephemeralOwner == self.client.client_id[0]:
             with contextlib.suppress(NoNodeError):
                 self.client.delete(path, version=stat.version)
             log.info("released the lease of bucket %d", bucket)
-        self.held.pop(bucket, None)
+        self._enter(bucket, None)
 
     def _adopt_strays(self) -> None:
-        """Leases of this session that ``held`` does not list (a take whose reply was lost to
-        a ZooKeeper error, a pass that raced a reconnect): adopted when the bucket is assigned
+        """Leases of this session the node does not hold (a take whose reply was lost to a
+        ZooKeeper error, a pass that raced a reconnect): adopted when the bucket is assigned
         here, deleted otherwise. Runs after every interrupted pass and reconnect."""
-        session = self.client.client_id[0]
-        for name in self.client.get_children(self.paths.leases):
-            if not name.isdigit() or int(name) in self.held:
-                continue
-            bucket = int(name)
-            stat = self.client.exists(self.paths.lease(bucket))
-            if stat is None or stat.ephemeralOwner != session:
+        leases = read_leases(self.client, self.paths)
+        if leases is None:
+            return
+        for bucket, lease in sorted(leases.of_session(self.client.client_id[0]).items()):
+            if bucket in self._buckets:
                 continue
             if bucket in self.assigned:
-                self.held[bucket] = stat.czxid
+                self._enter(bucket, Phase.TAKEN, token=lease.token)
                 log.warning("adopted this session's lease of bucket %d", bucket)
             else:
                 with contextlib.suppress(NoNodeError):
-                    self.client.delete(self.paths.lease(bucket), version=stat.version)
+                    self.client.delete(self.paths.lease(bucket), version=lease.version)
                 log.warning("deleted this session's stray lease of bucket %d", bucket)
 
     def _verify_fences(self) -> None:
         """Re-read the SQL fences: one not naming this node and token was changed by a foreign
-        writer; the bucket is fenced again (left unserved past a larger token)."""
-        if not self.fenced:
+        writer; its queue stops at once and the bucket is fenced again (left unserved past a
+        larger token)."""
+        fenced = self.in_phase(Phase.FENCED, Phase.SERVING)
+        if not fenced:
             return
         try:
             with self.sessions() as session:
-                found = read_fences(session, self.fenced)
+                found = read_fences(session, fenced)
         except DBAPIError:
             return  # SQL down: commits are refused or fail anyway; checked at the next re-read
-        for bucket in sorted(self.fenced):
-            mine = FenceRow(bucket, self.node_key, self.held.get(bucket, -1))
-            if found.get(bucket) != mine:
-                log.warning("bucket %d: SQL fence changed by another writer", bucket)
-                self.fenced.discard(bucket)
+        changed = [
+            bucket
+            for bucket in sorted(fenced)
+            if found.get(bucket) != FenceRow(bucket, self.node_key, self._buckets[bucket].token)
+        ]
+        for bucket in changed:
+            log.warning("bucket %d: SQL fence changed by another writer", bucket)
+            self._enter(bucket, Phase.TAKEN)
+        if changed:
+            self._serve(self.serving)
 
     def _verify_held(self) -> None:
         """Forget leases that are no longer this session's (deleted or replaced by a foreign
         writer): stop their queues at once."""
-        if not self.held:
+        if not self._buckets:
             return
         session = self.client.client_id[0]
-        for bucket in list(self.held):
+        for bucket, entry in sorted(self._buckets.copy().items()):
             stat = self.client.exists(self.paths.lease(bucket))
-            if stat is None or stat.ephemeralOwner != session or stat.czxid != self.held[bucket]:
+            if stat is None or stat.ephemeralOwner != session or stat.czxid != entry.token:
                 log.warning("the lease of bucket %d is no longer this node's: stopping it", bucket)
-                self.held.pop(bucket, None)
-                self.fenced.discard(bucket)
-                self.draining.pop(bucket, None)
-                self._publish(self.serving - {bucket})
+                self._enter(bucket, None)
+                self._serve(self.serving)

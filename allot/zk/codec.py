@@ -6,7 +6,8 @@ Pure functions, no I/O. Encoders produce exactly Amoro's formats for the assignm
   ``b'["1","4","7"]'`` (no spaces), ``b'[]'`` for a node that holds nothing;
 - ``last-update-time``: epoch milliseconds in decimal ASCII: ``b'1700000000000'``.
 
-and compact JSON for allot's own znodes (``assignment-version``, membership info).
+and compact JSON for allot's own znodes (``assignment-version``, membership info, bucket
+leases).
 
 Decoders never trust the bytes: anything that is not exactly the expected shape raises
 :class:`ValueError` whose message is the reason (the store reports it per node as "corrupt"
@@ -213,3 +214,43 @@ def decode_member_info(data: bytes | None) -> MemberInfo:
     if not isinstance(started_at, int) or isinstance(started_at, bool):
         raise ValueError(f"started_at {started_at!r} is not an integer")
     return MemberInfo(node_key, host, pid, float(weight), started_at)
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """The content of a bucket's lease ``{root}/leases/{bucket}`` (written by
+    :mod:`allot.work.leases`): the node that took it and the assignment epoch it took it at.
+
+    ``epoch`` is None for a lease that does not record one (allot always writes it; readers
+    judge a lease by the node it names). The lease's token is its znode's ``czxid``, not part
+    of its data (:class:`allot.zk.leases.Lease`).
+    """
+
+    node_key: str
+    epoch: int | None
+
+
+def encode_lease(record: LeaseRecord) -> bytes:
+    """Lease bytes: ``{"node_key":"...","epoch":N}`` as compact JSON."""
+    return _compact({"node_key": record.node_key, "epoch": record.epoch})
+
+
+def decode_lease(data: bytes | None) -> LeaseRecord:
+    """Decode a lease znode.
+
+    The node key is returned as written, not validated: ``allot verify`` reports whichever
+    node a lease names.
+
+    Raises:
+        ValueError: not a JSON object with a string ``node_key``, or an ``epoch`` that is
+            present and not a non-negative integer.
+    """
+    value = _json(data)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    node_key, epoch = value.get("node_key"), value.get("epoch")
+    if not isinstance(node_key, str):
+        raise ValueError("node_key is missing or not a string")
+    if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
+        raise ValueError(f"epoch {epoch!r} is not a non-negative integer")
+    return LeaseRecord(node_key, epoch)

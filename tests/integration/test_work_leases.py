@@ -16,9 +16,10 @@ from kazoo.client import KazooClient
 from sqlalchemy import Engine, update
 
 from allot.errors import Fenced
+from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess
-from allot.testing.zookeeper import expire_session, wait_until
-from allot.work.leases import BucketWork
+from allot.testing.zookeeper import expire_session
+from allot.work.leases import BucketWork, Recheck
 from allot.work.runs import hold_fence, read_fence
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
@@ -50,6 +51,20 @@ class Node:
 
     def lease_token(self, bucket: int) -> int | None:
         return self.work.held.get(bucket)
+
+    def wait_serving(self, buckets: set[int], timeout: float = 10) -> None:
+        """Wait until this node's queues are exactly ``buckets``."""
+        wanted = frozenset(buckets)
+        wait_for(
+            lambda: self.queues.serving == wanted, f"{self.key} serving {sorted(wanted)}", timeout
+        )
+
+    def wait_passes(self, count: int = 2, timeout: float = 10) -> None:
+        """Wait until this node's loop has completed ``count`` more passes: the last one began
+        after the call, so it saw everything the test did before."""
+        start = self.work.passes
+        what = f"{count} more passes of {self.key}'s lease loop"
+        wait_for(lambda: self.work.passes >= start + count, what, timeout)
 
 
 REREAD = 1.0
@@ -121,7 +136,7 @@ def test_a_node_serves_its_buckets_only_after_taking_the_lease_and_the_fence(
 ) -> None:
     store.save("a@h", [1, 2])
     a = start_node("a@h")
-    wait_until(lambda: a.queues.serving == {1, 2}, timeout=10)
+    a.wait_serving({1, 2})
 
     for bucket in (1, 2):
         stat = a.client.exists(paths.lease(bucket))
@@ -139,21 +154,22 @@ def test_a_busy_bucket_is_handed_over_after_its_task_finishes(
     store.save("a@h", [1, 2])
     a = start_node("a@h")
     b = start_node("b@h")
-    wait_until(lambda: a.queues.serving == {1, 2}, timeout=10)
+    a.wait_serving({1, 2})
     old_token = a.lease_token(1)
     assert old_token is not None
     a.queues.busy = {1}  # a task of bucket 1 is running on a
 
     store.save("a@h", [2])
     store.save("b@h", [1])
-    wait_until(lambda: a.queues.serving == {2}, timeout=5)  # a takes no new task of bucket 1 …
-    time.sleep(1.0)
+    a.wait_serving({2}, timeout=5)  # a takes no new task of bucket 1 …
+    a.wait_passes()
+    b.wait_passes()
     assert 1 not in b.queues.serving  # … and b does not start while a's task runs
     assert a.lease_token(1) == old_token
     assert commit_allowed(migrated, 1, "a@h", old_token)  # a's running task may still commit
 
     a.queues.busy = set()  # the task finished
-    wait_until(lambda: b.queues.serving == {1}, timeout=5)
+    b.wait_serving({1}, timeout=5)
     new_token = b.lease_token(1)
     assert new_token is not None
     assert new_token > old_token
@@ -168,7 +184,7 @@ def test_the_handoff_timeout_releases_a_bucket_whose_task_hangs_and_fences_it(
     store.save("a@h", [3])
     a = start_node("a@h", handoff_timeout=1.0)
     b = start_node("b@h")
-    wait_until(lambda: a.queues.serving == {3}, timeout=10)
+    a.wait_serving({3})
     old_token = a.lease_token(3)
     assert old_token is not None
     a.queues.busy = {3}  # never finishes
@@ -176,7 +192,7 @@ def test_the_handoff_timeout_releases_a_bucket_whose_task_hangs_and_fences_it(
     moved = time.monotonic()
     store.save("a@h", [])
     store.save("b@h", [3])
-    wait_until(lambda: b.queues.serving == {3}, timeout=10)
+    b.wait_serving({3})
     assert time.monotonic() - moved >= 1.0  # not before the timeout
     assert not commit_allowed(migrated, 3, "a@h", old_token)
 
@@ -186,13 +202,13 @@ def test_a_bucket_that_comes_back_before_its_release_keeps_its_lease(
 ) -> None:
     store.save("a@h", [4])
     a = start_node("a@h")
-    wait_until(lambda: a.queues.serving == {4}, timeout=10)
+    a.wait_serving({4})
     token = a.lease_token(4)
     a.queues.busy = {4}
     store.save("a@h", [])
-    wait_until(lambda: a.queues.serving == frozenset(), timeout=5)
+    a.wait_serving(set(), timeout=5)
     store.save("a@h", [4])
-    wait_until(lambda: a.queues.serving == {4}, timeout=5)
+    a.wait_serving({4}, timeout=5)
     assert a.lease_token(4) == token
 
 
@@ -202,15 +218,15 @@ def test_a_lost_session_stops_every_queue_and_the_next_owner_takes_over(
     store.save("a@h", [5, 6])
     a = start_node("a@h")
     b = start_node("b@h")
-    wait_until(lambda: a.queues.serving == {5, 6}, timeout=10)
+    a.wait_serving({5, 6})
     old_token = a.lease_token(5)
     assert old_token is not None
 
     expire_session(a.client, zookeeper.address)
-    wait_until(lambda: 5 not in a.queues.serving, timeout=10)
+    wait_for(lambda: 5 not in a.queues.serving, "a's queue of bucket 5 stopped", 10)
     store.save("a@h", [])
     store.save("b@h", [5, 6])
-    wait_until(lambda: b.queues.serving == {5, 6}, timeout=10)
+    b.wait_serving({5, 6})
     assert not commit_allowed(migrated, 5, "a@h", old_token)
     assert 5 not in a.queues.serving
     assert 6 not in a.queues.serving
@@ -222,7 +238,7 @@ def test_a_receiver_with_a_stale_view_of_its_assignment_takes_no_lease(
     store.save("b@h", [8])
     store.save("b@h", [7])  # the bucket 8 of the first write moved on
     b = start_node("b@h")
-    wait_until(lambda: b.queues.serving == {7}, timeout=10)
+    b.wait_serving({7})
     stale_version = b.client.exists(paths.assignments("b@h")).version - 1
     b.work._take(8, stale_version, epoch=0)  # the view before the last write
     assert b.client.exists(paths.lease(8)) is None
@@ -234,7 +250,7 @@ def test_a_lease_deleted_by_a_foreign_writer_stops_its_queue_and_is_taken_again(
 ) -> None:
     store.save("a@h", [9])
     a = start_node("a@h")
-    wait_until(lambda: a.queues.serving == {9}, timeout=10)
+    a.wait_serving({9})
     old_token = a.lease_token(9)
     assert old_token is not None
     seen: list[frozenset[int]] = []
@@ -246,7 +262,11 @@ def test_a_lease_deleted_by_a_foreign_writer_stops_its_queue_and_is_taken_again(
 
     a.work._serve = recording
     store.client.delete(paths.lease(9))
-    wait_until(lambda: (a.lease_token(9) or 0) > old_token and a.queues.serving == {9}, timeout=10)
+    wait_for(
+        lambda: (a.lease_token(9) or 0) > old_token and a.queues.serving == {9},
+        "a serving bucket 9 under a new lease",
+        10,
+    )
     assert frozenset() in seen  # the queue stopped in between
     assert not commit_allowed(migrated, 9, "a@h", old_token)
 
@@ -258,7 +278,7 @@ def test_a_persistent_znode_in_a_leases_place_is_removed_and_the_lease_taken(
     store.client.create(paths.lease(10), b"not a lease")
     store.save("a@h", [10])
     a = start_node("a@h")
-    wait_until(lambda: a.queues.serving == {10}, timeout=10)
+    a.wait_serving({10})
     stat = store.client.exists(paths.lease(10))
     assert stat is not None
     assert stat.ephemeralOwner == a.client.client_id[0]
@@ -283,8 +303,9 @@ def test_two_nodes_racing_for_one_bucket_never_both_serve_it(
     observer = threading.Thread(target=watch)
     observer.start()
     try:
-        wait_until(lambda: 11 in a.queues.serving or 11 in b.queues.serving, timeout=10)
-        time.sleep(1.0)
+        wait_for(lambda: 11 in a.queues.serving or 11 in b.queues.serving, "bucket 11 served", 10)
+        a.wait_passes()  # both tried to take it meanwhile, and went on
+        b.wait_passes()
     finally:
         stop.set()
         observer.join()
@@ -305,7 +326,7 @@ def serving_alone(start_node, store: AssignmentStore, bucket: int) -> tuple[Node
     """Node a@h serving ``bucket`` alone, and its lease token."""
     store.save("a@h", [bucket])
     a: Node = start_node("a@h")
-    wait_until(lambda: a.queues.serving == {bucket}, timeout=10)
+    a.wait_serving({bucket})
     token = a.lease_token(bucket)
     assert token is not None
     return a, token
@@ -319,7 +340,9 @@ def test_a_fence_changed_by_a_foreign_writer_is_written_again_by_the_lease_holde
     set_fence(migrated, 11, "intruder@h", token - 1)
     assert not commit_allowed(migrated, 11, "a@h", token)
     # Then the lease holder writes its fence again within a re-read, and keeps serving
-    wait_until(lambda: fence_of(migrated, 11) == ("a@h", token), timeout=REREAD + 5)
+    wait_for(
+        lambda: fence_of(migrated, 11) == ("a@h", token), "a's fence written again", REREAD + 5
+    )
     assert commit_allowed(migrated, 11, "a@h", token)
     assert a.queues.serving == {11}
 
@@ -332,7 +355,7 @@ def test_a_fence_a_foreign_writer_raised_past_the_lease_stops_the_bucket(
     set_fence(migrated, 12, "intruder@h", token + 10**9)
     # Then the holder stops serving the bucket (its tasks could not commit) and leaves the
     # fence alone: no commit by anyone but the intruder's token can land
-    wait_until(lambda: a.queues.serving == frozenset(), timeout=REREAD + 5)
+    a.wait_serving(set(), timeout=REREAD + 5)
     assert fence_of(migrated, 12) == ("intruder@h", token + 10**9)
     assert not commit_allowed(migrated, 12, "a@h", token)
 
@@ -345,8 +368,8 @@ def test_a_lease_of_this_session_the_node_does_not_know_is_deleted_after_an_erro
     # reply was lost to a ZooKeeper error before the bucket moved on)
     a.client.create(paths.lease(14), b"{}", ephemeral=True)
     # When the loop next runs after an interrupted pass
-    a.work._scan_leases = True
+    a.work._due.add(Recheck.STRAYS)
     a.work._wake.set()
     # Then the stray lease is gone, so the bucket's owner can take it
-    wait_until(lambda: a.client.exists(paths.lease(14)) is None, timeout=10)
+    wait_for(lambda: a.client.exists(paths.lease(14)) is None, "the stray lease deleted", 10)
     assert a.queues.serving == {13}

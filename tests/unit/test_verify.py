@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from allot.inspect.invariants import Check, Facts, Verdict, evaluate
+from allot.zk.leases import Lease, LeaseListing, lease_bucket
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 GRACE = 30.0
@@ -232,21 +233,30 @@ def lease(node_key: str) -> bytes:
     return json.dumps({"node_key": node_key, "epoch": 2}).encode()
 
 
+def listing(children: dict[str, bytes]) -> LeaseListing:
+    """What :func:`read_leases` lists for these children of ``{root}/leases`` and their data."""
+    buckets = {name: lease_bucket(name) for name in children}
+    return LeaseListing(
+        {b: Lease.decode(b, children[name]) for name, b in buckets.items() if b is not None},
+        tuple(sorted(name for name, bucket in buckets.items() if bucket is None)),
+    )
+
+
 def test_no_leases_znode_and_leases_naming_the_owners_pass() -> None:
     assert judged(leases=None).ok
-    assert judged(leases={}).ok
-    assert judged(leases={"1": lease("a@h"), "6": lease("b@h")}).ok
+    assert judged(leases=listing({})).ok
+    assert judged(leases=listing({"1": lease("a@h"), "6": lease("b@h")})).ok
 
 
 def test_a_lease_naming_a_node_that_is_not_live_is_a_violation() -> None:
-    verdict = judged(leases={"1": lease("gone@h")})
+    verdict = judged(leases=listing({"1": lease("gone@h")}))
 
     assert details(verdict) == ["the lease of bucket 1 names gone@h, its owner is a@h"]
     assert checks(verdict) == [Check.LEASE_OWNER]
 
 
 def test_a_lease_still_held_by_another_live_node_is_a_handoff_note() -> None:
-    verdict = judged(leases={"1": lease("b@h")})
+    verdict = judged(leases=listing({"1": lease("b@h")}))
 
     assert verdict.ok
     assert "bucket 1 is being handed over: b@h holds its lease, its owner is a@h" in verdict.notes
@@ -258,7 +268,7 @@ def test_a_lease_of_an_unowned_bucket_is_a_violation() -> None:
         live=frozenset(),
         departures={"a@h": gone_since(1)},
         sql_owners={1: "a@h", 2: "a@h", 3: "a@h"},
-        leases={"5": lease("b@h")},
+        leases=listing({"5": lease("b@h")}),
     )
 
     assert details(verdict) == ["the lease of bucket 5 names b@h, its owner is nobody"]
@@ -266,7 +276,7 @@ def test_a_lease_of_an_unowned_bucket_is_a_violation() -> None:
 
 def test_unreadable_and_out_of_range_leases_are_violations_foreign_names_notes() -> None:
     leases = {"2": b"{not json", "3": b'{"epoch": 2}', "7": lease("a@h"), "lock": b""}
-    verdict = judged(leases=leases | {"01": lease("a@h")})
+    verdict = judged(leases=listing(leases | {"01": lease("a@h")}))
 
     assert details(verdict) == [
         "the lease of bucket 2 is unreadable: b'{not json'",
@@ -301,7 +311,7 @@ def test_every_violation_is_reported_in_check_order() -> None:
         live=frozenset({"a@h"}),
         departures={"b@h": gone_since(GRACE * 2)},
         sql_epoch=1,
-        leases={"6": lease("gone@h")},
+        leases=listing({"6": lease("gone@h")}),
         applying=["p"],
     )
 

@@ -6,17 +6,21 @@ import pytest
 
 from allot.errors import InvalidNodeKey
 from allot.zk.codec import (
+    LeaseRecord,
     MemberInfo,
     VersionRecord,
     decode_buckets,
+    decode_lease,
     decode_member_info,
     decode_time,
     decode_version,
     encode_buckets,
+    encode_lease,
     encode_member_info,
     encode_time,
     encode_version,
 )
+from allot.zk.leases import lease_bucket
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import dead_predecessor
 
@@ -89,6 +93,41 @@ def test_member_info_round_trips_and_refuses_bad_fields() -> None:
             decode_member_info(bad)
 
 
+def test_lease_round_trips_and_is_compact() -> None:
+    record = LeaseRecord("node1@host", 7)
+    assert encode_lease(record) == b'{"node_key":"node1@host","epoch":7}'
+    assert decode_lease(encode_lease(record)) == record
+    # other writers' spacing is fine; a lease without an epoch still names its holder
+    assert decode_lease(b'{"node_key": "a@h", "epoch": 2}') == LeaseRecord("a@h", 2)
+    assert decode_lease(b'{"node_key": "a@h"}') == LeaseRecord("a@h", None)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"{not json", "malformed JSON"),
+        (b"", "malformed JSON"),
+        (b"\xff", "not UTF-8"),
+        (None, "no data"),
+        (b'["a@h", 1]', "expected a JSON object"),
+        (b'{"epoch": 2}', "node_key"),
+        (b'{"node_key": 5, "epoch": 2}', "node_key"),
+        (b'{"node_key": "a@h", "epoch": -1}', "epoch"),
+        (b'{"node_key": "a@h", "epoch": "2"}', "epoch"),
+        (b'{"node_key": "a@h", "epoch": true}', "epoch"),
+    ],
+)
+def test_malformed_leases_are_refused_with_a_reason(data: bytes | None, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        decode_lease(data)
+
+
+def test_a_lease_is_named_by_its_bucket_id_as_the_paths_write_it() -> None:
+    assert [lease_bucket(name) for name in ("7", "100", "0")] == [7, 100, 0]
+    for foreign in ("07", "+7", "-1", "lock", "", "\u00b2", "\u0667"):  # superscript 2, Arabic 7
+        assert lease_bucket(foreign) is None
+
+
 def test_paths_follow_the_documented_layout() -> None:
     paths = ZkPaths("/default/amoro/ams")
     assert paths.assignments("127.0.0.1:1260") == (
@@ -101,6 +140,7 @@ def test_paths_follow_the_documented_layout() -> None:
     assert paths.node("n@h") == "/default/amoro/ams/nodes/n@h"
     assert paths.assign_lock == "/default/amoro/ams/locks/assign"
     assert paths.assignment_version == "/default/amoro/ams/assignment-version"
+    assert paths.lease(7) == "/default/amoro/ams/leases/7"
 
 
 @pytest.mark.parametrize("key", ["../x", "a/b", "", ".", ".."])
