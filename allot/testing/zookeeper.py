@@ -11,25 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NotEmptyError
 
 from allot.settings import Settings
 from allot.zk.client import connect
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
-) -> bool:
-    """Poll ``predicate`` until it is true (returns True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def expire_session(client: KazooClient, hosts: str, timeout: float = 15.0) -> None:

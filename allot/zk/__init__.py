@@ -19,13 +19,16 @@ One module per idea:
 - :mod:`allot.zk.epoch`: the epoch floor, ``assignment-version`` re-published so an epoch never
   goes backwards;
 - :mod:`allot.zk.last_cycle`: the last cycle's report, for ``allot status``;
+- :mod:`allot.zk.leases`: the one reader of the bucket leases ``{root}/leases`` (their bytes are
+  :func:`~allot.zk.codec.encode_lease`'s), for table work, ``allot status``/``verify`` and metrics;
 - :mod:`allot.zk.registration`: registering this node, taking over a crashed predecessor's
   znode (:class:`NodeRegistration`);
 - :mod:`allot.zk.members`: reading and watching the member list (:func:`read_members`);
 - :mod:`allot.zk.process`: is a pid of this host still running (takeover decisions);
 - :mod:`allot.zk.lock`: the assignment cycle's lock and its guard (:class:`AssignmentLock`);
-- :mod:`allot.zk.triggers`: the trigger duty, one cycle per membership change;
-- :mod:`allot.testing.zookeeper`: fault injection for tests (session expiry).
+- :mod:`allot.zk.triggers`: the trigger duty, one cycle per membership change.
+
+Fault injection for tests (session expiry) is :mod:`allot.testing.zookeeper`.
 
 The write path's imports point one way, ``paths``/``codec`` -> ``version`` -> ``snapshot`` ->
 ``batch`` -> ``apply`` -> ``store`` (and ``departures``/``epoch``), and no module here imports one
