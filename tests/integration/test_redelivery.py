@@ -281,11 +281,28 @@ def test_a_restore_waits_for_kombus_sweeper(url: str, redis: Redis, cluster: str
     stuck.release()
 
 
-def test_a_broker_that_is_not_redis_is_left_alone() -> None:
-    # Given a RabbitMQ broker (it requeues a dead consumer's messages itself), When restoring,
-    # Then nothing is done and nothing is connected to
-    assert restore_on_broker("amqp://guest:guest@192.0.2.1:5672//", {"allot.c.bucket.1"}) == 0
-    assert restore_on_broker("pyamqp://192.0.2.1//", {"allot.c.bucket.1"}) == 0
+def test_the_dead_holders_late_ack_leaves_the_new_delivery_alone(
+    url: str, redis: Redis, cluster: str
+) -> None:
+    # Given a message a killed (or frozen) consumer took, restored and taken again by the new
+    # holder, which dies too
+    queue = bucket_queue(cluster, 8)
+    (sent,) = send(url, queue, 1)
+    take_and_kill(url, queue, 1)
+    (old_tag,) = redis.hkeys(Channel.unacked_key)
+    assert restore_unacked(redis, {queue}) == 1
+    take_and_kill(url, queue, 1)
+
+    # When the first holder wakes up and acknowledges its own delivery, as kombu acks
+    ack = redis.pipeline()
+    ack.zrem(Channel.unacked_index_key, old_tag)
+    ack.hdel(Channel.unacked_key, old_tag)
+    ack.execute()
+
+    # Then the new holder's delivery is still unacknowledged, so it can still be restored
+    assert unacked(redis) == {sent.task_id: queue}
+    assert restore_unacked(redis, {queue}) == 1
+    assert [task_id for task_id, _, _ in drain(url, queue)] == [sent.task_id]
 
 
 def test_restore_on_broker_restores_through_the_broker_url(
