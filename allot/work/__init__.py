@@ -2,9 +2,9 @@
 
 API: :func:`table_task`, :class:`TableContext`, :class:`~allot.errors.Fenced`. A worker loads
 the modules named by ``ALLOT_TASK_MODULES``; each table task call goes to the queue of its
-table's bucket (:func:`allot.work.task.route`), which only the bucket's lease holder consumes
+table's bucket (:func:`allot.work.routing.route`), which only the bucket's lease holder consumes
 (:mod:`allot.work.leases`, :mod:`allot.work.consumer`); a commit is fenced on the bucket's
-``bucket_lease`` row (:mod:`allot.work.runs`); ``every=S`` adds a tick per bucket per period
+``bucket_lease`` row (:mod:`allot.work.fence`); ``every=S`` adds a tick per bucket per period
 (:mod:`allot.work.periodic`).
 
 Why two nodes never commit for one bucket at once, and no stale commit lands
@@ -120,7 +120,8 @@ its in-flight messages after ``ALLOT_REDELIVERY_TIMEOUT``.
 """
 
 from allot.errors import Fenced
+from allot.work.context import TableContext
 from allot.work.queues import bucket_queue
-from allot.work.task import TableContext, TableTask, table_task, table_tasks
+from allot.work.task import TableTask, table_task, table_tasks
 
 __all__ = ["Fenced", "TableContext", "TableTask", "bucket_queue", "table_task", "table_tasks"]

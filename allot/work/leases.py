@@ -28,7 +28,7 @@ from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot.work.runs import FenceRow, read_fences, take_fence
+from allot.work.fence import FenceRow, read_fences, take_fence
 from allot.zk.codec import decode_buckets, decode_version
 from allot.zk.paths import ZkPaths
 

@@ -18,8 +18,8 @@ from sqlalchemy import Engine, update
 from allot.errors import Fenced
 from allot.testing.servers import ServerProcess
 from allot.testing.zookeeper import expire_session, wait_until
+from allot.work.fence import hold_fence, read_fence
 from allot.work.leases import BucketWork
-from allot.work.runs import hold_fence, read_fence
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models.engine import session_factory
