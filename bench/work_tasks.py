@@ -32,7 +32,7 @@ from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, 
 from sqlalchemy.orm import Session
 
 from allot.work import TableContext, table_task
-from allot.work.sql import work_sql
+from allot.work.database import work_sql
 
 TABLE_TASK = "bench.table_insert"
 PLAIN_TASK = "bench.plain_insert"

@@ -23,7 +23,8 @@ from allot.errors import ConfigurationError
 from allot.metrics.instruments import record_table_task
 from allot.settings import Settings, get_settings
 from allot.work.consumer import BucketQueues
-from allot.work.task import attempt_ended, route
+from allot.work.routing import route
+from allot.work.run import attempt_ended
 
 TASK_MODULES = ["tasks.assign", "tasks.node", "allot.work.periodic"]
 

@@ -237,9 +237,10 @@ class WorkerNode:
             departure.join(timeout)
             if departure.is_alive():
                 log.warning(
-                    "ZooKeeper did not answer within %g s: node %s leaves when its session "
-                    "expires", timeout, self.key,
-                )  # fmt: skip
+                    "ZooKeeper did not answer within %g s: node %s leaves when its session expires",
+                    timeout,
+                    self.key,
+                )
         else:
             log.warning("ZooKeeper unreachable: node %s leaves when its session expires", self.key)
         client.stop()

@@ -5,7 +5,7 @@ A call is checked completely before anything is sent (:func:`prepare_call`): the
 a table task of the modules named by ``ALLOT_TASK_MODULES`` (imported as the workers import
 them, :func:`load_table_tasks`), the call must fit its body, and the table must be registered.
 The result says which bucket queue the call goes to, the queue the router of allot's Celery
-app (:func:`allot.work.task.route`) would choose. Nothing here sends anything or opens a
+app (:func:`allot.work.routing.route`) would choose. Nothing here sends anything or opens a
 connection: the callers pass a :class:`~sqlalchemy.orm.Session` in.
 """
 
@@ -25,7 +25,7 @@ from allot.errors import ConfigurationError, InvalidInput, NotFound
 from allot.names import TableName, parse_table_name
 from allot.work import bucket_queue, table_tasks
 from allot.work.runs import RunRow
-from allot.work.task import TableTaskSpec
+from allot.work.spec import TableTaskSpec
 from models.schema import TableIdentifier, TableTaskRun
 from models.states import RunStatus
 
@@ -184,9 +184,17 @@ def list_runs(
         table_bucket(session, table)  # an unregistered table is a mistake, not an empty history
     return [
         RunRow(
-            run.attempt_id, run.run_id, run.task_name, f"{catalog}.{database}.{name}",
-            run.bucket_id, run.node_key, run.token, run.status, run.started_at,
-            run.finished_at, run.error,
+            run.attempt_id,
+            run.run_id,
+            run.task_name,
+            f"{catalog}.{database}.{name}",
+            run.bucket_id,
+            run.node_key,
+            run.token,
+            run.status,
+            run.started_at,
+            run.finished_at,
+            run.error,
         )
         for run, catalog, database, name in rows
-    ]  # fmt: skip
+    ]

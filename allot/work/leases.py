@@ -32,7 +32,7 @@ from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from allot.work.runs import FenceRow, read_fences, take_fence
+from allot.work.fence import FenceRow, read_fences, take_fence
 from allot.zk.codec import LeaseRecord, decode_buckets, decode_version, encode_lease
 from allot.zk.leases import read_leases
 from allot.zk.paths import ZkPaths

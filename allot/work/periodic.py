@@ -27,9 +27,10 @@ from celery.result import AsyncResult
 from allot.errors import Fenced
 from allot.names import TableName
 from allot.registry import list_tables
+from allot.work.database import work_sql
 from allot.work.queues import bucket_queue
-from allot.work.sql import work_sql
-from allot.work.task import NotHere, execute, node_key_of, table_tasks
+from allot.work.run import NotHere, execute, node_key_of
+from allot.work.task import table_tasks
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,10 @@ from allot.settings import Settings
 from allot.testing.processes import ROOT, allot_env
 from allot.testing.servers import ServerProcess, free_port
 from allot.work import bucket_queue, table_tasks
-from allot.work.runs import Attempt, start_attempt, take_fence
-from allot.work.sql import WorkSql
-from allot.work.task import execute
+from allot.work.database import WorkSql
+from allot.work.fence import take_fence
+from allot.work.run import execute
+from allot.work.runs import Attempt, start_attempt
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.paths import ZkPaths

@@ -10,7 +10,8 @@ from sqlalchemy import Engine, func, select, text
 from allot import registry
 from allot.errors import NotFound
 from allot.names import TableName, parse_table_name
-from allot.work.runs import Attempt, start_attempt, take_fence
+from allot.work.fence import take_fence
+from allot.work.runs import Attempt, start_attempt
 from models import Bucket, TableIdentifier
 from models.engine import session_factory
 from models.schema import TableTaskRun

@@ -19,8 +19,8 @@ from allot.errors import Fenced
 from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess
 from allot.testing.zookeeper import expire_session
+from allot.work.fence import hold_fence, read_fence
 from allot.work.leases import BucketWork, Recheck
-from allot.work.runs import hold_fence, read_fence
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models.engine import session_factory

@@ -1,4 +1,4 @@
-"""One run of a table task (allot.work.task.execute) against both databases: exactly one
+"""One run of a table task (allot.work.run.execute) against both databases: exactly one
 commit per run, fenced commits write nothing, a holder's commit and a new holder's fence are
 ordered by the database."""
 
@@ -31,9 +31,11 @@ from allot.names import parse_table_name
 from allot.registry import register_tables
 from allot.settings import Settings
 from allot.testing.polling import wait_for
-from allot.work.runs import take_fence
-from allot.work.sql import WorkSql, open_work_sql
-from allot.work.task import NotHere, TableContext, TableTaskSpec, execute
+from allot.work.context import TableContext
+from allot.work.database import WorkSql, open_work_sql
+from allot.work.fence import take_fence
+from allot.work.run import NotHere, execute
+from allot.work.spec import TableTaskSpec
 from models.engine import session_factory
 from models.schema import BucketLease, TableTaskRun
 from models.states import RunStatus

@@ -18,8 +18,10 @@ from sqlalchemy.exc import (
 )
 
 from allot.errors import InvalidInput
+from allot.work.context import TableContext
 from allot.work.queues import bucket_queue, queue_bucket
-from allot.work.task import TableContext, TableTaskSpec, requeue, transient
+from allot.work.run import requeue, transient
+from allot.work.spec import TableTaskSpec
 
 
 @given(

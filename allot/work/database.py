@@ -1,4 +1,10 @@
-"""The database of one process, for routing table tasks and for running them."""
+"""The database of one process, for routing table tasks and for running them.
+
+:func:`work_sql` gives this process's :class:`WorkSql` (opened on first use and again after a
+fork): its engine and sessions, and the lookup of a registered table's id and bucket, cached
+(a table's bucket is given for good). The router (:mod:`allot.work.routing`), a
+run (:mod:`allot.work.run`) and the periodic tick (:mod:`allot.work.periodic`) share it.
+"""
 
 from __future__ import annotations
 

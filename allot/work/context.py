@@ -1,0 +1,79 @@
+"""What a table task's body gets: :class:`TableContext` and its fenced commit.
+
+:meth:`TableContext.commit` is the one way a body's writes land: a session whose transaction
+first holds the bucket's fence row (:func:`~allot.work.fence.hold_fence`: it still names this
+node and token, and stays locked until the commit) and last marks the attempt committed in the
+run history (:func:`~allot.work.runs.mark_committed`), so the body's writes, the fence check and
+the committed mark land together or not at all. A refused check raises
+:class:`~allot.errors.Fenced` and writes nothing; the run (:mod:`allot.work.run`) then sends
+the message back to its bucket's queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from allot.errors import AllotError, Fenced
+from allot.names import TableName
+from allot.work.fence import FenceRow, hold_fence, read_fence
+from allot.work.runs import Attempt, mark_committed
+
+
+class TableContext:
+    """What a table task's body gets: the table, its bucket, this node and its fence token.
+
+    ``token`` is the fencing token under which this node runs the bucket's work: the ``czxid``
+    of its lease znode, so a later holder of the bucket always has a larger one.
+    """
+
+    def __init__(
+        self,
+        table: TableName,
+        table_id: int,
+        attempt: Attempt,
+        attempt_id: int,
+        sessions: sessionmaker[Session],
+    ) -> None:
+        self.table = str(table)
+        self.table_name = table
+        self.table_id = table_id
+        self.bucket_id = attempt.bucket_id
+        self.node_key = attempt.node_key
+        self.token = attempt.token
+        self.run_id = attempt.run_id
+        self.attempt_id = attempt_id
+        self._sessions = sessions
+        self.committed = False
+        self.fenced = False
+        """Whether a commit was refused: the run is fenced whatever the body raises next."""
+
+    def owns(self) -> bool:
+        """Whether the bucket's fence still names this node and token (a hint for long work:
+        a commit checks again, atomically)."""
+        with self._sessions() as session:
+            fence = read_fence(session, self.bucket_id)
+        return fence == FenceRow(self.bucket_id, self.node_key, self.token)
+
+    @contextlib.contextmanager
+    def commit(self) -> Iterator[Session]:
+        """A session whose transaction commits the body's writes only while the bucket's fence
+        names this node and token, and marks this run committed in the same transaction.
+
+        Raises:
+            Fenced: the bucket's work moved: nothing written (allot re-queues the message).
+            AllotError: ``commit()`` was already used in this run.
+        """
+        if self.committed:
+            raise AllotError(f"table task run {self.run_id}: commit() is used once per run")
+        with self._sessions() as session, session.begin():
+            try:
+                hold_fence(session, self.bucket_id, self.node_key, self.token)
+            except Fenced:
+                self.fenced = True
+                raise
+            yield session
+            mark_committed(session, self.attempt_id)
+        self.committed = True

@@ -1,0 +1,129 @@
+"""The fence of table work: a bucket's ``bucket_lease`` row, who may commit for the bucket.
+
+Pure SQL on a caller's :class:`~sqlalchemy.orm.Session`; no ZooKeeper, no Celery. The callers
+(:mod:`allot.work.leases` in a worker's main process, :mod:`allot.work.context` and
+:mod:`allot.work.run` in its pool processes) own the transactions.
+
+- :func:`take_fence` is how a node that has just taken a bucket's lease in ZooKeeper says so
+  in SQL: it writes its key and lease token into the bucket's ``bucket_lease`` row, only ever
+  raising the token. A holder with a smaller token is from then on refused by
+  :func:`hold_fence`.
+- :func:`hold_fence` is the first statement of every commit of a table task: an ``UPDATE``
+  that matches only while the row names the task's node and token. It locks the row (a row
+  lock on PostgreSQL, the database's write lock on SQLite) until the transaction ends, so a
+  receiver's :func:`take_fence` waits for a commit that passed the check, and a commit that
+  comes after it is refused. Check and commit are one transaction: there is no window between.
+- :func:`read_fence` / :func:`read_fences` say what the row names now: whether a message
+  reached its bucket's holder, and whether a holder's fence was changed by a foreign writer.
+
+Why this is enough is argued in ``docs/table-work.md`` (the fence, F).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.orm import Session
+
+from allot.errors import Fenced
+from models.base import utcnow
+from models.schema import BucketLease
+
+FENCE_LOCK_TIMEOUT_MS = 2000
+"""How long a new holder's fence write waits on PostgreSQL for a commit holding the row before
+it gives up for this pass (a frozen commit is ended by the server after the handoff timeout)."""
+
+
+@dataclass(frozen=True)
+class FenceRow:
+    """What a bucket's ``bucket_lease`` row says: who may commit, with which token."""
+
+    bucket_id: int
+    node_key: str
+    token: int
+
+
+def read_fence(session: Session, bucket_id: int, *, for_write: bool = False) -> FenceRow | None:
+    """The bucket's fence, or None when no node ever took its lease.
+
+    ``for_write``: the transaction writes next; lock the row first (a write statement that
+    changes nothing), so that on SQLite the transaction holds the write lock from its first
+    statement instead of failing to upgrade a read (``database is locked``).
+    """
+    if for_write:
+        session.execute(
+            update(BucketLease)
+            .where(BucketLease.bucket_id == bucket_id)
+            .values(token=BucketLease.token)
+        )
+    row = session.execute(
+        select(BucketLease.node_key, BucketLease.token).where(BucketLease.bucket_id == bucket_id)
+    ).first()
+    return None if row is None else FenceRow(bucket_id, row.node_key, row.token)
+
+
+def read_fences(session: Session, buckets: Iterable[int]) -> dict[int, FenceRow]:
+    """The fences of ``buckets`` that exist, by bucket."""
+    rows = session.execute(
+        select(BucketLease.bucket_id, BucketLease.node_key, BucketLease.token).where(
+            BucketLease.bucket_id.in_(list(buckets))
+        )
+    )
+    return {row.bucket_id: FenceRow(row.bucket_id, row.node_key, row.token) for row in rows}
+
+
+def take_fence(session: Session, bucket_id: int, node_key: str, token: int) -> bool:
+    """Make the bucket's fence name ``node_key`` with ``token``, unless a larger token is
+    already there (then this holder is stale: False, nothing written).
+
+    Waits for a commit holding the row (:func:`hold_fence`) to finish. A first write races
+    another node's first write only if two nodes hold the bucket's lease at once, which
+    ZooKeeper prevents; the loser of such a race gets an ``IntegrityError`` from the insert.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        # the lease loop must not hang on a row a stuck commit holds: fail, try next pass
+        session.execute(text(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT_MS}ms'"))
+    now = utcnow()
+    raised = session.execute(
+        update(BucketLease)
+        .where(BucketLease.bucket_id == bucket_id, BucketLease.token <= token)
+        .values(node_key=node_key, token=token, taken_at=now)
+    )
+    if raised.rowcount == 1:  # type: ignore[attr-defined]
+        return True
+    if read_fence(session, bucket_id) is not None:
+        return False  # a later holder wrote first: this one is stale
+    session.execute(
+        insert(BucketLease).values(
+            bucket_id=bucket_id, node_key=node_key, token=token, taken_at=now
+        )
+    )
+    return True
+
+
+def hold_fence(session: Session, bucket_id: int, node_key: str, token: int) -> None:
+    """Lock the bucket's fence row for this transaction if it still names ``node_key`` with
+    ``token``.
+
+    Raises:
+        Fenced: the row names another node or token (or does not exist): the bucket's work
+            moved; this transaction must write nothing.
+    """
+    held = session.execute(
+        update(BucketLease)
+        .where(
+            BucketLease.bucket_id == bucket_id,
+            BucketLease.node_key == node_key,
+            BucketLease.token == token,
+        )
+        .values(node_key=BucketLease.node_key)
+    )
+    if held.rowcount != 1:  # type: ignore[attr-defined]
+        now = read_fence(session, bucket_id)
+        holder = "nobody" if now is None else f"{now.node_key} (token {now.token})"
+        raise Fenced(
+            f"bucket {bucket_id} is fenced for {node_key} (token {token}): "
+            f"its work moved to {holder}"
+        )

@@ -1,0 +1,186 @@
+"""One run of a table task message in the worker: execute, send back, retry.
+
+:func:`run_message` is the body of every table task's Celery task. :func:`execute` runs one
+attempt: it reads the bucket's fence (:mod:`allot.work.fence`); a message that reached a node
+the fence does not name goes back to the bucket's queue untouched (:func:`requeue`). It
+records the attempt in the run history (:mod:`allot.work.runs`; a run that already committed
+is not run again), calls the body, and commits: :meth:`TableContext.commit
+<allot.work.context.TableContext.commit>` holds the fence row and marks the attempt committed
+in the transaction of the body's writes; a body that never calls it gets an empty commit at its
+end, so every successful run is fenced and recorded once. A commit refused by the fence
+(:class:`~allot.errors.Fenced`) writes nothing and puts the message back in the bucket's
+queue, where the bucket's new owner takes it. A database error that may pass by itself
+(:func:`transient`) is retried, backing off from 1 to 60 s; any other fails the run.
+
+Why that is enough, under every interleaving of a move with a running task, is argued in
+``docs/table-work.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, Reject
+from celery.utils.dispatch import Signal
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from allot.errors import Fenced
+from allot.names import TableName, parse_table_name
+from allot.settings import Settings
+from allot.work.context import TableContext
+from allot.work.database import WorkSql, work_sql
+from allot.work.fence import read_fence
+from allot.work.runs import AlreadyCommitted, Attempt, finish_attempt, start_attempt
+from allot.work.spec import TableTaskSpec
+from models.states import RunStatus
+
+log = logging.getLogger(__name__)
+
+
+class NotHere(Exception):
+    """The message reached a node the bucket's fence does not name (internal)."""
+
+
+def node_key_of(settings: Settings, hostname: str | None) -> str:
+    """The node key of the worker running a task (``ALLOT_NODE_KEY`` or its hostname)."""
+    return settings.node_key or hostname or "celery@localhost"
+
+
+def execute(
+    sql: WorkSql,
+    spec: TableTaskSpec,
+    table: TableName,
+    run_id: str,
+    node_key: str,
+    kwargs: Mapping[str, Any],
+) -> Any:
+    """One attempt of run ``run_id`` of ``spec`` on ``table`` by ``node_key``.
+
+    Returns the body's result, or None when the run had already committed (nothing run).
+
+    Raises:
+        NotHere: the bucket's fence names another node (nothing run, nothing recorded).
+        Fenced: the commit was refused (the attempt is recorded ``fenced``).
+        Exception: what the body raised (the attempt is recorded ``failed``).
+    """
+    table_id, bucket_id = sql.find_table(table)
+    with sql.sessions.begin() as session:
+        fence = read_fence(session, bucket_id, for_write=True)
+        if fence is None or fence.node_key != node_key:
+            raise NotHere(fence)
+        attempt = Attempt(run_id, spec.name, table_id, bucket_id, node_key, fence.token)
+        attempt_id = start_attempt(session, attempt)
+    if attempt_id is None:
+        log.info("run %s of %s on %s already committed: not run again", run_id, spec.name, table)
+        return None
+    ctx = TableContext(table, table_id, attempt, attempt_id, sql.sessions)
+    try:
+        result = spec.body(ctx, **kwargs)
+        if not ctx.committed:
+            with ctx.commit():
+                pass
+        encoded = json.dumps(result)
+    except Fenced as exc:
+        _finish(sql, spec.name, attempt_id, RunStatus.FENCED, error=str(exc))
+        raise
+    except AlreadyCommitted:
+        _finish(
+            sql,
+            spec.name,
+            attempt_id,
+            RunStatus.FAILED,
+            error="another attempt of the run committed",
+        )
+        return None
+    except BaseException as exc:
+        if ctx.fenced:  # the body wrapped the refusal in an error of its own
+            _finish(sql, spec.name, attempt_id, RunStatus.FENCED, error=str(exc))
+            raise Fenced(f"{type(exc).__name__}: {exc}") from exc
+        status = RunStatus.COMMITTED if ctx.committed else RunStatus.FAILED
+        _finish(sql, spec.name, attempt_id, status, error=f"{type(exc).__name__}: {exc}")
+        raise
+    _finish(sql, spec.name, attempt_id, RunStatus.COMMITTED, result=encoded)
+    return result
+
+
+attempt_ended = Signal(name="allot.work.attempt_ended")
+"""Sent (``task=``, ``status=``) in the process that ran a table task attempt when it ended
+committed, fenced or failed: the node's metrics count them (:mod:`tasks.app`)."""
+
+
+def _finish(sql: WorkSql, task: str, attempt_id: int, status: RunStatus, **details: Any) -> None:
+    """Record how an attempt ended, in the history and to :data:`attempt_ended`; the history
+    is never a reason to fail a run."""
+    attempt_ended.send(sender=task, task=task, status=status)
+    try:
+        with sql.sessions.begin() as session:
+            finish_attempt(session, attempt_id, status, **details)
+    except DBAPIError:
+        log.warning("could not record the end of attempt %d (%s)", attempt_id, status)
+
+
+def requeue(task: Task, reason: str) -> None:
+    """Send the message being run back to its bucket's queue (same task id) and end this
+    delivery without a result: the bucket's owner runs it. When the broker refuses the new
+    message, this delivery is rejected back to the queue it came from instead (never lost)."""
+    request = task.request
+    try:
+        task.apply_async(args=request.args, kwargs=request.kwargs, task_id=request.id)
+    except Exception as exc:  # kombu's OperationalError after its retries, or the router's
+        log.warning(
+            "%s[%s] could not be sent back through the router (%s): returned to its queue",
+            task.name,
+            request.id,
+            exc,
+        )
+        raise Reject(exc, requeue=True) from None
+    log.info("%s[%s] sent back to its bucket's queue: %s", task.name, request.id, reason)
+    raise Ignore()
+
+
+def run_message(task: Task, spec: TableTaskSpec, table: str, kwargs: Mapping[str, Any]) -> Any:
+    """The body of every table task's Celery task (``task``, a
+    :class:`~allot.work.task.TableTask` of ``spec``): :func:`execute` for this delivery."""
+    sql = work_sql()
+    node_key = node_key_of(sql.settings, task.request.hostname)
+    name = parse_table_name(table)
+    try:
+        return execute(sql, spec, name, task.request.id, node_key, kwargs)
+    except NotHere as exc:
+        fence = exc.args[0]
+        holder = "no node yet" if fence is None else fence.node_key
+        requeue(task, f"the bucket's fence names {holder}, not {node_key}")
+    except Fenced as exc:
+        log.warning("%s[%s] on %s: %s", task.name, task.request.id, table, exc)
+        requeue(task, "its commit was fenced")
+    except DBAPIError as exc:
+        if not transient(exc):
+            # the SQL itself is wrong (the body's, or a table dropped since it was looked
+            # up): the run fails with the database's message, it is not retried
+            sql.tables.pop(name, None)
+            raise
+        countdown = min(2 ** min(task.request.retries, 6), 60)  # 1, 2, 4 ... 60 s
+        try:
+            raise task.retry(exc=exc, countdown=countdown, max_retries=None) from None
+        except Reject as refused:  # the broker refused the retry: keep this delivery instead
+            raise Reject(refused.reason, requeue=True) from None
+    return None  # unreachable: requeue raises Ignore
+
+
+def transient(exc: DBAPIError) -> bool:
+    """Whether a database error may pass by itself (a lost connection, a locked database):
+    such a run is retried, backing off from 1 to 60 s, until the database answers. SQLite
+    reports a missing table or a syntax error as an ``OperationalError`` too: there only a
+    locked or busy database passes."""
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        message = str(exc.orig).lower()
+        return any(word in message for word in ("locked", "busy", "disk i/o"))
+    return True
