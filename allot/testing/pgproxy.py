@@ -250,7 +250,7 @@ class PgProxy:
             rest = _recv_exactly(link.client, length - 4)
             if rest is None:
                 return False
-            (code,) = struct.unpack("!i", rest[:4])
+            code: int = struct.unpack("!i", rest[:4])[0]
             if code in (SSL_REQUEST, GSSENC_REQUEST):
                 link.client.sendall(b"N")
                 continue
