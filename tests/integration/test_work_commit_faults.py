@@ -5,17 +5,19 @@ gave it. Each run still commits exactly once."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from allot.names import parse_table_name
 from allot.registry import register_tables
 from allot.settings import Settings
 from allot.testing.pgproxy import PgProxy
+from allot.work.commit_guard import EarlyCommit
 from allot.work.runs import take_fence
 from allot.work.sql import WorkSql, open_work_sql
 from allot.work.task import TableContext, TableTaskSpec, execute, transient
@@ -145,3 +147,66 @@ def test_a_commit_the_server_never_got_is_run_again_and_commits_once(
 def test_pgproxy_refuses_a_server_off_loopback() -> None:
     with pytest.raises(ValueError, match="loopback"):
         PgProxy(("192.0.2.1", 5432))
+
+
+# -- a body that commits (or rolls back) the session allot commits ------------------------------
+
+
+def writes_then(end: Callable[[Session], None], swallow: bool = False) -> TableTaskSpec:
+    def body(ctx: TableContext) -> None:
+        with ctx.commit() as session:
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+            try:
+                end(session)
+            except EarlyCommit:
+                if not swallow:
+                    raise
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=-1))
+
+    return TableTaskSpec("test.early", body, None)
+
+
+def commit_once(ctx: TableContext) -> None:
+    with ctx.commit() as session:
+        session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+
+
+@pytest.mark.parametrize("swallow", [False, True], ids=["raised", "swallowed"])
+def test_a_body_that_commits_the_session_itself_commits_nothing(
+    sql: WorkSql, bucket: int, swallow: bool
+) -> None:
+    # a body that catches the refusal and goes on still commits nothing
+    with pytest.raises(EarlyCommit, match=r"let allot commit") as refused:
+        execute(sql, writes_then(Session.commit, swallow), TABLE, "run-3", "a@h", {})
+    assert "session.commit() inside ctx.commit() is refused" in str(refused.value)
+    assert effects_of(sql.engine, "run-3") == 0
+    assert attempts(sql.engine, "run-3") == [(RunStatus.FAILED, f"EarlyCommit: {refused.value}")]
+    # the fixed body, run again, commits once
+    execute(sql, TableTaskSpec("test.early", commit_once, None), TABLE, "run-3", "a@h", {})
+    assert effects_of(sql.engine, "run-3") == 1
+    assert statuses(sql.engine, "run-3") == [RunStatus.FAILED, RunStatus.COMMITTED]
+
+
+@pytest.mark.parametrize("end", [Session.rollback, Session.close], ids=["rollback", "close"])
+def test_a_body_that_ends_the_transaction_itself_commits_nothing(
+    sql: WorkSql, bucket: int, end: Callable[[Session], None]
+) -> None:
+    # its writes after the rollback would be outside the fence: refused at allot's commit
+    with pytest.raises(EarlyCommit, match=r"rolled back or closed .* let allot commit"):
+        execute(sql, writes_then(end), TABLE, "run-4", "a@h", {})
+    assert effects_of(sql.engine, "run-4") == 0
+    assert statuses(sql.engine, "run-4") == [RunStatus.FAILED]
+
+
+def test_a_savepoint_inside_the_commit_is_allowed(sql: WorkSql, bucket: int) -> None:
+    def body(ctx: TableContext) -> None:
+        with ctx.commit() as session:
+            with session.begin_nested():
+                session.execute(insert(effect).values(run_id=ctx.run_id, table_id=1))
+            nested = session.begin_nested()
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=2))
+            nested.rollback()
+
+    execute(sql, TableTaskSpec("test.savepoint", body, None), TABLE, "run-5", "a@h", {})
+    assert effects_of(sql.engine, "run-5") == 1
+    assert statuses(sql.engine, "run-5") == [RunStatus.COMMITTED]
