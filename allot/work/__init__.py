@@ -34,7 +34,13 @@ partial unique index allows one committed attempt per run (the Celery task id); 
 a run that already committed is not run. Messages are acknowledged late and rejected back to
 their queue when a pool process dies; a message whose commit was fenced, or that reached a
 node the fence does not name, is sent back to its bucket's queue with the same task id before
-it is acknowledged. So a message is neither lost nor committed twice.
+it is acknowledged. So a message is neither lost nor committed twice. A commit whose reply is
+lost (the connection drops after the server committed) ends the attempt in an error and is
+retried; recording that end never overwrites a ``committed`` attempt (the ``UPDATE`` matches
+only one that is not), so the retry finds the commit and runs nothing. Only allot commits the
+transaction of ``ctx.commit()``: a body that commits or rolls back its session itself is
+refused (:mod:`allot.work.commit_guard`), since that would land its writes without the marker
+and the fence.
 
 Every interleaving of a move with a running task, case by case:
 
