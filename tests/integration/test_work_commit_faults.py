@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.engine import make_url
@@ -210,3 +211,29 @@ def test_a_savepoint_inside_the_commit_is_allowed(sql: WorkSql, bucket: int) -> 
     execute(sql, TableTaskSpec("test.savepoint", body, None), TABLE, "run-5", "a@h", {})
     assert effects_of(sql.engine, "run-5") == 1
     assert statuses(sql.engine, "run-5") == [RunStatus.COMMITTED]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_pgproxy_loses_the_reply_to_a_commit_sent_through_the_extended_protocol(
+    migrated: Engine, database_url: str, proxied: tuple[PgProxy, WorkSql]
+) -> None:
+    proxy, _ = proxied
+    url = make_url(database_url)
+    effects.create_all(migrated)
+    connection = psycopg.connect(
+        host="127.0.0.1",
+        port=proxy.port,
+        dbname=url.database,
+        user=url.username,
+        password=url.password,
+        sslmode="disable",
+        connect_timeout=5,
+    )
+    connection.execute("INSERT INTO test_effect (run_id, table_id) VALUES ('ext', 1)")
+    proxy.lose_next_commit_reply()
+    with pytest.raises(psycopg.OperationalError):
+        connection.execute("COMMIT", prepare=True)  # Parse, Bind, Execute, Sync
+    connection.close()
+    assert proxy.commits_seen == ["E"]
+    assert proxy.lost_replies == ["COMMIT"]
+    assert effects_of(migrated, "ext") == 1  # the server committed
