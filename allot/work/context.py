@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from allot.errors import AllotError, Fenced
 from allot.names import TableName
+from allot.work.commit_guard import OwnCommit
 from allot.work.fence import FenceRow, hold_fence, read_fence
 from allot.work.runs import Attempt, mark_committed
 
@@ -65,15 +66,19 @@ class TableContext:
         Raises:
             Fenced: the bucket's work moved: nothing written (allot re-queues the message).
             AllotError: ``commit()`` was already used in this run.
+            EarlyCommit: the body committed or rolled back the session itself (nothing
+                written; :mod:`allot.work.commit_guard`).
         """
         if self.committed:
             raise AllotError(f"table task run {self.run_id}: commit() is used once per run")
-        with self._sessions() as session, session.begin():
+        with self._sessions() as session, OwnCommit(session, self.run_id) as own:
             try:
                 hold_fence(session, self.bucket_id, self.node_key, self.token)
             except Fenced:
                 self.fenced = True
                 raise
             yield session
+            own.check()  # the body did not end the transaction itself
             mark_committed(session, self.attempt_id)
+            own.commit()
         self.committed = True

@@ -114,13 +114,19 @@ committed, fenced or failed: the node's metrics count them (:mod:`tasks.app`).""
 
 def _finish(sql: WorkSql, task: str, attempt_id: int, status: RunStatus, **details: Any) -> None:
     """Record how an attempt ended, in the history and to :data:`attempt_ended`; the history
-    is never a reason to fail a run."""
-    attempt_ended.send(sender=task, task=task, status=status)
+    is never a reason to fail a run. An attempt that committed stays committed: one whose
+    commit reply was lost ends in an error, and its retry finds the commit and runs nothing."""
+    recorded = status
     try:
         with sql.sessions.begin() as session:
-            finish_attempt(session, attempt_id, status, **details)
+            recorded = finish_attempt(session, attempt_id, status, **details)
     except DBAPIError:
         log.warning("could not record the end of attempt %d (%s)", attempt_id, status)
+    if recorded != status:
+        log.warning(
+            "attempt %d committed before it ended %s: it stays committed", attempt_id, status
+        )
+    attempt_ended.send(sender=task, task=task, status=recorded)
 
 
 def requeue(task: Task, reason: str) -> None:

@@ -111,15 +111,33 @@ def finish_attempt(
     *,
     error: str | None = None,
     result: str | None = None,
-) -> None:
-    """Record how the attempt ended (a committed attempt keeps ``committed``; only its result
-    is added)."""
-    values: dict[str, Any] = {"result": result}
-    if status != RunStatus.COMMITTED:
-        values.update(status=status, finished_at=utcnow(), error=(error or "")[:ERROR_LENGTH])
-    session.execute(
-        update(TableTaskRun).where(TableTaskRun.attempt_id == attempt_id).values(values)
+) -> RunStatus:
+    """Record how the attempt ended and return the status it has now.
+
+    A committed attempt keeps ``committed`` whatever ``status`` says (only its result is
+    added): a run whose commit landed on the server while its connection dropped before the
+    reply (a pooler restart, a reset, a killed backend) ends in an error, as if it failed, and
+    is retried; that end must not hide its commit, or the retry would find no committed
+    attempt and run the body again. The guard is in the ``UPDATE`` itself, so it also holds
+    when the commit is still in flight on the server: the update waits for its row lock and
+    then finds it committed.
+    """
+    if status == RunStatus.COMMITTED:
+        session.execute(
+            update(TableTaskRun).where(TableTaskRun.attempt_id == attempt_id).values(result=result)
+        )
+        return status
+    ended = session.execute(
+        update(TableTaskRun)
+        .where(TableTaskRun.attempt_id == attempt_id, TableTaskRun.status != RunStatus.COMMITTED)
+        .values(
+            status=status,
+            finished_at=utcnow(),
+            error=(error or "")[:ERROR_LENGTH],
+            result=result,
+        )
     )
+    return status if ended.rowcount == 1 else RunStatus.COMMITTED  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
