@@ -154,7 +154,8 @@ class BucketLease(Base):
     ``token`` here (the ``czxid`` of its lease znode: ZooKeeper's transaction ids only grow,
     so a later holder always has a larger token) before it runs any of the bucket's tasks, and
     only ever raises the token. A table task's commit holds this row and commits only while it
-    still names the task's node and token (:mod:`allot.work`).
+    still names the task's node and token (:mod:`allot.work.fence`,
+    docs/table-work.md).
     """
 
     __tablename__ = "bucket_lease"
