@@ -168,3 +168,15 @@ class Fenced(AllotError):
     longer names this node with this task's token, because the bucket's work moved to another
     node. Nothing the task wrote in :meth:`allot.work.TableContext.commit` landed; allot puts
     the message back in the bucket's queue, so the run happens again on the owner."""
+
+
+class RetriesExhausted(DatabaseError):
+    """A table task run met a database error that may pass by itself (a lost connection, a
+    locked database) on more than ``ALLOT_RUN_RETRIES`` deliveries in a row: it fails with
+    the last error instead of being retried again."""
+
+
+class RunAbandoned(AllotError):
+    """A table task run whose attempts were abandoned ``ALLOT_MAX_ABANDONED`` times (the pool
+    process running its body died: OOM, a segfault, a kill) fails without running the body
+    again: a message that kills its worker is not delivered forever."""

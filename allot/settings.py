@@ -81,6 +81,24 @@ class Settings(BaseSettings):
         description="Seconds a node giving a bucket away lets its running table tasks finish "
         "before it releases the bucket's lease (their commits are then refused).",
     )
+    run_retries: int = Field(
+        20,
+        ge=0,
+        description="Times a table task run is retried after a database error that may pass "
+        "(a lost connection, a locked database), backing off from 1 to 60 s, before it fails.",
+    )
+    max_abandoned: int = Field(
+        3,
+        ge=1,
+        description="Attempts of a table task run abandoned by a dead pool process (OOM, "
+        "segfault) after which the run fails without running its body again.",
+    )
+    sql_connect_timeout: int = Field(
+        10,
+        ge=2,
+        description="Seconds a worker waits for a PostgreSQL connection before the attempt "
+        "fails (and is retried).",
+    )
     metrics_port: int = Field(
         0,
         ge=0,

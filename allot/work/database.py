@@ -65,7 +65,9 @@ def work_sql() -> WorkSql:
 
     On PostgreSQL a transaction left idle longer than ``ALLOT_HANDOFF_TIMEOUT`` (a frozen
     process holding a bucket's fence row) is ended by the server, so it never holds up the
-    bucket's next owner for longer than that.
+    bucket's next owner for longer than that; a body that computes inside ``commit()`` for
+    longer fails (not retried). A connection the server does not answer fails after
+    ``ALLOT_SQL_CONNECT_TIMEOUT``, so an unreachable database does not hold a pool process.
     """
     global _sql
     if _sql is None or _sql.pid != os.getpid():
@@ -76,8 +78,12 @@ def work_sql() -> WorkSql:
 def open_work_sql(settings: Settings) -> WorkSql:
     """A :class:`WorkSql` on ``settings``' database (see :func:`work_sql`)."""
     options: dict[str, Any] = {}
-    if make_url(settings.database_url).get_backend_name() == "postgresql":
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "postgresql":
         idle_ms = max(int(settings.handoff_timeout * 1000), 1000)
-        options["connect_args"] = {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
+        connect: dict[str, Any] = {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
+        if "connect_timeout" not in url.query:  # the URL's own wins
+            connect["connect_timeout"] = settings.sql_connect_timeout
+        options["connect_args"] = connect
     engine = open_engine(settings.database_url, **options)
     return WorkSql(os.getpid(), settings, engine, session_factory(engine))

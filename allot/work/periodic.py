@@ -11,6 +11,11 @@ A period is not doubled: a tick is sent only when the same node's previous tick 
 and bucket has finished (its result is ready); while it runs, the periods it overlaps are
 skipped. A node that takes a bucket over does not know its predecessor's tick, which may
 still be in the queue: it runs after it, never beside it (one bucket, one consumer).
+
+Periods come from each node's wall clock (``period = int(time // every)``): nodes whose clocks
+disagree by less than a period agree on it; around a handoff to a node whose clock is behind,
+a period may be ticked again, and its runs (same ids) commit nothing twice; to one whose clock
+is ahead, a period may be skipped. ``docs/table-work.md`` has the case.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task, shared_task
-from celery.exceptions import Ignore
 from celery.result import AsyncResult
 
 from allot.errors import Fenced
@@ -29,7 +33,7 @@ from allot.names import TableName
 from allot.registry import list_tables
 from allot.work.database import work_sql
 from allot.work.queues import bucket_queue
-from allot.work.run import NotHere, execute, node_key_of
+from allot.work.run import NotHere, execute, node_key_of, requeue
 from allot.work.task import table_tasks
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,12 @@ TICK_TASK = "allot.work.tick"
 def tick_id(task: str, bucket_id: int, period: int) -> str:
     """The Celery task id of the tick of ``task`` for ``bucket_id`` in ``period``."""
     return f"tick:{task}:{bucket_id}:{period}"
+
+
+def period_run_id(task: str, table_id: int, period: int) -> str:
+    """The run id of ``task`` on table ``table_id`` in ``period``: the same on every node, so
+    the committed-run index lets one period of a table commit once, whichever nodes tick it."""
+    return f"{task}:{table_id}:{period}"
 
 
 class Ticker:
@@ -108,13 +118,12 @@ def tick(self: Task, task: str, bucket_id: int, period: int) -> dict[str, Any]:
         name = TableName(catalog, db, table)
         sql.tables[name] = (table_id, bucket)
         try:
-            execute(sql, spec, name, f"{task}:{table_id}:{period}", node_key, {})
+            execute(sql, spec, name, period_run_id(task, table_id, period), node_key, {})
             counts["ran"] += 1
         except (NotHere, Fenced) as exc:
-            queue = bucket_queue(sql.settings.cluster, bucket_id)
-            self.apply_async(kwargs=self.request.kwargs, task_id=self.request.id, queue=queue)
-            log.info("tick %s sent back to its bucket's queue: %r", self.request.id, exc)
-            raise Ignore() from None
+            # sent back whole (rejected back to its queue if the broker refuses: the period
+            # is not lost); the tables that ran commit nothing again (their run ids)
+            requeue(self, repr(exc), bucket_queue(sql.settings.cluster, bucket_id))
         except Exception:
             counts["failed"] += 1
             log.exception("%s on %s failed in period %d", task, name, period)

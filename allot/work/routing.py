@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from allot.names import parse_table_name
 from allot.work.database import work_sql
 from allot.work.queues import bucket_queue
@@ -32,11 +34,20 @@ def route(
         InvalidInput: the call does not fit the task
             (:meth:`~allot.work.spec.TableTaskSpec.check_call`), or the table name is invalid.
         NotFound: the table is not registered.
+        DBAPIError: the database cannot be read, and the call names no queue of its own (a
+            call that does, such as a run's retry, goes to that queue unchecked).
     """
     spec = table_task_spec(name)
     if spec is None:
         return None
     table = parse_table_name(spec.check_call(args or (), kwargs or {}))
     sql = work_sql()
-    bucket_id = sql.find_table(table)[1]
+    try:
+        bucket_id = sql.find_table(table)[1]
+    except DBAPIError:
+        if options.get("queue") or options.get("routing_key"):
+            # a message sent again to the queue it names (a retry while SQL is down):
+            # it goes there; its run checks the bucket's fence when it comes back
+            return None
+        raise
     return {"queue": bucket_queue(sql.settings.cluster, bucket_id)}

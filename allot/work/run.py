@@ -4,13 +4,15 @@
 attempt: it reads the bucket's fence (:mod:`allot.work.fence`); a message that reached a node
 the fence does not name goes back to the bucket's queue untouched (:func:`requeue`). It
 records the attempt in the run history (:mod:`allot.work.runs`; a run that already committed
-is not run again), calls the body, and commits: :meth:`TableContext.commit
+is not run again, nor one whose attempts died with their process ``ALLOT_MAX_ABANDONED``
+times), calls the body, and commits: :meth:`TableContext.commit
 <allot.work.context.TableContext.commit>` holds the fence row and marks the attempt committed
 in the transaction of the body's writes; a body that never calls it gets an empty commit at its
 end, so every successful run is fenced and recorded once. A commit refused by the fence
 (:class:`~allot.errors.Fenced`) writes nothing and puts the message back in the bucket's
 queue, where the bucket's new owner takes it. A database error that may pass by itself
-(:func:`transient`) is retried, backing off from 1 to 60 s; any other fails the run.
+(:func:`transient`) is retried, backing off from 1 to 60 s, at most ``ALLOT_RUN_RETRIES``
+times (:func:`retry_later`); any other fails the run.
 
 Why that is enough, under every interleaving of a move with a running task, is argued in
 ``docs/table-work.md``.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,13 +31,20 @@ from celery.exceptions import Ignore, Reject
 from celery.utils.dispatch import Signal
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from allot.errors import Fenced
+from allot.errors import Fenced, RetriesExhausted, RunAbandoned
 from allot.names import TableName, parse_table_name
 from allot.settings import Settings
 from allot.work.context import TableContext
 from allot.work.database import WorkSql, work_sql
 from allot.work.fence import read_fence
-from allot.work.runs import AlreadyCommitted, Attempt, finish_attempt, start_attempt
+from allot.work.queues import bucket_queue
+from allot.work.runs import (
+    AlreadyCommitted,
+    Attempt,
+    finish_attempt,
+    give_up_if_abandoned,
+    start_attempt,
+)
 from allot.work.spec import TableTaskSpec
 from models.states import RunStatus
 
@@ -65,6 +75,8 @@ def execute(
     Raises:
         NotHere: the bucket's fence names another node (nothing run, nothing recorded).
         Fenced: the commit was refused (the attempt is recorded ``fenced``).
+        RunAbandoned: ``ALLOT_MAX_ABANDONED`` attempts of the run died with their process
+            (this attempt is recorded ``failed``, the body not run).
         Exception: what the body raised (the attempt is recorded ``failed``).
     """
     table_id, bucket_id = sql.find_table(table)
@@ -77,6 +89,15 @@ def execute(
     if attempt_id is None:
         log.info("run %s of %s on %s already committed: not run again", run_id, spec.name, table)
         return None
+    limit = sql.settings.max_abandoned
+    with sql.sessions.begin() as session:
+        abandoned = give_up_if_abandoned(session, run_id, attempt_id, limit)
+    if abandoned is not None:
+        attempt_ended.send(sender=spec.name, task=spec.name, status=RunStatus.FAILED)
+        raise RunAbandoned(
+            f"run {run_id} of {spec.name} on {table} abandoned {abandoned} times by a dying "
+            f"process (ALLOT_MAX_ABANDONED={limit}): not run again"
+        )
     ctx = TableContext(table, table_id, attempt, attempt_id, sql.sessions)
     try:
         result = spec.body(ctx, **kwargs)
@@ -129,23 +150,64 @@ def _finish(sql: WorkSql, task: str, attempt_id: int, status: RunStatus, **detai
     attempt_ended.send(sender=task, task=task, status=recorded)
 
 
-def requeue(task: Task, reason: str) -> None:
-    """Send the message being run back to its bucket's queue (same task id) and end this
-    delivery without a result: the bucket's owner runs it. When the broker refuses the new
-    message, this delivery is rejected back to the queue it came from instead (never lost)."""
+def requeue(task: Task, reason: str, queue: str) -> None:
+    """Send the message being run back to ``queue``, its bucket's (same task id), and end
+    this delivery without a result: the bucket's owner runs it. The whole request is sent
+    again, as Celery's own ``Task.retry`` does: links, errbacks, the rest of a chain, chord
+    membership, expiry, priority and the retry count go with it. When the broker refuses the
+    new message, this delivery is rejected back to the queue it came from instead (never
+    lost)."""
     request = task.request
     try:
-        task.apply_async(args=request.args, kwargs=request.kwargs, task_id=request.id)
+        task.signature_from_request(request, queue=queue).apply_async()
     except Exception as exc:  # kombu's OperationalError after its retries, or the router's
         log.warning(
-            "%s[%s] could not be sent back through the router (%s): returned to its queue",
+            "%s[%s] could not be sent back to %s (%s): returned to its queue",
             task.name,
             request.id,
+            queue,
             exc,
         )
         raise Reject(exc, requeue=True) from None
     log.info("%s[%s] sent back to its bucket's queue: %s", task.name, request.id, reason)
     raise Ignore()
+
+
+def retry_later(task: Task, settings: Settings, exc: DBAPIError) -> None:
+    """Retry the delivery being run after a :func:`transient` database error: sent again to
+    the queue it came from (Celery's ``Task.retry``: the whole request, one more retry),
+    ``backoff(retries)`` seconds later. A message the broker refuses is rejected back to its
+    queue after the same pause, so an outage of SQL and Redis together does not spin.
+
+    Raises:
+        Retry: the message was sent again (this delivery ends).
+        Reject: the broker refused the new message (this delivery goes back to its queue).
+        RetriesExhausted: the run was retried ``ALLOT_RUN_RETRIES`` times already: it fails.
+    """
+    retries = task.request.retries
+    if retries >= settings.run_retries:
+        raise RetriesExhausted(
+            f"gave up after {retries + 1} transient database errors in a row "
+            f"(ALLOT_RUN_RETRIES={settings.run_retries}); the last: {exc}"
+        ) from exc
+    countdown = backoff(retries)
+    try:
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from None
+    except Reject as refused:  # the broker refused the retry: keep this delivery instead
+        log.warning(
+            "%s[%s] could not be retried (%s): returned to its queue in %.0f s",
+            task.name,
+            task.request.id,
+            refused.reason,
+            countdown,
+        )
+        time.sleep(countdown)
+        raise Reject(refused.reason, requeue=True) from None
+
+
+def backoff(retries: int) -> float:
+    """Seconds before retry number ``retries + 1`` of a run: 1, 2, 4 ... 60."""
+    return float(min(2 ** min(retries, 6), 60))
 
 
 def run_message(task: Task, spec: TableTaskSpec, table: str, kwargs: Mapping[str, Any]) -> Any:
@@ -159,29 +221,44 @@ def run_message(task: Task, spec: TableTaskSpec, table: str, kwargs: Mapping[str
     except NotHere as exc:
         fence = exc.args[0]
         holder = "no node yet" if fence is None else fence.node_key
-        requeue(task, f"the bucket's fence names {holder}, not {node_key}")
+        reason = f"the bucket's fence names {holder}, not {node_key}"
+        requeue(task, reason, bucket_queue(sql.settings.cluster, sql.find_table(name)[1]))
     except Fenced as exc:
         log.warning("%s[%s] on %s: %s", task.name, task.request.id, table, exc)
-        requeue(task, "its commit was fenced")
+        queue = bucket_queue(sql.settings.cluster, sql.find_table(name)[1])
+        requeue(task, "its commit was fenced", queue)
     except DBAPIError as exc:
         if not transient(exc):
             # the SQL itself is wrong (the body's, or a table dropped since it was looked
-            # up): the run fails with the database's message, it is not retried
+            # up), or it was cut for running too long: the run fails with the database's
+            # message, it is not retried
             sql.tables.pop(name, None)
             raise
-        countdown = min(2 ** min(task.request.retries, 6), 60)  # 1, 2, 4 ... 60 s
-        try:
-            raise task.retry(exc=exc, countdown=countdown, max_retries=None) from None
-        except Reject as refused:  # the broker refused the retry: keep this delivery instead
-            raise Reject(refused.reason, requeue=True) from None
-    return None  # unreachable: requeue raises Ignore
+        retry_later(task, sql.settings, exc)
+    return None  # unreachable: requeue and retry_later raise
+
+
+DETERMINISTIC_SQLSTATES = frozenset(
+    {
+        "57014",  # query_canceled: statement_timeout, or a cancel
+        "25P03",  # idle_in_transaction_session_timeout: a commit held open too long
+        "55P03",  # lock_not_available: lock_timeout, NOWAIT
+    }
+)
+"""PostgreSQL errors that end the connection or the statement because of what the run did
+(held a transaction or a statement too long): running it again does the same."""
 
 
 def transient(exc: DBAPIError) -> bool:
     """Whether a database error may pass by itself (a lost connection, a locked database):
-    such a run is retried, backing off from 1 to 60 s, until the database answers. SQLite
-    reports a missing table or a syntax error as an ``OperationalError`` too: there only a
-    locked or busy database passes."""
+    such a run is retried, backing off from 1 to 60 s, at most ``ALLOT_RUN_RETRIES`` times.
+    A PostgreSQL error the run caused (:data:`DETERMINISTIC_SQLSTATES`: a transaction kept
+    idle past ``ALLOT_HANDOFF_TIMEOUT`` inside ``commit()``, a statement or lock timeout) is
+    not, even when the server closed the connection over it. SQLite reports a missing table or
+    a syntax error as an ``OperationalError`` too: there only a locked or busy database
+    passes."""
+    if getattr(exc.orig, "sqlstate", None) in DETERMINISTIC_SQLSTATES:
+        return False
     if exc.connection_invalidated or isinstance(exc, InterfaceError):
         return True
     if not isinstance(exc, OperationalError):

@@ -6,7 +6,8 @@ transactions.
 
 :func:`start_attempt` / :func:`mark_committed` / :func:`finish_attempt` keep
 ``table_task_run``: one row per attempt, at most one ``committed`` per run (a partial unique
-index), so a message delivered again commits at most once. :class:`RunRow` is an attempt as
+index), so a message delivered again commits at most once; :func:`give_up_if_abandoned` ends a
+run whose attempts keep dying with their process. :class:`RunRow` is an attempt as
 ``allot work runs`` shows it (:func:`allot.work.client.list_runs`).
 """
 
@@ -16,7 +17,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,6 +26,8 @@ from models.schema import TableTaskRun
 from models.states import RunStatus
 
 ERROR_LENGTH = 2000
+ABANDONED = "abandoned: "
+"""How the error of an attempt found ``running`` by a later attempt of its run begins."""
 
 
 def committed_attempt(session: Session, run_id: str) -> int | None:
@@ -63,7 +66,7 @@ def start_attempt(session: Session, attempt: Attempt) -> int | None:
         .where(TableTaskRun.run_id == attempt.run_id, TableTaskRun.status == RunStatus.RUNNING)
         .values(
             status=RunStatus.FAILED,
-            error=f"abandoned: the run started again on {attempt.node_key}",
+            error=f"{ABANDONED}the run started again on {attempt.node_key}",
         )
     )
     return session.execute(
@@ -80,6 +83,28 @@ def start_attempt(session: Session, attempt: Attempt) -> int | None:
         )
         .returning(TableTaskRun.attempt_id)
     ).scalar_one()
+
+
+def give_up_if_abandoned(session: Session, run_id: str, attempt_id: int, limit: int) -> int | None:
+    """End attempt ``attempt_id`` ``failed`` before it runs when ``limit`` earlier attempts of
+    its run were abandoned (their process died running the body: a message that kills its
+    worker, delivered again and again); returns how many, or None when it may run."""
+    abandoned = session.execute(
+        select(func.count()).where(
+            TableTaskRun.run_id == run_id,
+            TableTaskRun.status == RunStatus.FAILED,
+            TableTaskRun.error.startswith(ABANDONED, autoescape=True),
+        )
+    ).scalar_one()
+    if abandoned < limit:
+        return None
+    finish_attempt(
+        session,
+        attempt_id,
+        RunStatus.FAILED,
+        error=f"abandoned {abandoned} times (ALLOT_MAX_ABANDONED={limit}): not run again",
+    )
+    return int(abandoned)
 
 
 class AlreadyCommitted(Exception):

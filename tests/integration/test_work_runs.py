@@ -26,15 +26,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from allot.errors import Fenced
+import allot.work.run as run_module
+from allot.errors import Fenced, RunAbandoned
 from allot.names import parse_table_name
 from allot.registry import register_tables
 from allot.settings import Settings
 from allot.testing.polling import wait_for
+from allot.work.client import list_runs
 from allot.work.context import TableContext
 from allot.work.database import WorkSql, open_work_sql
 from allot.work.fence import take_fence
-from allot.work.run import NotHere, execute
+from allot.work.run import NotHere, attempt_ended, execute, transient
 from allot.work.spec import TableTaskSpec
 from models.engine import session_factory
 from models.schema import BucketLease, TableTaskRun
@@ -311,3 +313,87 @@ def test_a_commit_frozen_on_postgresql_is_ended_and_the_new_holder_goes_on(
 def take_fence_now(sql: WorkSql, bucket: int) -> None:
     with sql.sessions.begin() as session:
         assert take_fence(session, bucket, "b@h", 200)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_body_computing_inside_commit_past_the_idle_timeout_fails_and_is_not_retried(
+    sql: WorkSql, bucket: int, database_url: str
+) -> None:
+    # Given a body that computes inside commit() for longer than ALLOT_HANDOFF_TIMEOUT
+    worker = open_work_sql(Settings(database_url=database_url, handoff_timeout=1))
+    calls: list[str] = []
+
+    def body(ctx: TableContext) -> None:
+        calls.append(ctx.run_id)
+        with ctx.commit() as session:
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+            wait_for(lambda: idle_sessions_ended(sql.engine), "the server to end it", 30)
+
+    # When it runs, the server ends its transaction
+    with pytest.raises(DBAPIError) as ended:
+        execute(worker, TableTaskSpec("test.long", body, None), TABLE, "run-10", "a@h", {})
+    # Then the error is the run's own (it would happen again): not retried, the run failed
+    assert getattr(ended.value.orig, "sqlstate", None) == "25P03"
+    assert not transient(ended.value)
+    assert effects_of(sql.engine, "run-10") == 0
+    assert attempts(sql.engine, "run-10") == [RunStatus.FAILED]
+    worker.engine.dispose()
+
+
+def idle_sessions_ended(engine: Engine) -> bool:
+    """Whether the server ended a session idle in its transaction (it counts them)."""
+    with engine.connect() as connection:
+        ended = connection.execute(
+            text("SELECT sessions_killed FROM pg_stat_database WHERE datname = current_database()")
+        ).scalar_one()
+    return bool(ended)
+
+
+def test_a_message_that_kills_its_process_is_given_up_after_max_abandoned_attempts(
+    sql: WorkSql, bucket: int, database_url: str
+) -> None:
+    # Given a body that kills the process running it (an OOM, a segfault) every time
+    worker = WorkSql(
+        os.getpid(), Settings(database_url=database_url, max_abandoned=3), sql.engine, sql.sessions
+    )
+    calls: list[str] = []
+    ended: list[str] = []
+
+    class Died(BaseException):
+        """Stands for the process dying in the body: nothing after it runs."""
+
+    def body(ctx: TableContext) -> None:
+        calls.append(ctx.run_id)
+        raise Died
+
+    def died_in_the_body(run_id: str) -> None:
+        # what a killed pool process leaves: its attempt still `running`
+        with contextlib.suppress(Died), pytest.MonkeyPatch.context() as patch:
+            patch.setattr(run_module, "_finish", lambda *_, **__: None)
+            execute(worker, TableTaskSpec("test.poison", body, None), TABLE, run_id, "a@h", {})
+
+    def on_end(sender: Any, task: str, status: str, **_: Any) -> None:
+        ended.append(status)
+
+    attempt_ended.connect(on_end)
+    try:
+        # When it is delivered again after each death (reject_on_worker_lost)
+        for _ in range(3):
+            died_in_the_body("run-11")
+        assert len(calls) == 3
+        # Then the next delivery ends the run failed without running the body again
+        with pytest.raises(RunAbandoned, match="abandoned 3 times"):
+            execute(worker, TableTaskSpec("test.poison", body, None), TABLE, "run-11", "a@h", {})
+    finally:
+        attempt_ended.disconnect(on_end)
+    assert len(calls) == 3
+    assert attempts(sql.engine, "run-11") == [RunStatus.FAILED] * 4
+    assert ended == [RunStatus.FAILED]  # counted in the metrics
+    with sql.sessions() as session:
+        (row,) = list_runs(session, task_name="test.poison", status=RunStatus.FAILED, limit=1)
+    assert row.error is not None
+    assert row.error.startswith("abandoned 3 times")
+    # a run that died fewer times still runs
+    died_in_the_body("run-12")
+    execute(worker, writing(calls), TABLE, "run-12", "a@h", {})
+    assert effects_of(sql.engine, "run-12") == 1

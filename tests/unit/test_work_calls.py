@@ -6,9 +6,11 @@ import sqlite3
 from typing import Any
 
 import pytest
+from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 from hypothesis import given
 from hypothesis import strategies as st
+from psycopg import errors as pg_errors
 from sqlalchemy.exc import (
     DBAPIError,
     IntegrityError,
@@ -70,39 +72,71 @@ def test_a_call_that_does_not_fit_is_refused_with_one_line(
     assert "\n" not in str(caught.value)
 
 
-class _Request:
-    args = ("c.d.t",)
-    kwargs: dict[str, Any] = {}
-    id = "run-1"
+def _app(refuse: Exception | None = None) -> tuple[Celery, Task, list[dict[str, Any]]]:
+    """A Celery app on an in-memory broker whose sends are recorded (or refused), and a task
+    of it."""
+    app = Celery("unit-requeue", broker="memory://", backend="cache+memory://")
+    sent: list[dict[str, Any]] = []
+
+    def send_task(name: str, args: Any = None, kwargs: Any = None, **options: Any) -> None:
+        if refuse is not None:
+            raise refuse
+        sent.append({"name": name, "args": args, "kwargs": kwargs, **options})
+
+    app.send_task = send_task
+
+    @app.task(bind=True, name="t.compact", shared=False)
+    def compact(self: Task, table: str) -> None:
+        """A task being run."""
+
+    return app, compact, sent
 
 
-class _Task:
-    """Stands in for a running table task whose ``apply_async`` fails or succeeds."""
-
-    name = "t.compact"
-    request = _Request()
-
-    def __init__(self, error: Exception | None) -> None:
-        self.error = error
-        self.sent: list[dict[str, Any]] = []
-
-    def apply_async(self, **options: Any) -> None:
-        if self.error is not None:
-            raise self.error
-        self.sent.append(options)
-
-
-def test_a_message_sent_back_keeps_its_task_id_and_this_delivery_is_ignored() -> None:
-    task = _Task(None)
-    with pytest.raises(Ignore):
-        requeue(task, "fenced")
-    assert task.sent == [{"args": ("c.d.t",), "kwargs": {}, "task_id": "run-1"}]
+def test_a_message_sent_back_keeps_its_whole_request_and_this_delivery_is_ignored() -> None:
+    _, task, sent = _app()
+    link: dict[str, Any] = {
+        "task": "t.next",
+        "args": [],
+        "kwargs": {},
+        "options": {},
+        "subtask_type": None,
+    }
+    task.push_request(
+        id="run-1",
+        args=("c.d.t",),
+        kwargs={},
+        callbacks=[link],
+        errbacks=[link],
+        chain=[link],
+        expires="2030-01-01T00:00:00+00:00",
+        delivery_info={"priority": 7, "routing_key": "allot.c.bucket.9", "exchange": ""},
+        retries=2,
+    )
+    try:
+        with pytest.raises(Ignore):
+            requeue(task, "fenced", "allot.c.bucket.3")
+    finally:
+        task.pop_request()
+    (message,) = sent
+    assert message["task_id"] == "run-1"
+    assert message["args"] == ("c.d.t",)
+    assert message["queue"] == "allot.c.bucket.3"  # its bucket's, not the one it came from
+    assert message["link"] == [link]
+    assert message["link_error"] == [link]
+    assert message["chain"] == [link]
+    assert message["expires"] == "2030-01-01T00:00:00+00:00"
+    assert message["priority"] == 7
+    assert message["retries"] == 2
 
 
 def test_a_message_the_broker_would_not_take_back_is_rejected_to_its_queue() -> None:
-    task = _Task(ConnectionError("broker gone"))
-    with pytest.raises(Reject) as caught:
-        requeue(task, "fenced")
+    _, task, _ = _app(refuse=ConnectionError("broker gone"))
+    task.push_request(id="run-1", args=("c.d.t",), kwargs={})
+    try:
+        with pytest.raises(Reject) as caught:
+            requeue(task, "fenced", "allot.c.bucket.3")
+    finally:
+        task.pop_request()
     assert caught.value.requeue is True
 
 
@@ -116,6 +150,19 @@ def test_a_message_the_broker_would_not_take_back_is_rejected_to_its_queue() -> 
         (OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked")), True),
         (OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: x")), False),
         (OperationalError("SELEC", {}, sqlite3.OperationalError('near "SELEC": syntax')), False),
+        # what the run caused on PostgreSQL: it would cause it again
+        (OperationalError("SELECT", {}, pg_errors.QueryCanceled("statement timeout")), False),
+        (OperationalError("UPDATE", {}, pg_errors.LockNotAvailable("lock timeout")), False),
+        (
+            OperationalError(
+                "COMMIT",
+                {},
+                pg_errors.IdleInTransactionSessionTimeout("idle-in-transaction timeout"),
+                connection_invalidated=True,
+            ),
+            False,
+        ),
+        (OperationalError("SELECT", {}, pg_errors.AdminShutdown("shutting down")), True),
     ],
 )
 def test_only_database_errors_that_may_pass_are_retried(error: DBAPIError, retried: bool) -> None:
