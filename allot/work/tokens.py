@@ -2,7 +2,7 @@
 
 A process runs and commits a bucket's work under the token of the lease *its own node* holds,
 never under a token read back from SQL: a frozen process that shares its successor's node key
-would read the successor's token there and pass its fence (``docs/table-work.md``, case 13).
+would read the successor's token there and pass its fence (``docs/table-work.md``, case 12).
 The leases live in the worker's main process (:class:`~allot.work.leases.BucketWork`); the
 runs, in its prefork pool processes (:func:`allot.work.run.execute`). :class:`TokenTable` is
 what joins them: one slot per bucket, holding the token of a bucket this node serves, 0 for
