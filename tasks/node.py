@@ -2,7 +2,9 @@
 
 In the worker's main process:
 
-- ``worker_init``, before the worker connects to anything: refuse to start a worker that can
+- ``worker_init``, before the worker connects to anything and before its pool starts: create
+  the node's shared lease tokens (:mod:`allot.work.tokens`), which every pool process inherits
+  and runs table work under; and refuse to start a worker that can
   never be a node of this cluster: an invalid node key, a database with another bucket count
   or without allot's schema. Logging is not set up yet and nothing needs undoing, so the
   refusal is one line on standard error, as the ``allot`` CLI prints it
@@ -16,9 +18,13 @@ In the worker's main process:
   per change (:mod:`allot.zk.triggers`), so a join or a death is handled within a second
   instead of at the next beat tick, and 1,000 workers cost one watch, not 1,000;
 - then serve table work: :class:`~allot.work.leases.BucketWork` watches the node's own
-  assignment, takes the buckets' leases and switches the worker's bucket queues
-  (:mod:`allot.work`), and, with ``ALLOT_METRICS_PORT``, serve Prometheus metrics
-  (:mod:`allot.metrics`);
+  assignment, takes the buckets' leases, writes their tokens into the shared table and
+  switches the worker's bucket queues (:mod:`allot.work`), and, with ``ALLOT_METRICS_PORT``,
+  serve Prometheus metrics (:mod:`allot.metrics`);
+- displaced (another live process took the node key after this one registered,
+  :mod:`allot.zk.registration`): stop serving table work at once (no bucket queue, every token
+  cleared, the leases released for the other process) and log an error; the worker goes on,
+  not a node, until it is restarted with a key of its own;
 - ``worker_shutdown``: on a clean stop, release the leases (the pool has finished its
   tasks), remove the membership znode and the node's assignment
   entry, so its buckets move at once (a crash is detected through the session instead, and
@@ -38,7 +44,7 @@ import threading
 from typing import Any
 
 from celery.exceptions import WorkerShutdown
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from kazoo.client import KazooClient
 from sqlalchemy.engine import make_url
 
@@ -59,6 +65,7 @@ from allot.settings import Settings, get_settings
 from allot.work.consumer import BucketQueues, busy_buckets
 from allot.work.leases import BucketWork
 from allot.work.periodic import Ticker
+from allot.work.tokens import require_node_tokens, share_node_tokens
 from allot.zk.client import connect
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration, this_process
@@ -152,12 +159,14 @@ class WorkerNode:
                 client,
                 self.paths,
                 this_process(self.key, self.settings.node_weight),
-                on_displaced=lambda why: log.error("node %s displaced: %s", self.key, why),
+                on_displaced=self._displaced,
             )
             registration.register(wait=self.settings.zk_session_timeout + 1)
             log.info("registered as node %s (weight %g)", self.key, self.settings.node_weight)
             self.duty = TriggerDuty(client, self.paths, self.key, self._request_cycle)
             self.work = self._start_work(client)
+            if registration.displaced is not None:  # displaced before its work started
+                self._displaced(registration.displaced)
             self.metrics = start_node_metrics(client, self.settings)
         except BaseException:
             if self.work is not None:
@@ -192,9 +201,28 @@ class WorkerNode:
             handoff_timeout=settings.handoff_timeout,
             after_pass=ticker.tick,
             on_handoff=HANDOFF_DURATION.observe,
+            tokens=share_node_tokens(settings.bucket_count),  # made at worker_init, shared
         )
         work.start()
         return work
+
+    def _displaced(self, why: str) -> None:
+        """Another live process holds this node's key (:mod:`allot.zk.registration`): stop the
+        table work of this one at once. Its bucket queues are dropped and its tokens cleared
+        (a run that starts from now on is sent back untouched), the lease loop stops and its
+        leases are released, so the process that holds the key can take them; a run still
+        going finishes under its own token, and its commit is refused once that process has
+        fenced the bucket. The worker goes on, not a node, until it is restarted."""
+        log.error(
+            "node %s displaced by another process with its key (%s): "
+            "this worker stops serving table work",
+            self.key,
+            why,
+        )
+        work, self.work = self.work, None
+        if work is not None:
+            work.stop()
+            work.release_all()
 
     def _request_cycle(self, membership: int) -> None:
         """Send one ``allot.assign`` for membership version ``membership`` (the trigger duty
@@ -270,6 +298,24 @@ _checked: WorkerNode | None = None
 """The node :func:`_check` approved, waiting for ``worker_ready`` to register it."""
 _node: WorkerNode | None = None
 """The registered node, for ``worker_shutdown``."""
+
+
+@worker_init.connect
+def _share_tokens(**_: Any) -> None:
+    """Before the pool starts: create the node's lease tokens in memory every pool process
+    inherits (:mod:`allot.work.tokens`). Should this fail, the pool processes run no table
+    task (:func:`_inherit_tokens`) and say why."""
+    try:
+        share_node_tokens(get_settings().bucket_count)
+    except Exception:
+        require_node_tokens()  # none: this process and its pool run no table task
+
+
+@worker_process_init.connect
+def _inherit_tokens(**_: Any) -> None:
+    """In each pool process: its table work runs under the tokens inherited from the main
+    process, never under SQL's (none if none was inherited)."""
+    require_node_tokens()
 
 
 @worker_init.connect

@@ -9,8 +9,10 @@ once, delete the lease once no message of the bucket runs here (at most
 ``ALLOT_HANDOFF_TIMEOUT``); the receiver's watch on ``{root}/leases`` wakes it to take it.
 Each bucket is in one :class:`Phase`, the session in one :class:`Session` (the transitions are
 drawn in :class:`BucketWork`). SUSPENDED stops every queue at once and keeps the leases; LOST
-forgets them; a lease znode no session owns is foreign and deleted. The argument, case by
-case, is in :mod:`allot.work`.
+forgets them; a lease znode no session owns is foreign and deleted. The token of each bucket
+served is written into the worker's shared :class:`~allot.work.tokens.TokenTable`, from which
+its pool processes run and commit, and cleared when the bucket stops being served. The
+argument, case by case, is in :mod:`allot.work`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.work.fence import FenceRow, read_fences, take_fence
+from allot.work.tokens import TokenTable
 from allot.zk.codec import LeaseRecord, decode_buckets, decode_version, encode_lease
 from allot.zk.leases import read_leases
 from allot.zk.paths import ZkPaths
@@ -113,6 +116,12 @@ class BucketWork:
     ``on_handoff(seconds)`` after each bucket given away, with the time from dropping its
     queue to releasing its lease (the node's metrics). :attr:`passes` counts completed passes.
 
+    ``tokens`` (:mod:`allot.work.tokens`) is where the pool processes find the token they run
+    a bucket's work under: a bucket's token is written before its queue is consumed, kept while
+    it is SERVING or DRAINING (the work it has taken finishes under it), and cleared (0) in any
+    other phase, when the session is SUSPENDED or LOST, and on :meth:`stop`; a run that starts
+    on a cleared bucket is sent back untouched.
+
     Each bucket whose lease this node holds is in one :class:`Phase` (:meth:`phase`), changed
     only by :meth:`_enter`::
 
@@ -172,6 +181,7 @@ class BucketWork:
         on_handoff: Callable[[float], object] | None = None,
         reread_seconds: float = REREAD_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        tokens: TokenTable | None = None,
     ) -> None:
         self.client = client
         self.paths = paths
@@ -185,6 +195,7 @@ class BucketWork:
         self._on_handoff = on_handoff
         self.reread_seconds = reread_seconds
         self._clock = clock
+        self.tokens = tokens
         self.assigned: frozenset[int] = frozenset()
         self._assignment_version = -1
         self.session = ZkSession.CONNECTED
@@ -245,6 +256,8 @@ class BucketWork:
         before = None if entry is None else entry.phase
         if phase not in _MOVES[before]:
             raise RuntimeError(f"bucket {bucket}: no move from {before} to {phase}")
+        if self.tokens is not None and phase not in (Phase.SERVING, Phase.DRAINING):
+            self.tokens.forget(bucket)  # written again by _serve_fenced if served again
         if phase is None:
             self._buckets.pop(bucket, None)
             return
@@ -263,15 +276,18 @@ class BucketWork:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving and stop the loop. The leases end with the session (or the next
+        """Stop serving and stop the loop: no queue consumed, every token cleared (a run that
+        starts from now on is sent back). The leases end with the session (or the next
         :meth:`release_all`)."""
         self._stop.set()
         self._wake.set()
         self._serve(frozenset())
+        self._forget_tokens()
         if self._thread is not None:
             self._thread.join(5)
             if self._thread.is_alive():
                 return  # the loop still owns the phases; it ends after its pass
+        self._forget_tokens()  # a pass that was ending may have written some again
         for bucket in self.serving:
             self._enter(bucket, Phase.FENCED)
 
@@ -289,6 +305,7 @@ class BucketWork:
     def _on_state(self, state: str) -> None:
         if state in (KazooState.SUSPENDED, KazooState.LOST):
             self._serve(frozenset())  # take no new task, now
+            self._forget_tokens()  # and start none of those taken
             log.warning("ZooKeeper session %s: bucket queues stopped", state.lower())
         self._events.append(state)  # followed by the loop, in order
         self._wake.set()
@@ -339,6 +356,7 @@ class BucketWork:
             # take nothing new; the phases are kept, so a bucket that moves away meanwhile is
             # drained (not released under a running task) once the session is back
             self._serve(frozenset())
+            self._forget_tokens()
             return
         now = self._clock()
         self._recheck(now)
@@ -349,6 +367,7 @@ class BucketWork:
             self._fence(bucket)
         if self._events or not self.client.connected:
             self._serve(frozenset())  # the session changed during this pass: the next follows it
+            self._forget_tokens()
             return
         self._serve_fenced()
         if self._after_pass is not None:
@@ -443,9 +462,17 @@ class BucketWork:
     def _serve_fenced(self) -> None:
         """Step 3: consume the queues of the fenced buckets (every one still assigned)."""
         ready = self.in_phase(Phase.FENCED, Phase.SERVING)
+        if self.tokens is not None:
+            for bucket in sorted(ready):  # before its queue: a message taken finds its token
+                self.tokens.hold(bucket, self._buckets[bucket].token)
         self._serve(ready)
         for bucket in sorted(self.in_phase(Phase.FENCED)):
             self._enter(bucket, Phase.SERVING)
+
+    def _forget_tokens(self) -> None:
+        """Clear every token in the shared table: this node serves no bucket at the moment."""
+        if self.tokens is not None:
+            self.tokens.forget_all()
 
     # -- ZooKeeper and SQL steps --------------------------------------------------------------
 

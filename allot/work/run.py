@@ -1,11 +1,13 @@
 """One run of a table task message in the worker: execute, send back, retry.
 
 :func:`run_message` is the body of every table task's Celery task. :func:`execute` runs one
-attempt: it reads the bucket's fence (:mod:`allot.work.fence`); a message that reached a node
-the fence does not name goes back to the bucket's queue untouched (:func:`requeue`). It
-records the attempt in the run history (:mod:`allot.work.runs`; a run that already committed
-is not run again, nor one whose attempts died with their process ``ALLOT_MAX_ABANDONED``
-times), calls the body, and commits: :meth:`TableContext.commit
+attempt under the token of the lease its own node holds (:mod:`allot.work.tokens`) and reads
+the bucket's fence (:mod:`allot.work.fence`); a message that reached a node that does not serve
+the bucket, or that the fence does not name with that token, goes back to the bucket's queue
+untouched (:func:`requeue`). It records the attempt in the run history
+(:mod:`allot.work.runs`; a run that already committed is not run again, nor one whose attempts
+died with their process ``ALLOT_MAX_ABANDONED`` times), calls the body, and
+commits: :meth:`TableContext.commit
 <allot.work.context.TableContext.commit>` holds the fence row and marks the attempt committed
 in the transaction of the body's writes; a body that never calls it gets an empty commit at its
 end, so every successful run is fenced and recorded once. A commit refused by the fence
@@ -46,13 +48,16 @@ from allot.work.runs import (
     start_attempt,
 )
 from allot.work.spec import TableTaskSpec
+from allot.work.tokens import TokenSource, node_tokens
 from models.states import RunStatus
 
 log = logging.getLogger(__name__)
 
 
 class NotHere(Exception):
-    """The message reached a node the bucket's fence does not name (internal)."""
+    """The message reached a node that does not serve its bucket (internal): its argument is
+    the bucket's fence (None: no fence, or not read because this node holds no lease of the
+    bucket)."""
 
 
 def node_key_of(settings: Settings, hostname: str | None) -> str:
@@ -67,24 +72,35 @@ def execute(
     run_id: str,
     node_key: str,
     kwargs: Mapping[str, Any],
+    tokens: TokenSource | None = None,
 ) -> Any:
-    """One attempt of run ``run_id`` of ``spec`` on ``table`` by ``node_key``.
+    """One attempt of run ``run_id`` of ``spec`` on ``table`` by ``node_key``, under the token
+    of the lease this node holds (``tokens``, default this worker's shared table,
+    :mod:`allot.work.tokens`), never one read back from SQL: a frozen process sharing its
+    successor's node key finds the fence naming a larger token and is sent back. Only outside
+    a worker (no table: a test calling this in-process) is the fence's own token used.
 
     Returns the body's result, or None when the run had already committed (nothing run).
 
     Raises:
-        NotHere: the bucket's fence names another node (nothing run, nothing recorded).
+        NotHere: this node serves no lease of the bucket (nothing run, nothing recorded, no
+            SQL read), or the bucket's fence names another node or token.
         Fenced: the commit was refused (the attempt is recorded ``fenced``).
         RunAbandoned: ``ALLOT_MAX_ABANDONED`` attempts of the run died with their process
             (this attempt is recorded ``failed``, the body not run).
         Exception: what the body raised (the attempt is recorded ``failed``).
     """
     table_id, bucket_id = sql.find_table(table)
+    tokens = tokens if tokens is not None else node_tokens()
+    own = None if tokens is None else tokens.token(bucket_id)
+    if own == 0:
+        raise NotHere(None)
     with sql.sessions.begin() as session:
         fence = read_fence(session, bucket_id, for_write=True)
-        if fence is None or fence.node_key != node_key:
+        if fence is None or fence.node_key != node_key or own not in (None, fence.token):
             raise NotHere(fence)
-        attempt = Attempt(run_id, spec.name, table_id, bucket_id, node_key, fence.token)
+        token = fence.token if own is None else own
+        attempt = Attempt(run_id, spec.name, table_id, bucket_id, node_key, token)
         attempt_id = start_attempt(session, attempt)
     if attempt_id is None:
         log.info("run %s of %s on %s already committed: not run again", run_id, spec.name, table)
@@ -220,8 +236,14 @@ def run_message(task: Task, spec: TableTaskSpec, table: str, kwargs: Mapping[str
         return execute(sql, spec, name, task.request.id, node_key, kwargs)
     except NotHere as exc:
         fence = exc.args[0]
-        holder = "no node yet" if fence is None else fence.node_key
-        reason = f"the bucket's fence names {holder}, not {node_key}"
+        if fence is None:
+            reason = f"{node_key} serves no lease of the bucket (or it has no fence yet)"
+        elif fence.node_key == node_key:
+            reason = (
+                f"the bucket's fence names {node_key} with token {fence.token}, not this process's"
+            )
+        else:
+            reason = f"the bucket's fence names {fence.node_key}, not {node_key}"
         requeue(task, reason, bucket_queue(sql.settings.cluster, sql.find_table(name)[1]))
     except Fenced as exc:
         log.warning("%s[%s] on %s: %s", task.name, task.request.id, table, exc)

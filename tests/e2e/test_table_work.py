@@ -68,9 +68,11 @@ def send(
     seconds: float,
     tables: list[str] = TABLES,
     name: str = "sender",
+    countdown: float | None = None,
 ) -> ManagedProcess:
     args = [sys.executable, "-m", "tests.e2e.work_sender", ",".join(tables)]
     args += [str(count), str(rate), str(seconds), str(ids)]
+    args += [] if countdown is None else [str(countdown)]
     return cluster.group.start(name, args, cluster.env)
 
 
@@ -200,6 +202,76 @@ def test_a_worker_frozen_mid_task_is_fenced_and_the_task_runs_on_the_new_owner(
     assert attempts[-1][2] > attempts[0][2]
     assert effects(cluster.engine) == {run_id: 1}
     assert cluster.count_in_logs("fenced") >= 1
+
+
+def fence_tokens(engine: Engine) -> dict[int, int]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(BucketLease.bucket_id, BucketLease.token))
+        return {row[0]: row[1] for row in rows}
+
+
+def commits_by(engine: Engine, worker_pid: int) -> int:
+    """The committed runs whose writes a worker (its main process) made."""
+    with engine.connect() as connection:
+        return connection.execute(
+            select(func.count()).select_from(effect).where(effect.c.worker_pid == worker_pid)
+        ).scalar_one()
+
+
+def test_a_frozen_worker_sharing_its_successors_node_key_commits_nothing_after_it_resumes(
+    work_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    # Given worker A1 serving every bucket under a fixed node key (a StatefulSet pod, a fixed
+    # hostname), holding messages due in a few seconds (taken, waiting for their ETA); the
+    # redelivery timeout is long, so only A1 can run them until it sends them back
+    cluster = work_cluster
+    twin = {"ALLOT_NODE_KEY": cluster.key("twin"), "ALLOT_REDELIVERY_TIMEOUT": "120"}
+    a1 = cluster.worker("a1", **twin)
+    cluster.wait_for(lambda: served_by_owners(cluster), "A1 serving", START)
+    old_tokens = fence_tokens(cluster.engine)
+    ids = tmp_path / "sent.txt"
+    send(cluster, ids, count=8, rate=50, seconds=0, countdown=8).popen.wait(30)
+    sent = ids.read_text().split()
+    cluster.wait_for(
+        lambda: all(a1.output().count(f"{run}] received") for run in sent), "A1 took them", 30
+    )
+
+    # When A1 freezes past its ZooKeeper session, A2 starts with the same node key and takes
+    # every bucket over (new leases, the fence raised under the same key), and A1 resumes
+    # after the messages fell due
+    a1.signal_group(signal.SIGSTOP)
+    try:
+        cluster.worker("a2", **twin)
+        cluster.wait_for(
+            lambda: all(
+                token > old_tokens[bucket] for bucket, token in fence_tokens(cluster.engine).items()
+            ),
+            "A2 fenced every bucket",
+            START,
+        )
+        assert commits_by(cluster.engine, a1.pid) == 0  # none before the freeze either
+    finally:
+        a1.signal_group(signal.SIGCONT)
+
+    # Then A1 commits nothing: its runs are under its own, older tokens and go back to their
+    # queues; A2 commits every message exactly once under its own tokens
+    assert_each_committed_once(cluster, sent)
+    assert commits_by(cluster.engine, a1.pid) == 0
+    new_tokens = fence_tokens(cluster.engine)
+    for run in sent:
+        committed_attempt = [a for a in history(cluster.engine, run) if a[1] == RunStatus.COMMITTED]
+        assert [token for _, _, token in committed_attempt] == [
+            new_tokens[bucket_of(cluster.engine, run)]
+        ]
+    # and A1, displaced from its key, stops serving table work
+    cluster.wait_for(lambda: a1.output().count("displaced by another process"), "A1 stops", 30)
+
+
+def bucket_of(engine: Engine, run_id: str) -> int:
+    with engine.connect() as connection:
+        return connection.execute(
+            select(TableTaskRun.bucket_id).where(TableTaskRun.run_id == run_id).limit(1)
+        ).scalar_one()
 
 
 def running_on(engine: Engine, run_id: str) -> str | None:

@@ -1,6 +1,7 @@
-"""``python -m tests.e2e.work_sender TABLES COUNT RATE SECONDS OUT``: send COUNT ``e2e.record``
-calls over the comma-separated TABLES, RATE per second, each working SECONDS, through allot's
-app (configured from the environment); append each task id to OUT as it is sent."""
+"""``python -m tests.e2e.work_sender TABLES COUNT RATE SECONDS OUT [COUNTDOWN]``: send COUNT
+``e2e.record`` calls over the comma-separated TABLES, RATE per second, each working SECONDS
+(and due COUNTDOWN seconds after it is sent), through allot's app (configured from the
+environment); append each task id to OUT as it is sent."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ def main(argv: list[str]) -> None:
         float(argv[3]),
         argv[4],
     )
+    countdown = float(argv[5]) if len(argv) > 5 else None
     with open(out, "a", encoding="utf-8") as ids:
         for index in range(count):
-            result = record.delay(tables[index % len(tables)], seconds=seconds)
+            table = tables[index % len(tables)]
+            result = record.apply_async((table,), {"seconds": seconds}, countdown=countdown)
             ids.write(result.id + "\n")
             ids.flush()
             time.sleep(1 / rate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert
@@ -16,8 +17,10 @@ effect = Table(
     Column("table_id", Integer),
     Column("bucket_id", Integer),
     Column("node_key", String(128)),
+    Column("worker_pid", Integer),
 )
-"""What the tasks write: one row per committed run (created by the tests)."""
+"""What the tasks write: one row per committed run (created by the tests). ``worker_pid`` is
+the worker's main process, which tells apart two workers that share a node key."""
 
 
 @table_task(name="e2e.record")
@@ -31,6 +34,7 @@ def record(ctx: TableContext, seconds: float = 0.0) -> dict[str, object]:
                 table_id=ctx.table_id,
                 bucket_id=ctx.bucket_id,
                 node_key=ctx.node_key,
+                worker_pid=os.getppid(),  # run in a pool process: its parent is the worker
             )
         )
     return {"node": ctx.node_key, "token": ctx.token}
