@@ -402,21 +402,27 @@ class BucketWork:
                 self._enter(bucket, Phase.DRAINING, since=now, generation=generation)
                 log.info("bucket %d moved away: draining before its lease is released", bucket)
         draining = self.in_phase(Phase.DRAINING)
+        # first the queue switches the worker applied, then its busy buckets: a message taken
+        # before a drop was applied is running (or reserved) by the time the drop is seen
+        applied = self._applied() if draining else 0
         busy = self._busy() if draining else set()
         for bucket in sorted(draining):
-            self._drain(bucket, assigned, busy, now)
+            self._drain(bucket, assigned, applied, busy, now)
         for bucket in sorted(self.in_phase(Phase.TAKEN, Phase.FENCED) - assigned):
             # released once no message of it runs here, at most the handoff timeout from now
             self._enter(bucket, Phase.DRAINING, since=now, generation=self._applied())
 
-    def _drain(self, bucket: int, assigned: frozenset[int], busy: set[int], now: float) -> None:
-        """Release a DRAINING ``bucket`` if no message of it runs here any more (or the handoff
-        timed out); one assigned here again keeps its lease."""
+    def _drain(
+        self, bucket: int, assigned: frozenset[int], applied: int, busy: set[int], now: float
+    ) -> None:
+        """Release a DRAINING ``bucket`` if its queue's drop was ``applied`` and it is not
+        ``busy`` (read after ``applied``), or if the handoff timed out; one assigned here again
+        keeps its lease."""
         entry = self._buckets[bucket]
         if bucket in assigned:  # it came back before it was released: keep the lease
             self._enter(bucket, Phase.TAKEN)
             return
-        dropped = self._applied() >= entry.generation
+        dropped = applied >= entry.generation
         if dropped and bucket not in busy:
             self._release(bucket)
         elif now >= entry.since + self.handoff_timeout:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from kazoo.client import KazooClient
@@ -29,20 +29,44 @@ from models.schema import BucketLease
 
 class Queues:
     """What a worker would consume: the last set handed to ``serve``; ``busy`` is set by the
-    test (the buckets with a message running)."""
+    test (the buckets with a message running). The worker applies each set at once, unless the
+    test sets ``lagging``: then only when the test calls :meth:`apply`. ``on_serve`` and
+    ``on_busy_read`` (once) let a test act at those moments of the loop."""
 
     def __init__(self) -> None:
         self.serving: frozenset[int] = frozenset()
         self.generation = 0
         self.busy: set[int] = set()
         self.history: list[frozenset[int]] = []
+        self.lagging = False
+        self.applied_generation = 0
+        self.on_serve: Callable[[frozenset[int]], object] | None = None
+        self.on_busy_read: Callable[[], object] | None = None
 
     def serve(self, buckets: frozenset[int]) -> int:
+        if self.on_serve is not None:
+            self.on_serve(buckets)
         if buckets != self.serving:
             self.serving = buckets
             self.generation += 1
             self.history.append(buckets)
+        if not self.lagging:
+            self.apply()
         return self.generation
+
+    def apply(self) -> None:
+        """The worker applies the last set handed to ``serve``."""
+        self.applied_generation = self.generation
+
+    def applied(self) -> int:
+        return self.applied_generation
+
+    def read_busy(self) -> set[int]:
+        found = set(self.busy)
+        hook, self.on_busy_read = self.on_busy_read, None
+        if hook is not None:
+            hook()
+        return found
 
 
 class Node:
@@ -80,18 +104,22 @@ def paths(zk_root: str) -> ZkPaths:
 def start_node(zookeeper: ServerProcess, paths: ZkPaths, migrated: Engine) -> Iterator[object]:
     started: list[Node] = []
 
-    def start(key: str, handoff_timeout: float = 10.0) -> Node:
+    def start(
+        key: str,
+        handoff_timeout: float = 10.0,
+        queues: Queues | None = None,
+    ) -> Node:
         client = KazooClient(hosts=zookeeper.address, timeout=4)
         client.start(timeout=10)
-        queues = Queues()
+        queues = queues or Queues()
         work = BucketWork(
             client,
             paths,
             key,
             session_factory(migrated),
             serve=queues.serve,
-            applied=lambda: queues.generation,
-            busy=lambda: set(queues.busy),
+            applied=queues.applied,
+            busy=queues.read_busy,
             handoff_timeout=handoff_timeout,
             reread_seconds=REREAD,
         )
@@ -373,3 +401,35 @@ def test_a_lease_of_this_session_the_node_does_not_know_is_deleted_after_an_erro
     # Then the stray lease is gone, so the bucket's owner can take it
     wait_for(lambda: a.client.exists(paths.lease(14)) is None, "the stray lease deleted", 10)
     assert a.queues.serving == {13}
+
+
+def test_a_message_taken_between_the_drain_checks_keeps_the_lease_until_it_finished(
+    start_node, store: AssignmentStore, migrated: Engine
+) -> None:
+    # Given a@h serving bucket 15, with a worker that applies a queue switch only later
+    a, token = serving_alone(start_node, store, 15)
+    b = start_node("b@h")
+    a.queues.lagging = True
+    delivered = threading.Event()
+
+    def worker_takes_a_message_then_applies_the_drop() -> None:
+        # between the loop's two reads: a message of bucket 15 the worker had fetched before
+        # the drop starts running, then the worker applies the drop
+        a.queues.busy = {15}
+        a.queues.apply()
+        delivered.set()
+
+    a.queues.on_busy_read = worker_takes_a_message_then_applies_the_drop
+    # When bucket 15 moves to b@h
+    store.save("a@h", [])
+    store.save("b@h", [15])
+    wait_for(delivered.is_set, "a message delivered while the drop is applied", 10)
+    a.wait_passes()
+    b.wait_passes()
+    # Then a@h keeps the lease while the message runs, and b@h does not serve the bucket
+    assert a.lease_token(15) == token
+    assert 15 not in b.queues.serving
+    assert commit_allowed(migrated, 15, "a@h", token)
+    # and hands it over once the message finished
+    a.queues.busy = set()
+    b.wait_serving({15})
