@@ -59,6 +59,7 @@ from allot.settings import Settings, get_settings
 from allot.work.consumer import BucketQueues, busy_buckets
 from allot.work.leases import BucketWork
 from allot.work.periodic import Ticker
+from allot.work.redelivery import bucket_restorer
 from allot.zk.client import connect
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration, this_process
@@ -192,6 +193,7 @@ class WorkerNode:
             handoff_timeout=settings.handoff_timeout,
             after_pass=ticker.tick,
             on_handoff=HANDOFF_DURATION.observe,
+            restore=bucket_restorer(settings.broker_url, settings.cluster),
         )
         work.start()
         return work

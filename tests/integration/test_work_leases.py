@@ -2,29 +2,35 @@
 
 Each node is a real :class:`BucketWork` with its own ZooKeeper session; only the worker's
 queue switch is a recorder (what a Celery consumer would consume), so each step of a handoff
-can be held and checked.
+can be held and checked. The tests of messages given back to a taken bucket's queue use a real
+redis-server and kombu (the helpers of test_redelivery.py).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 from kazoo.client import KazooClient
+from redis import Redis
 from sqlalchemy import Engine, update
 
 from allot.errors import Fenced
 from allot.testing.polling import wait_for
-from allot.testing.servers import ServerProcess
+from allot.testing.servers import ServerProcess, free_port
 from allot.testing.zookeeper import expire_session
 from allot.work.fence import hold_fence, read_fence
 from allot.work.leases import BucketWork, Recheck
+from allot.work.queues import bucket_queue
+from allot.work.redelivery import bucket_restorer
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models.engine import session_factory
 from models.schema import BucketLease
+from tests.integration.test_redelivery import send, take_and_kill, unacked
 
 
 class Queues:
@@ -107,6 +113,7 @@ def start_node(zookeeper: ServerProcess, paths: ZkPaths, migrated: Engine) -> It
     def start(
         key: str,
         handoff_timeout: float = 10.0,
+        restore: Callable[[frozenset[int]], int] | None = None,
         queues: Queues | None = None,
     ) -> Node:
         client = KazooClient(hosts=zookeeper.address, timeout=4)
@@ -121,6 +128,7 @@ def start_node(zookeeper: ServerProcess, paths: ZkPaths, migrated: Engine) -> It
             applied=queues.applied,
             busy=queues.read_busy,
             handoff_timeout=handoff_timeout,
+            restore=restore,
             reread_seconds=REREAD,
         )
         work.start()
@@ -433,3 +441,91 @@ def test_a_message_taken_between_the_drain_checks_keeps_the_lease_until_it_finis
     # and hands it over once the message finished
     a.queues.busy = set()
     b.wait_serving({15})
+
+
+BROKER_DB = 10
+"""The redis database of the tests that give messages back (test_redelivery.py uses 9)."""
+
+
+@pytest.fixture
+def broker(redis_server: ServerProcess) -> Iterator[tuple[str, Redis]]:
+    url = f"redis://{redis_server.host}:{redis_server.port}/{BROKER_DB}"
+    client = Redis.from_url(url, socket_timeout=10)
+    client.flushdb()
+    yield url, client
+    client.close()
+
+
+def test_a_taken_buckets_unacknowledged_messages_are_back_before_its_queue_is_consumed(
+    start_node, store: AssignmentStore, migrated: Engine, broker: tuple[str, Redis]
+) -> None:
+    # Given a message of bucket 20 taken by a consumer killed before it acknowledged it (kombu
+    # would give it back only after its visibility timeout, an hour here)
+    url, redis = broker
+    cluster = f"t{uuid.uuid4().hex[:8]}"
+    queue = bucket_queue(cluster, 20)
+    (sent,) = send(url, queue, 1)
+    take_and_kill(url, queue, 1)
+    assert unacked(redis) == {sent.task_id: queue}
+    assert redis.llen(queue) == 0
+
+    # When a@h takes bucket 20 (recording the fence when it gives messages back, and the
+    # queue when it starts consuming)
+    restorer = bucket_restorer(url, cluster)
+    fence_at_restore: list[tuple[str, int] | None] = []
+    queue_at_serve: list[tuple[int, dict[str, str]]] = []
+
+    def restore(buckets: frozenset[int]) -> int:
+        fence_at_restore.append(fence_of(migrated, 20))
+        return restorer(buckets)
+
+    def on_serve(buckets: frozenset[int]) -> None:
+        if 20 in buckets and not queue_at_serve:
+            queue_at_serve.append((redis.llen(queue), unacked(redis)))
+
+    queues = Queues()
+    queues.on_serve = on_serve
+    store.save("a@h", [20])
+    a = start_node("a@h", restore=restore, queues=queues)
+    a.wait_serving({20})
+
+    # Then the message was given back after a@h wrote its fence and before it consumed the
+    # queue: waiting in the queue, no longer unacknowledged
+    assert fence_at_restore == [("a@h", a.lease_token(20))]
+    assert queue_at_serve == [(1, {})]
+
+
+def test_a_redis_outage_does_not_keep_a_taken_bucket_from_being_served(
+    start_node, store: AssignmentStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a broker nobody listens on
+    dead = bucket_restorer(f"redis://127.0.0.1:{free_port()}/0", "t")
+    # When a@h takes bucket 21, Then it serves it, and says the messages were not given back
+    store.save("a@h", [21])
+    a = start_node("a@h", restore=dead)
+    a.wait_serving({21})
+    assert any("cannot give back" in record.getMessage() for record in caplog.records)
+
+
+def test_a_bucket_fenced_again_under_its_own_lease_gives_nothing_back(
+    start_node, store: AssignmentStore
+) -> None:
+    calls: list[frozenset[int]] = []
+
+    def restore(buckets: frozenset[int]) -> int:
+        calls.append(buckets)
+        return 0
+
+    store.save("a@h", [22, 23])
+    a = start_node("a@h", restore=restore)
+    a.wait_serving({22, 23})
+    assert calls == [frozenset({22, 23})]
+    # When bucket 22 moves away and comes back before its lease was released (a message of it
+    # still runs here: giving it back would deliver this node's own message twice)
+    a.queues.busy = {22}
+    store.save("a@h", [23])
+    a.wait_serving({23})
+    store.save("a@h", [22, 23])
+    a.wait_serving({22, 23})
+    # Then nothing was given back again
+    assert calls == [frozenset({22, 23})]
