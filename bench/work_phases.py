@@ -13,21 +13,27 @@
   (``table_task_run.started_at``).
 - :func:`kill`: ``kill -9`` of a worker while tasks keep coming, one bucket after the other,
   at a moment it is running one of them; from the kill to each of its buckets' first attempt
-  on a new owner; then every message sent must commit once (after the redelivery timeout for
-  those the dead worker had taken).
+  on a new owner; then every message sent must commit once. The messages the dead worker had
+  taken (running and reserved: the entries of kombu's ``unacked`` hash whose routing key is a
+  queue of its buckets, read just before the kill) are given back by their buckets' new owners
+  when they take the buckets; per message, from the kill to its committed attempt's end.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
 
+from kombu.transport.redis import Channel
+from redis import Redis
 from sqlalchemy import Engine
 
 from allot.cycle import AssignmentCycle
 from allot.planner import NodeInfo, Snapshot, plan
 from allot.testing.cluster import LocalCluster, moved
+from allot.work.queues import bucket_queue
 from allot.zk.lock import AssignmentLock
 from allot.zk.paths import ZkPaths
 from bench.work_cluster import (
@@ -226,6 +232,10 @@ class Kill:
     lost: int = 0
     redelivered: list[float] = field(default_factory=list)
     """Kill -> the next attempt of each run the dead node was running, on another node (s)."""
+    taken: list[float] = field(default_factory=list)
+    """Kill -> the committed attempt's end, per message the dead node had taken (s)."""
+    taken_lost: int = 0
+    """Messages the dead node had taken that never committed."""
     waited: float = 0.0
 
 
@@ -247,6 +257,7 @@ def kill(
         in_flight = sent.table(tables, min(dead), seconds=settle)
         cluster.wait_for(lambda: running_on(engine, in_flight) == key, "a run on it", 30, 0.02)
         mark = last_attempt(engine)
+        taken = taken_messages(cluster, dead)
         killed_at = time.time()
         cluster.processes[victim].kill()
 
@@ -269,11 +280,34 @@ def kill(
         time.sleep(0.5)
     result.waited = time.time() - killed_at
     result.lost = len(ids - committed_ids(engine))
+    for task_id in sorted(taken):
+        rows = attempts(engine, run_id=task_id, status=RunStatus.COMMITTED)
+        if rows and rows[0].finished is not None:
+            result.taken.append(rows[0].finished - killed_at)
+        else:
+            result.taken_lost += 1
     abandoned = {row.run_id for row in attempts(engine, node_key=key) if row.finished is None}
     for run in abandoned:
         again = [row.started for row in attempts(engine, run_id=run) if row.node_key != key]
         if again:
             result.redelivered.append(again[0] - killed_at)
+
+
+def taken_messages(cluster: LocalCluster, buckets: set[int]) -> set[str]:
+    """The task ids (``headers["id"]``) of the messages taken and not acknowledged from the
+    queues of ``buckets``: kombu's ``unacked`` hash read whole (HGETALL: a benchmark's few)."""
+    queues = {bucket_queue(cluster.settings.cluster, bucket) for bucket in buckets}
+    client = Redis.from_url(cluster.env["ALLOT_BROKER_URL"], socket_timeout=10)
+    try:
+        entries = client.hgetall(Channel.unacked_key)
+    finally:
+        client.close()
+    found = set()
+    for raw in entries.values():
+        message, _, routing_key = json.loads(raw)
+        if routing_key in queues:
+            found.add(str(message["headers"]["id"]))
+    return found
 
 
 def summary(values: list[float]) -> tuple[str, str, str, str]:

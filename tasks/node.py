@@ -65,6 +65,7 @@ from allot.settings import Settings, get_settings
 from allot.work.consumer import BucketQueues, busy_buckets
 from allot.work.leases import BucketWork
 from allot.work.periodic import Ticker
+from allot.work.redelivery import bucket_restorer
 from allot.work.tokens import require_node_tokens, share_node_tokens
 from allot.zk.client import connect
 from allot.zk.paths import ZkPaths
@@ -202,6 +203,7 @@ class WorkerNode:
             after_pass=ticker.tick,
             on_handoff=HANDOFF_DURATION.observe,
             tokens=share_node_tokens(settings.bucket_count),  # made at worker_init, shared
+            restore=bucket_restorer(settings.broker_url, settings.cluster),
         )
         work.start()
         return work

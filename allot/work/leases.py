@@ -3,9 +3,10 @@
 :class:`BucketWork` turns this node's assignment (watched) into the bucket queues the worker
 consumes: (1) **take** the lease ``{root}/leases/{id}`` (ephemeral, in one transaction that
 checks the assignment znode's version; its ``czxid`` is the node's *token*), (2) **fence**:
-write key and token into ``bucket_lease`` (:func:`allot.work.runs.take_fence`), (3) **serve**
-the queue (:class:`~allot.work.consumer.BucketQueues`), (4) **give away**: drop the queue at
-once, delete the lease once no message of the bucket runs here (at most
+write key and token into ``bucket_lease`` (:func:`allot.work.runs.take_fence`), then give the
+previous holder's unacknowledged messages back to the queue (:mod:`allot.work.redelivery`),
+(3) **serve** the queue (:class:`~allot.work.consumer.BucketQueues`), (4) **give away**: drop the
+queue at once, delete the lease once no message of the bucket runs here (at most
 ``ALLOT_HANDOFF_TIMEOUT``); the receiver's watch on ``{root}/leases`` wakes it to take it.
 Each bucket is in one :class:`Phase`, the session in one :class:`Session` (the transitions are
 drawn in :class:`BucketWork`). SUSPENDED stops every queue at once and keeps the leases; LOST
@@ -31,6 +32,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from redis import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -122,6 +124,19 @@ class BucketWork:
     other phase, when the session is SUSPENDED or LOST, and on :meth:`stop`; a run that starts
     on a cleared bucket is sent back untouched.
 
+    ``restore(buckets) -> count`` gives the unacknowledged messages of ``buckets`` back to
+    their queues (:func:`allot.work.redelivery.bucket_restorer`). It runs once per pass for
+    every bucket fenced in that pass under a new lease, after the fence and before the queue
+    is consumed: it cannot tell a dead holder's delivery from a live one, so it must run while
+    nobody consumes the queue, and a killed holder's messages come back at once instead of
+    after ``ALLOT_REDELIVERY_TIMEOUT``. It is safe after a clean handoff (the donor drained:
+    nothing to restore) and after a drain that timed out (a message the old holder still runs
+    is delivered a second time: that costs at most a wasted run, since the fence refuses the
+    old holder's commit and the committed-run index a second commit). A bucket fenced again
+    under the lease it already held (it came back while DRAINING, its fence was rewritten
+    after a foreign write) is not restored: its messages may be this node's own. A Redis
+    error is logged and the bucket served anyway (kombu's sweeper restores them later).
+
     Each bucket whose lease this node holds is in one :class:`Phase` (:meth:`phase`), changed
     only by :meth:`_enter`::
 
@@ -179,6 +194,7 @@ class BucketWork:
         handoff_timeout: float,
         after_pass: Callable[[frozenset[int]], object] | None = None,
         on_handoff: Callable[[float], object] | None = None,
+        restore: Callable[[frozenset[int]], int] | None = None,
         reread_seconds: float = REREAD_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         tokens: TokenTable | None = None,
@@ -193,6 +209,7 @@ class BucketWork:
         self.handoff_timeout = handoff_timeout
         self._after_pass = after_pass
         self._on_handoff = on_handoff
+        self._restore = restore
         self.reread_seconds = reread_seconds
         self._clock = clock
         self.tokens = tokens
@@ -213,6 +230,8 @@ class BucketWork:
         self._refused: set[tuple[int, int]] = set()
         """(bucket, token) whose fence a larger token refused: logged once."""
         self._next_reread = 0.0
+        self._restored: dict[int, int] = {}
+        """Bucket -> the token of the lease under which its messages were last given back."""
         self._assignment_lock = threading.Lock()
         self._assignment_stat: ZnodeStat | None = None
 
@@ -363,8 +382,10 @@ class BucketWork:
         assigned, version = self.assigned, self._assignment_version
         self._give_away(assigned, now)
         self._take_assigned(assigned, version)
-        for bucket in sorted(self.in_phase(Phase.TAKEN) & assigned):
+        unfenced = self.in_phase(Phase.TAKEN) & assigned
+        for bucket in sorted(unfenced):
             self._fence(bucket)
+        self._give_back(self.in_phase(Phase.FENCED) & unfenced)
         if self._events or not self.client.connected:
             self._serve(frozenset())  # the session changed during this pass: the next follows it
             self._forget_tokens()
@@ -421,21 +442,27 @@ class BucketWork:
                 self._enter(bucket, Phase.DRAINING, since=now, generation=generation)
                 log.info("bucket %d moved away: draining before its lease is released", bucket)
         draining = self.in_phase(Phase.DRAINING)
+        # first the queue switches the worker applied, then its busy buckets: a message taken
+        # before a drop was applied is running (or reserved) by the time the drop is seen
+        applied = self._applied() if draining else 0
         busy = self._busy() if draining else set()
         for bucket in sorted(draining):
-            self._drain(bucket, assigned, busy, now)
+            self._drain(bucket, assigned, applied, busy, now)
         for bucket in sorted(self.in_phase(Phase.TAKEN, Phase.FENCED) - assigned):
             # released once no message of it runs here, at most the handoff timeout from now
             self._enter(bucket, Phase.DRAINING, since=now, generation=self._applied())
 
-    def _drain(self, bucket: int, assigned: frozenset[int], busy: set[int], now: float) -> None:
-        """Release a DRAINING ``bucket`` if no message of it runs here any more (or the handoff
-        timed out); one assigned here again keeps its lease."""
+    def _drain(
+        self, bucket: int, assigned: frozenset[int], applied: int, busy: set[int], now: float
+    ) -> None:
+        """Release a DRAINING ``bucket`` if its queue's drop was ``applied`` and it is not
+        ``busy`` (read after ``applied``), or if the handoff timed out; one assigned here again
+        keeps its lease."""
         entry = self._buckets[bucket]
         if bucket in assigned:  # it came back before it was released: keep the lease
             self._enter(bucket, Phase.TAKEN)
             return
-        dropped = self._applied() >= entry.generation
+        dropped = applied >= entry.generation
         if dropped and bucket not in busy:
             self._release(bucket)
         elif now >= entry.since + self.handoff_timeout:
@@ -458,6 +485,27 @@ class BucketWork:
             if epoch is None:
                 epoch = self._epoch()
             self._take(bucket, version, epoch)
+
+    def _give_back(self, fenced: frozenset[int]) -> None:
+        """After step 2: the unacknowledged messages of the buckets just ``fenced`` under a new
+        lease go back to their queues, before any is consumed (see the class docstring)."""
+        new = frozenset(b for b in fenced if self._restored.get(b) != self._buckets[b].token)
+        if not new or self._restore is None:
+            return
+        for bucket in new:
+            self._restored[bucket] = self._buckets[bucket].token
+        try:
+            count = self._restore(new)
+        except (RedisError, OSError, ValueError) as exc:
+            log.warning(
+                "cannot give back the unacknowledged messages of buckets %s (%r): serving them "
+                "anyway; kombu restores them after ALLOT_REDELIVERY_TIMEOUT",
+                sorted(new),
+                exc,
+            )
+            return
+        if count:
+            log.info("gave %d unacknowledged messages of buckets %s back", count, sorted(new))
 
     def _serve_fenced(self) -> None:
         """Step 3: consume the queues of the fenced buckets (every one still assigned)."""

@@ -4,9 +4,10 @@ Celery acknowledges table tasks late, so a message a worker has taken (running o
 stays in kombu's Redis ``unacked`` hash until the worker acknowledges it. When the worker dies,
 kombu's own sweeper (``QoS.restore_visible``) puts it back only once it is older than the
 visibility timeout (``ALLOT_REDELIVERY_TIMEOUT``, 300 s). :func:`restore_unacked` puts back, at
-once, every such message of the given queues: the node that takes a bucket whose previous lease
-vanished without a release calls it for the bucket's queue, after writing the fence and before
-consuming the queue, so the work of a dead node is back in seconds.
+once, every such message of the given queues: the node that takes a bucket's lease calls it for
+the bucket's queue (:class:`~allot.work.leases.BucketWork`, through :func:`bucket_restorer`),
+after writing the fence and before consuming the queue, so the work of a dead node is back in
+seconds. After a clean handoff there is nothing to restore (the donor drained).
 
 **A double delivery is safe.** The previous holder may not be dead but frozen (a zombie): it
 may wake up and run a message that was also given back here, so a message may run twice. Every
@@ -56,6 +57,8 @@ from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.retry import Retry
 
+from allot.work.queues import bucket_queue
+
 logger = logging.getLogger(__name__)
 
 REDIS_SCHEMES = {"redis": "redis", "rediss": "rediss", "redis+socket": "unix"}
@@ -97,6 +100,16 @@ def restore_on_broker(broker_url: str, queues: Collection[str], *, timeout: floa
         return restore_unacked(client, queues)
     finally:
         client.close()
+
+
+def bucket_restorer(broker_url: str, cluster: str) -> Callable[[Collection[int]], int]:
+    """What :class:`~allot.work.leases.BucketWork` calls with the buckets it has just fenced:
+    :func:`restore_on_broker` on the bucket queues of ``cluster`` (same return and errors)."""
+
+    def restore(buckets: Collection[int]) -> int:
+        return restore_on_broker(broker_url, {bucket_queue(cluster, b) for b in buckets})
+
+    return restore
 
 
 def restore_unacked(

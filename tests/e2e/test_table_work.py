@@ -274,6 +274,38 @@ def bucket_of(engine: Engine, run_id: str) -> int:
         ).scalar_one()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_killed_workers_taken_messages_run_on_the_new_owner_before_the_redelivery_timeout(
+    work_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    cluster = work_cluster
+    cluster.env["ALLOT_REDELIVERY_TIMEOUT"] = "300"  # the default: kombu gives back after 5 min
+    cluster.worker("node1")
+    cluster.worker("node2")
+    cluster.wait_for(lambda: served_by_owners(cluster), "both nodes serving", START)
+    node1, node2 = cluster.key("node1"), cluster.key("node2")
+
+    # Given node1 running a task of one of its buckets, another one of it sent behind it
+    ids = tmp_path / "sent.txt"
+    table = a_table_of(cluster, "node1")
+    send(cluster, ids, count=2, rate=50, seconds=4, tables=[table]).popen.wait(30)
+    sent = ids.read_text().split()
+    cluster.wait_for(
+        lambda: any(running_on(cluster.engine, run) == node1 for run in sent),
+        "a task running on node1", 30,
+    )  # fmt: skip
+
+    # When node1 is killed
+    cluster.processes["node1"].kill()
+
+    # Then node2, taking the bucket, gives node1's taken messages back at once: both commit
+    # there once, long before kombu's visibility timeout would have given them back
+    cluster.wait_for(lambda: set(committed(cluster.engine)) == set(sent), "both runs", 90)
+    assert set(committed(cluster.engine).values()) == {1}
+    assert effects(cluster.engine) == dict.fromkeys(sent, 1)
+    assert {history(cluster.engine, run)[-1][0] for run in sent} == {node2}
+
+
 def running_on(engine: Engine, run_id: str) -> str | None:
     with engine.connect() as connection:
         return connection.execute(

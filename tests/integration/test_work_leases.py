@@ -2,47 +2,77 @@
 
 Each node is a real :class:`BucketWork` with its own ZooKeeper session; only the worker's
 queue switch is a recorder (what a Celery consumer would consume), so each step of a handoff
-can be held and checked.
+can be held and checked. The tests of messages given back to a taken bucket's queue use a real
+redis-server and kombu (the helpers of test_redelivery.py).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 from kazoo.client import KazooClient
+from redis import Redis
 from sqlalchemy import Engine, update
 
 from allot.errors import Fenced
 from allot.testing.polling import wait_for
-from allot.testing.servers import ServerProcess
+from allot.testing.servers import ServerProcess, free_port
 from allot.testing.zookeeper import expire_session
 from allot.work.fence import hold_fence, read_fence
 from allot.work.leases import BucketWork, Recheck
+from allot.work.queues import bucket_queue
+from allot.work.redelivery import bucket_restorer
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models.engine import session_factory
 from models.schema import BucketLease
+from tests.integration.test_redelivery import send, take_and_kill, unacked
 
 
 class Queues:
     """What a worker would consume: the last set handed to ``serve``; ``busy`` is set by the
-    test (the buckets with a message running)."""
+    test (the buckets with a message running). The worker applies each set at once, unless the
+    test sets ``lagging``: then only when the test calls :meth:`apply`. ``on_serve`` and
+    ``on_busy_read`` (once) let a test act at those moments of the loop."""
 
     def __init__(self) -> None:
         self.serving: frozenset[int] = frozenset()
         self.generation = 0
         self.busy: set[int] = set()
         self.history: list[frozenset[int]] = []
+        self.lagging = False
+        self.applied_generation = 0
+        self.on_serve: Callable[[frozenset[int]], object] | None = None
+        self.on_busy_read: Callable[[], object] | None = None
 
     def serve(self, buckets: frozenset[int]) -> int:
+        if self.on_serve is not None:
+            self.on_serve(buckets)
         if buckets != self.serving:
             self.serving = buckets
             self.generation += 1
             self.history.append(buckets)
+        if not self.lagging:
+            self.apply()
         return self.generation
+
+    def apply(self) -> None:
+        """The worker applies the last set handed to ``serve``."""
+        self.applied_generation = self.generation
+
+    def applied(self) -> int:
+        return self.applied_generation
+
+    def read_busy(self) -> set[int]:
+        found = set(self.busy)
+        hook, self.on_busy_read = self.on_busy_read, None
+        if hook is not None:
+            hook()
+        return found
 
 
 class Node:
@@ -80,19 +110,25 @@ def paths(zk_root: str) -> ZkPaths:
 def start_node(zookeeper: ServerProcess, paths: ZkPaths, migrated: Engine) -> Iterator[object]:
     started: list[Node] = []
 
-    def start(key: str, handoff_timeout: float = 10.0) -> Node:
+    def start(
+        key: str,
+        handoff_timeout: float = 10.0,
+        restore: Callable[[frozenset[int]], int] | None = None,
+        queues: Queues | None = None,
+    ) -> Node:
         client = KazooClient(hosts=zookeeper.address, timeout=4)
         client.start(timeout=10)
-        queues = Queues()
+        queues = queues or Queues()
         work = BucketWork(
             client,
             paths,
             key,
             session_factory(migrated),
             serve=queues.serve,
-            applied=lambda: queues.generation,
-            busy=lambda: set(queues.busy),
+            applied=queues.applied,
+            busy=queues.read_busy,
             handoff_timeout=handoff_timeout,
+            restore=restore,
             reread_seconds=REREAD,
         )
         work.start()
@@ -373,3 +409,123 @@ def test_a_lease_of_this_session_the_node_does_not_know_is_deleted_after_an_erro
     # Then the stray lease is gone, so the bucket's owner can take it
     wait_for(lambda: a.client.exists(paths.lease(14)) is None, "the stray lease deleted", 10)
     assert a.queues.serving == {13}
+
+
+def test_a_message_taken_between_the_drain_checks_keeps_the_lease_until_it_finished(
+    start_node, store: AssignmentStore, migrated: Engine
+) -> None:
+    # Given a@h serving bucket 15, with a worker that applies a queue switch only later
+    a, token = serving_alone(start_node, store, 15)
+    b = start_node("b@h")
+    a.queues.lagging = True
+    delivered = threading.Event()
+
+    def worker_takes_a_message_then_applies_the_drop() -> None:
+        # between the loop's two reads: a message of bucket 15 the worker had fetched before
+        # the drop starts running, then the worker applies the drop
+        a.queues.busy = {15}
+        a.queues.apply()
+        delivered.set()
+
+    a.queues.on_busy_read = worker_takes_a_message_then_applies_the_drop
+    # When bucket 15 moves to b@h
+    store.save("a@h", [])
+    store.save("b@h", [15])
+    wait_for(delivered.is_set, "a message delivered while the drop is applied", 10)
+    a.wait_passes()
+    b.wait_passes()
+    # Then a@h keeps the lease while the message runs, and b@h does not serve the bucket
+    assert a.lease_token(15) == token
+    assert 15 not in b.queues.serving
+    assert commit_allowed(migrated, 15, "a@h", token)
+    # and hands it over once the message finished
+    a.queues.busy = set()
+    b.wait_serving({15})
+
+
+BROKER_DB = 10
+"""The redis database of the tests that give messages back (test_redelivery.py uses 9)."""
+
+
+@pytest.fixture
+def broker(redis_server: ServerProcess) -> Iterator[tuple[str, Redis]]:
+    url = f"redis://{redis_server.host}:{redis_server.port}/{BROKER_DB}"
+    client = Redis.from_url(url, socket_timeout=10)
+    client.flushdb()
+    yield url, client
+    client.close()
+
+
+def test_a_taken_buckets_unacknowledged_messages_are_back_before_its_queue_is_consumed(
+    start_node, store: AssignmentStore, migrated: Engine, broker: tuple[str, Redis]
+) -> None:
+    # Given a message of bucket 20 taken by a consumer killed before it acknowledged it (kombu
+    # would give it back only after its visibility timeout, an hour here)
+    url, redis = broker
+    cluster = f"t{uuid.uuid4().hex[:8]}"
+    queue = bucket_queue(cluster, 20)
+    (sent,) = send(url, queue, 1)
+    take_and_kill(url, queue, 1)
+    assert unacked(redis) == {sent.task_id: queue}
+    assert redis.llen(queue) == 0
+
+    # When a@h takes bucket 20 (recording the fence when it gives messages back, and the
+    # queue when it starts consuming)
+    restorer = bucket_restorer(url, cluster)
+    fence_at_restore: list[tuple[str, int] | None] = []
+    queue_at_serve: list[tuple[int, dict[str, str]]] = []
+
+    def restore(buckets: frozenset[int]) -> int:
+        fence_at_restore.append(fence_of(migrated, 20))
+        return restorer(buckets)
+
+    def on_serve(buckets: frozenset[int]) -> None:
+        if 20 in buckets and not queue_at_serve:
+            queue_at_serve.append((redis.llen(queue), unacked(redis)))
+
+    queues = Queues()
+    queues.on_serve = on_serve
+    store.save("a@h", [20])
+    a = start_node("a@h", restore=restore, queues=queues)
+    a.wait_serving({20})
+
+    # Then the message was given back after a@h wrote its fence and before it consumed the
+    # queue: waiting in the queue, no longer unacknowledged
+    assert fence_at_restore == [("a@h", a.lease_token(20))]
+    assert queue_at_serve == [(1, {})]
+
+
+def test_a_redis_outage_does_not_keep_a_taken_bucket_from_being_served(
+    start_node, store: AssignmentStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a broker nobody listens on
+    dead = bucket_restorer(f"redis://127.0.0.1:{free_port()}/0", "t")
+    # When a@h takes bucket 21, Then it serves it, and says the messages were not given back
+    store.save("a@h", [21])
+    a = start_node("a@h", restore=dead)
+    a.wait_serving({21})
+    assert any("cannot give back" in record.getMessage() for record in caplog.records)
+
+
+def test_a_bucket_fenced_again_under_its_own_lease_gives_nothing_back(
+    start_node, store: AssignmentStore
+) -> None:
+    calls: list[frozenset[int]] = []
+
+    def restore(buckets: frozenset[int]) -> int:
+        calls.append(buckets)
+        return 0
+
+    store.save("a@h", [22, 23])
+    a = start_node("a@h", restore=restore)
+    a.wait_serving({22, 23})
+    assert calls == [frozenset({22, 23})]
+    # When bucket 22 moves away and comes back before its lease was released (a message of it
+    # still runs here: giving it back would deliver this node's own message twice)
+    a.queues.busy = {22}
+    store.save("a@h", [23])
+    a.wait_serving({23})
+    store.save("a@h", [22, 23])
+    a.wait_serving({22, 23})
+    # Then nothing was given back again
+    assert calls == [frozenset({22, 23})]
