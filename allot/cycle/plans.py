@@ -6,16 +6,18 @@ leaves it here and the next cycle finishes or fails it), ``applied``, ``rejected
 e.g. stale), ``failed``.
 
 Functions take a :class:`~sqlalchemy.orm.Session` and leave the commit to the caller.
+:func:`prune_plans` deletes old plans in bounded batches (:mod:`allot.history` runs it).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, select, update
+from sqlalchemy import ColumnElement, CursorResult, Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from allot.errors import InvalidInput, NotFound
@@ -283,3 +285,52 @@ def plans_in_status(session: Session, status: PlanStatus) -> list[PlanRow]:
             select(PlanRow).where(PlanRow.status == status).order_by(PlanRow.created_at)
         ).scalars()
     )
+
+
+def kept_plans(session: Session) -> list[str]:
+    """The plans kept whatever their age: the newest plan and the newest ``applied`` one (what
+    gave the buckets their owners). ``applying`` plans are kept too (:func:`prune_plans`)."""
+    newest = select(PlanRow.plan_id).order_by(PlanRow.created_at.desc(), PlanRow.plan_id.desc())
+    kept = [
+        session.execute(newest.limit(1)).scalar_one_or_none(),
+        session.execute(
+            newest.where(PlanRow.status == PlanStatus.APPLIED).limit(1)
+        ).scalar_one_or_none(),
+    ]
+    return [plan_id for plan_id in kept if plan_id is not None]
+
+
+def _prunable_plans(older_than: dt.datetime, kept: Sequence[str]) -> ColumnElement[bool]:
+    condition = (PlanRow.created_at < older_than) & (PlanRow.status != PlanStatus.APPLYING)
+    return condition & PlanRow.plan_id.not_in(kept) if kept else condition
+
+
+def prune_plans(session: Session, older_than: dt.datetime, limit: int) -> int:
+    """Delete at most ``limit`` plans created before ``older_than``, oldest first, with their
+    moves (``ON DELETE CASCADE``), and return how many plans went; the caller commits.
+
+    Never deleted: a plan ``applying`` (the next cycle finishes or fails it) and
+    :func:`kept_plans`. Safe to run in several processes at once, as
+    :func:`allot.work.runs.prune_runs` is (``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
+    """
+    doomed = (
+        select(PlanRow.plan_id)
+        .where(_prunable_plans(older_than, kept_plans(session)))
+        .order_by(PlanRow.created_at, PlanRow.plan_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = session.execute(
+        delete(PlanRow).where(PlanRow.plan_id.in_(doomed)),
+        execution_options={"synchronize_session": False},
+    )
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+def count_prunable_plans(session: Session, older_than: dt.datetime) -> int:
+    """How many plans :func:`prune_plans` would delete for ``older_than`` (all batches)."""
+    return session.execute(
+        select(func.count())
+        .select_from(PlanRow)
+        .where(_prunable_plans(older_than, kept_plans(session)))
+    ).scalar_one()
