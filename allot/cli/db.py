@@ -118,4 +118,5 @@ def prune(
         f"{verb} {report.runs:,} runs started before {cutoffs.runs:%Y-%m-%d %H:%M:%S} UTC "
         f"and {report.plans:,} plans created before {cutoffs.plans:%Y-%m-%d %H:%M:%S} UTC",
         highlight=False,
+        soft_wrap=True,
     )

@@ -287,35 +287,40 @@ def plans_in_status(session: Session, status: PlanStatus) -> list[PlanRow]:
     )
 
 
-def kept_plans(session: Session) -> list[str]:
-    """The plans kept whatever their age: the newest plan and the newest ``applied`` one (what
-    gave the buckets their owners). ``applying`` plans are kept too (:func:`prune_plans`)."""
+def _kept_plans() -> tuple[ColumnElement[str], ColumnElement[str]]:
+    """The plans kept whatever their age, as scalar subqueries (``''`` when there is none):
+    the newest plan and the newest ``applied`` one (what gave the buckets their owners)."""
     newest = select(PlanRow.plan_id).order_by(PlanRow.created_at.desc(), PlanRow.plan_id.desc())
-    kept = [
-        session.execute(newest.limit(1)).scalar_one_or_none(),
-        session.execute(
-            newest.where(PlanRow.status == PlanStatus.APPLIED).limit(1)
-        ).scalar_one_or_none(),
-    ]
-    return [plan_id for plan_id in kept if plan_id is not None]
+    applied = newest.where(PlanRow.status == PlanStatus.APPLIED)
+    return (
+        func.coalesce(newest.limit(1).scalar_subquery(), ""),
+        func.coalesce(applied.limit(1).scalar_subquery(), ""),
+    )
 
 
-def _prunable_plans(older_than: dt.datetime, kept: Sequence[str]) -> ColumnElement[bool]:
-    condition = (PlanRow.created_at < older_than) & (PlanRow.status != PlanStatus.APPLYING)
-    return condition & PlanRow.plan_id.not_in(kept) if kept else condition
+def _prunable_plans(older_than: dt.datetime) -> ColumnElement[bool]:
+    newest, newest_applied = _kept_plans()
+    return (
+        (PlanRow.created_at < older_than)
+        & (PlanRow.status != PlanStatus.APPLYING)
+        & (PlanRow.plan_id != newest)
+        & (PlanRow.plan_id != newest_applied)
+    )
 
 
 def prune_plans(session: Session, older_than: dt.datetime, limit: int) -> int:
     """Delete at most ``limit`` plans created before ``older_than``, oldest first, with their
     moves (``ON DELETE CASCADE``), and return how many plans went; the caller commits.
 
-    Never deleted: a plan ``applying`` (the next cycle finishes or fails it) and
-    :func:`kept_plans`. Safe to run in several processes at once, as
+    Never deleted: a plan ``applying`` (the next cycle finishes or fails it), the newest plan
+    and the newest ``applied`` one. One statement, so on SQLite it waits for the write lock
+    like any writer (a read first would make it fail at once when another writer went
+    first). Safe to run in several processes at once, as
     :func:`allot.work.runs.prune_runs` is (``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
     """
     doomed = (
         select(PlanRow.plan_id)
-        .where(_prunable_plans(older_than, kept_plans(session)))
+        .where(_prunable_plans(older_than))
         .order_by(PlanRow.created_at, PlanRow.plan_id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -330,7 +335,5 @@ def prune_plans(session: Session, older_than: dt.datetime, limit: int) -> int:
 def count_prunable_plans(session: Session, older_than: dt.datetime) -> int:
     """How many plans :func:`prune_plans` would delete for ``older_than`` (all batches)."""
     return session.execute(
-        select(func.count())
-        .select_from(PlanRow)
-        .where(_prunable_plans(older_than, kept_plans(session)))
+        select(func.count()).select_from(PlanRow).where(_prunable_plans(older_than))
     ).scalar_one()
