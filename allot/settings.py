@@ -3,7 +3,8 @@
 Every setting is read from the environment with the prefix ``ALLOT_`` (``ALLOT_ZK_HOSTS`` sets
 ``zk_hosts``), is typed, has a default and a one-line description. The README's settings table
 is generated from this class (``python -m allot.settings``) and a test keeps the two in step.
-Durations are seconds and accept fractions (``ALLOT_NODE_OFFLINE_TIMEOUT=2.5``).
+Durations are seconds and accept fractions (``ALLOT_NODE_OFFLINE_TIMEOUT=2.5``); the history
+settings are days and accept fractions too (``ALLOT_RUN_HISTORY_DAYS=0.5`` keeps 12 hours).
 """
 
 from __future__ import annotations
@@ -112,6 +113,20 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds after which Redis hands a message taken by a worker that never "
         "acknowledged it (killed) to another worker; longer than the longest table task.",
+    )
+
+    # -- history kept in SQL (allot.history prunes what is older, in bounded batches) --------
+    run_history_days: float = Field(
+        7.0,
+        gt=0,
+        description="Days the attempts of table tasks (`table_task_run`) are kept; never less "
+        "than ALLOT_REDELIVERY_TIMEOUT, and `running` attempts are kept until they end.",
+    )
+    plan_history_days: float = Field(
+        30.0,
+        gt=0,
+        description="Days plans and their moves are kept; the newest plan, the newest applied "
+        "one and any `applying` plan are kept whatever their age.",
     )
 
     @field_validator("node_key")

@@ -26,7 +26,7 @@ from models.base import Base, utcnow
 from models.states import NodeState, PlanStatus, RunStatus
 
 # The Alembic revision these models describe (the newest migration; a test keeps them equal).
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 NAME_LENGTH = 128
 NODE_KEY_LENGTH = 128
 
@@ -196,6 +196,12 @@ class TableTaskRun(Base):
         Index(None, "run_id"),
         Index(None, "table_id", "started_at"),
         Index(None, "bucket_id", "started_at"),
+        # newest first and pruning oldest first (allot.history); the filters of `allot work
+        # runs` with its order (allot.work.client.list_runs)
+        Index(None, "started_at", "attempt_id"),
+        Index(None, "node_key", "started_at"),
+        Index(None, "status", "started_at"),
+        Index(None, "task_name", "started_at"),
         Index(
             "uq_table_task_run_committed",
             "run_id",

@@ -3,7 +3,8 @@
 ``celery -A tasks worker|beat|flower`` finds :data:`app` here. Serialization is JSON only, task
 events are on (``worker_send_task_events``, ``task_send_sent_event``) so Flower sees every run,
 and the beat schedule runs ``allot.assign`` every ``ALLOT_ASSIGN_INTERVAL`` seconds with an
-``expires`` shorter than the interval (a backlog of stale ticks never piles up).
+``expires`` shorter than the interval (a backlog of stale ticks never piles up), and
+``allot.prune`` every :data:`PRUNE_INTERVAL` seconds (:mod:`allot.history`).
 
 Table work (:mod:`allot.work`): the app loads the modules of ``ALLOT_TASK_MODULES``, routes
 every table task to its bucket's queue (``task_routes``), lets each worker consume the bucket
@@ -26,15 +27,19 @@ from allot.work.consumer import BucketQueues
 from allot.work.routing import route
 from allot.work.run import attempt_ended
 
-TASK_MODULES = ["tasks.assign", "tasks.node", "allot.work.periodic"]
+TASK_MODULES = ["tasks.assign", "tasks.node", "tasks.prune", "allot.work.periodic"]
 
 REDIS_POLLING_INTERVAL = 0.1
 """Seconds a Redis read blocks before the worker looks at its queue list again: a bucket queue
 added at run time is consumed within this (docs/bucket-queues.md)."""
 
 
+PRUNE_INTERVAL = 300.0
+"""Seconds between two ``allot.prune`` runs from beat (each spends at most a minute)."""
+
+
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
-    """The beat entry of the assignment cycle."""
+    """The beat entries: the assignment cycle, and the pruning of the history."""
     interval = settings.assign_interval
     return {
         "allot-assign": {
@@ -42,7 +47,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
             "schedule": interval,
             "kwargs": {"trigger": "beat"},
             "options": {"expires": max(interval * 0.9, 0.5)},
-        }
+        },
+        "allot-prune": {
+            "task": "allot.prune",
+            "schedule": PRUNE_INTERVAL,
+            "options": {"expires": PRUNE_INTERVAL * 0.9},
+        },
     }
 
 

@@ -8,6 +8,7 @@ holder takes it (:mod:`allot.work`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -19,6 +20,7 @@ from allot.cli._common import FormatOption, OutputFormat, TimeoutOption, console
 from allot.cli._context import cli_config, open_database
 from allot.names import parse_table_name, validate_node_key
 from allot.work import client as work_client
+from allot.work.runs import RunRow
 from models.states import RunStatus
 
 app = typer.Typer(
@@ -87,6 +89,32 @@ def send(
         console.print(f"result: {json.dumps(value)}", markup=False, highlight=False, soft_wrap=True)
 
 
+def runs_view(rows: Sequence[RunRow]) -> Table:
+    """The runs as a table that reads in 80 columns: the start and the status, short, in
+    their own columns; the rest of the run (table, task, run id, node and bucket, error)
+    as lines of one cell, which wrap or fold but are never cut with an ellipsis."""
+    view = Table(show_lines=True, expand=False)
+    view.add_column("started", no_wrap=True)
+    view.add_column("status", no_wrap=True)
+    view.add_column("table, task, run, node", overflow="fold")
+    for row in rows:
+        style = STATUS_STYLE.get(row.status, "")
+        lines = [
+            f"[bold]{escape(row.table)}[/bold]",
+            f"{escape(row.task_name)}",
+            f"run {escape(row.run_id)}",
+            f"[dim]{escape(row.node_key)}, bucket {row.bucket_id}, attempt {row.attempt_id}[/dim]",
+        ]
+        if row.error:
+            lines.append(f"[red]{escape(row.error)}[/red]")
+        view.add_row(
+            row.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"[{style}]{row.status}[/{style}]",
+            "\n".join(lines),
+        )
+    return view
+
+
 @app.command("runs")
 def runs(
     table: Annotated[
@@ -125,19 +153,6 @@ def runs(
     if output is OutputFormat.json:
         print_json([row.as_json() for row in rows])
         return
-    view = Table("started", "task", "table", "bucket", "node", "status", "run", "error")
-    for row in rows:
-        style = STATUS_STYLE.get(row.status, "")
-        view.add_row(
-            row.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-            escape(row.task_name),
-            row.table,
-            str(row.bucket_id),
-            row.node_key,
-            f"[{style}]{row.status}[/{style}]",
-            row.run_id,
-            escape(row.error or ""),
-        )
-    console.print(view)
+    console.print(runs_view(rows))
     if limit and len(rows) == limit:
         console.print(f"showing the newest {limit:,}; --limit 0 shows all", style="dim")

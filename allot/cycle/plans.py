@@ -6,16 +6,18 @@ leaves it here and the next cycle finishes or fails it), ``applied``, ``rejected
 e.g. stale), ``failed``.
 
 Functions take a :class:`~sqlalchemy.orm.Session` and leave the commit to the caller.
+:func:`prune_plans` deletes old plans in bounded batches (:mod:`allot.history` runs it).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, select, update
+from sqlalchemy import ColumnElement, CursorResult, Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from allot.errors import InvalidInput, NotFound
@@ -283,3 +285,55 @@ def plans_in_status(session: Session, status: PlanStatus) -> list[PlanRow]:
             select(PlanRow).where(PlanRow.status == status).order_by(PlanRow.created_at)
         ).scalars()
     )
+
+
+def _kept_plans() -> tuple[ColumnElement[str], ColumnElement[str]]:
+    """The plans kept whatever their age, as scalar subqueries (``''`` when there is none):
+    the newest plan and the newest ``applied`` one (what gave the buckets their owners)."""
+    newest = select(PlanRow.plan_id).order_by(PlanRow.created_at.desc(), PlanRow.plan_id.desc())
+    applied = newest.where(PlanRow.status == PlanStatus.APPLIED)
+    return (
+        func.coalesce(newest.limit(1).scalar_subquery(), ""),
+        func.coalesce(applied.limit(1).scalar_subquery(), ""),
+    )
+
+
+def _prunable_plans(older_than: dt.datetime) -> ColumnElement[bool]:
+    newest, newest_applied = _kept_plans()
+    return (
+        (PlanRow.created_at < older_than)
+        & (PlanRow.status != PlanStatus.APPLYING)
+        & (PlanRow.plan_id != newest)
+        & (PlanRow.plan_id != newest_applied)
+    )
+
+
+def prune_plans(session: Session, older_than: dt.datetime, limit: int) -> int:
+    """Delete at most ``limit`` plans created before ``older_than``, oldest first, with their
+    moves (``ON DELETE CASCADE``), and return how many plans went; the caller commits.
+
+    Never deleted: a plan ``applying`` (the next cycle finishes or fails it), the newest plan
+    and the newest ``applied`` one. One statement, so on SQLite it waits for the write lock
+    like any writer (a read first would make it fail at once when another writer went
+    first). Safe to run in several processes at once, as
+    :func:`allot.work.runs.prune_runs` is (``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
+    """
+    doomed = (
+        select(PlanRow.plan_id)
+        .where(_prunable_plans(older_than))
+        .order_by(PlanRow.created_at, PlanRow.plan_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = session.execute(
+        delete(PlanRow).where(PlanRow.plan_id.in_(doomed)),
+        execution_options={"synchronize_session": False},
+    )
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+def count_prunable_plans(session: Session, older_than: dt.datetime) -> int:
+    """How many plans :func:`prune_plans` would delete for ``older_than`` (all batches)."""
+    return session.execute(
+        select(func.count()).select_from(PlanRow).where(_prunable_plans(older_than))
+    ).scalar_one()

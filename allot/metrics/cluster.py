@@ -7,8 +7,10 @@ membership, grace periods and the classification the assignment cycle plans from
 state here is the one the next cycle would see), the planner's spread,
 :mod:`allot.cycle.mirror`'s mirrored epoch, :func:`allot.zk.leases.read_leases` (the leases,
 as ``allot status`` and ``allot verify`` read them) and :mod:`allot.inspect.backlog`'s queue
-lengths. The counts of plans and table task runs have no reader elsewhere; they are read here
-(:func:`read_sql`). Every node exports the same
+lengths. The count of open plans (``generated``, ``applying``) has no reader elsewhere; it is
+read here (:func:`read_sql`). A scrape never counts a history table whole (100 M attempts, say):
+how attempts end is counted by each node as they end (``allot_table_tasks_total``,
+:mod:`allot.metrics.instruments`), cycles and moves likewise. Every node exports the same
 cluster-wide values: aggregate them with ``max without(instance)`` in PromQL.
 
 Failure modes (nothing ever raises out of :meth:`ClusterCollector.collect`):
@@ -56,8 +58,7 @@ from allot.zk.leases import read_leases
 from allot.zk.paths import ZkPaths
 from models.base import utcnow
 from models.schema import Plan as PlanRow
-from models.schema import TableTaskRun
-from models.states import NodeState, PlanStatus, RunStatus
+from models.states import NodeState, PlanStatus
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ T = TypeVar("T")
 ZOOKEEPER, SQL, REDIS = "zookeeper", "sql", "redis"
 EXPECTED_ERRORS = (KazooException, AllotError, SQLAlchemyError, RedisError, OSError)
 """What an unreachable or refusing server raises: logged in one line, without a traceback."""
+OPEN_PLANS = (PlanStatus.GENERATED, PlanStatus.APPLYING)
+"""The plan statuses ``allot_plans`` counts: the ones a plan leaves (the others only grow)."""
 
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "allot_up": (
@@ -95,10 +98,9 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "The highest assignment epoch SQL has mirrored; below allot_epoch while SQL is behind.",
         (),
     ),
-    "allot_plans": ("Plans recorded in SQL, by status.", ("status",)),
-    "allot_table_task_runs": (
-        "Table task attempts recorded in SQL (table_task_run), by task name and status.",
-        ("task", "status"),
+    "allot_plans": (
+        "Open plans in SQL, by status: generated (waiting to be applied by hand) and applying.",
+        ("status",),
     ),
     "allot_bucket_queue_backlog": (
         "Messages waiting in the queues of the buckets each node holds (Redis).",
@@ -169,27 +171,19 @@ class ZooKeeperView:
 
 @dataclass(frozen=True)
 class SqlView:
-    """What a scrape read from SQL: the mirrored epoch, plans per status and table task
-    attempts per (task name, status)."""
+    """What a scrape read from SQL: the mirrored epoch and the open plans per status."""
 
     epoch: int
     plans: Mapping[str, int]
-    runs: Mapping[tuple[str, str], int]
 
     def families(self) -> Iterator[Metric]:
-        """The SQL families of :data:`FAMILIES`; every status appears, 0 when it has no row."""
+        """The SQL families of :data:`FAMILIES`; every open status appears, 0 when it has no
+        row."""
         yield gauge("allot_sql_epoch", self.epoch)
         plans = family("allot_plans")
-        for status in PlanStatus:
+        for status in OPEN_PLANS:
             plans.add_metric([status.value], self.plans.get(status.value, 0))
         yield plans
-        runs = family("allot_table_task_runs")
-        for task in sorted({task for task, _ in self.runs}):
-            for run_status in RunStatus:
-                runs.add_metric(
-                    [task, run_status.value], self.runs.get((task, run_status.value), 0)
-                )
-        yield runs
 
 
 def read_zookeeper(
@@ -236,20 +230,22 @@ def read_zookeeper(
 
 
 def read_sql(sessions: sessionmaker[Session]) -> SqlView:
-    """Read the mirrored epoch and count plans and table task attempts, in one session.
+    """Read the mirrored epoch and count the open plans, in one session: two bounded reads
+    (the one ``mirror_state`` row; the plans of :data:`OPEN_PLANS` through ``plan``'s status
+    index, never the whole history).
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: SQL could not be read.
     """
-    by_status = select(PlanRow.status, func.count()).group_by(PlanRow.status)
-    by_task = select(TableTaskRun.task_name, TableTaskRun.status, func.count()).group_by(
-        TableTaskRun.task_name, TableTaskRun.status
+    by_status = (
+        select(PlanRow.status, func.count())
+        .where(PlanRow.status.in_(OPEN_PLANS))
+        .group_by(PlanRow.status)
     )
     with sessions() as session:
         epoch = mirrored_epoch(session)
         plans = dict(session.execute(by_status).all())
-        runs = {(task, status): count for task, status, count in session.execute(by_task)}
-    return SqlView(epoch, plans, runs)
+    return SqlView(epoch, plans)
 
 
 @dataclass(eq=False)  # compared and hashed by identity: a registry keys its collectors

@@ -8,7 +8,8 @@ transactions.
 ``table_task_run``: one row per attempt, at most one ``committed`` per run (a partial unique
 index), so a message delivered again commits at most once; :func:`give_up_if_abandoned` ends a
 run whose attempts keep dying with their process. :class:`RunRow` is an attempt as
-``allot work runs`` shows it (:func:`allot.work.client.list_runs`).
+``allot work runs`` shows it (:func:`allot.work.client.list_runs`). :func:`prune_runs` deletes
+old attempts in bounded batches (:mod:`allot.history` decides how old and runs the batches).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -195,3 +196,41 @@ class RunRow:
             "finished_at": None if self.finished_at is None else self.finished_at.isoformat(),
             "error": self.error,
         }
+
+
+def _prunable_runs(older_than: dt.datetime) -> ColumnElement[bool]:
+    """The condition of an attempt :func:`prune_runs` may delete: started before
+    ``older_than`` and no longer ``running`` (a running attempt's row is what its commit marks
+    and its end updates, so it stays until the attempt ends or a later attempt of its run marks
+    it ``failed``)."""
+    return (TableTaskRun.started_at < older_than) & (TableTaskRun.status != RunStatus.RUNNING)
+
+
+def prune_runs(session: Session, older_than: dt.datetime, limit: int) -> int:
+    """Delete at most ``limit`` attempts started before ``older_than`` that are not
+    ``running``, oldest first, and return how many went; the caller commits.
+
+    Safe to run in several processes at once: on PostgreSQL the rows are picked ``FOR UPDATE
+    SKIP LOCKED``, so concurrent pruners take different rows instead of waiting on each other;
+    on SQLite writers take turns. A row already deleted is simply not found. The oldest rows
+    are found through the ``(started_at, attempt_id)`` index.
+    """
+    doomed = (
+        select(TableTaskRun.attempt_id)
+        .where(_prunable_runs(older_than))
+        .order_by(TableTaskRun.started_at, TableTaskRun.attempt_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = session.execute(
+        delete(TableTaskRun).where(TableTaskRun.attempt_id.in_(doomed)),
+        execution_options={"synchronize_session": False},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def count_prunable_runs(session: Session, older_than: dt.datetime) -> int:
+    """How many attempts :func:`prune_runs` would delete for ``older_than`` (all batches)."""
+    return session.execute(
+        select(func.count()).select_from(TableTaskRun).where(_prunable_runs(older_than))
+    ).scalar_one()

@@ -10,6 +10,7 @@ ZooKeeper root and a fresh database. The CLI loads the table tasks of
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import uuid
@@ -20,9 +21,11 @@ from typing import Any
 import pytest
 import redis
 from kazoo.client import KazooClient
+from rich.console import Console
 from sqlalchemy import Engine
 
 import tests.integration.cli_work_tasks  # noqa: F401  (registers the table tasks used here)
+from allot.cli.work import runs_view
 from allot.names import parse_table_name
 from allot.registry import register_tables
 from allot.settings import Settings
@@ -32,7 +35,7 @@ from allot.work import bucket_queue, table_tasks
 from allot.work.database import WorkSql
 from allot.work.fence import take_fence
 from allot.work.run import execute
-from allot.work.runs import Attempt, start_attempt
+from allot.work.runs import Attempt, RunRow, start_attempt
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.paths import ZkPaths
@@ -276,17 +279,52 @@ def test_runs_filter_by_table_node_status_task_and_limit(work: Work, database_ur
     assert ids("--limit", "0") == ["run-4", "run-3", "run-2", "run-1"]
 
 
-def test_runs_as_a_table_for_people(work: Work, database_url: str) -> None:
+def test_runs_as_a_table_for_people_in_80_columns(work: Work, database_url: str) -> None:
     record_runs(work, database_url)
 
-    result = allot("work", "runs", "--limit", "3", env=work.env | {"COLUMNS": "200"})
+    result = allot("work", "runs", "--limit", "3", env=work.env | {"COLUMNS": "80"})
 
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if "run-" in line]
-    assert [row.split("│")[7].strip() for row in rows] == ["run-4", "run-3", "run-2"]
-    assert "running" in rows[0]
-    assert "RuntimeError: disk full on c.d.t2" in rows[2]
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.stdout
+    for shown in ("run run-4", "run run-3", "run run-2", "c.d.t1", "c.d.t2", "running"):
+        assert any(shown in line for line in lines), shown
     assert "showing the newest 3; --limit 0 shows all" in result.stdout
+
+
+def test_no_run_field_is_cut_in_80_columns() -> None:
+    # Given a long table name, a Celery task id and a long error
+    started = dt.datetime(2026, 11, 22, 10, 0, 1, tzinfo=dt.UTC)
+    run = RunRow(
+        attempt_id=123456789,
+        run_id="2c7b0c5e-1d2a-4c7b-9a55-0e7b2a4b1c9d",
+        task_name="mywork.compact_small_files",
+        table="hive.sales_warehouse.orders_q4",
+        bucket_id=977,
+        node_key="node12@worker-host-12",
+        token=1,
+        status="committed",
+        started_at=started,
+        finished_at=None,
+        error="RuntimeError: " + "the object store refused the write; " * 3,
+    )
+    error = "".join(str(run.error).split())
+    console = Console(width=80, record=True)
+
+    # When the runs are printed in 80 columns
+    console.print(runs_view([run, run]))
+    text = console.export_text()
+
+    # Then nothing is cut, and the table name and run id each stand whole on a line
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert any(run.table in line for line in text.splitlines())
+    assert any(run.run_id in line for line in text.splitlines())
+    for field in ("2026-11-22 10:00:01", "committed", run.task_name, run.node_key, "977"):
+        assert field in text
+    third_column = "".join(line.split("│")[3] for line in text.splitlines() if line.count("│") == 4)
+    assert "".join(third_column.split()).count(error) == 2  # wrapped onto lines, but whole
 
 
 def test_runs_refuse_bad_filters_in_one_line(work: Work) -> None:

@@ -98,3 +98,26 @@ def test_0002_starts_the_mirror_fence_at_the_epoch_sql_already_mirrors(engine: E
     with engine.connect() as connection:
         row = connection.execute(select(MirrorState.holder_token, MirrorState.epoch)).one()
     assert tuple(row) == (0, 7)
+
+
+HISTORY_INDEXES = {
+    "ix_table_task_run_started_at_attempt_id",
+    "ix_table_task_run_node_key_started_at",
+    "ix_table_task_run_status_started_at",
+    "ix_table_task_run_task_name_started_at",
+}
+
+
+def run_indexes(engine: Engine) -> set[str]:
+    return {str(index["name"]) for index in inspect(engine).get_indexes("table_task_run")}
+
+
+def test_the_history_indexes_come_with_0004_and_go_with_it(migrated: Engine) -> None:
+    assert run_indexes(migrated) >= HISTORY_INDEXES
+
+    database.downgrade(migrated, "0003")
+    assert not HISTORY_INDEXES & run_indexes(migrated)
+    assert "ix_table_task_run_table_id_started_at" in run_indexes(migrated)
+
+    database.upgrade(migrated, bucket_count=100)
+    assert run_indexes(migrated) >= HISTORY_INDEXES

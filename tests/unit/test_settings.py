@@ -33,6 +33,12 @@ def test_environment_overrides_with_the_allot_prefix(monkeypatch: pytest.MonkeyP
     assert settings.node_key == "node1@host"
 
 
+def test_history_is_kept_in_days_with_fractions(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (load_settings().run_history_days, load_settings().plan_history_days) == (7, 30)
+    monkeypatch.setenv("ALLOT_RUN_HISTORY_DAYS", "0.5")
+    assert load_settings().run_history_days == 0.5
+
+
 def test_an_explicit_root_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALLOT_ZK_ROOT", "/default/amoro/ams")
     assert load_settings().zk_root == "/default/amoro/ams"
@@ -48,6 +54,8 @@ def test_an_explicit_root_wins(monkeypatch: pytest.MonkeyPatch) -> None:
         ("ALLOT_ZK_AUTH", "no-colon"),
         ("ALLOT_ZK_SESSION_TIMEOUT", "soon"),
         ("ALLOT_STRATEGY", "random"),
+        ("ALLOT_RUN_HISTORY_DAYS", "0"),
+        ("ALLOT_PLAN_HISTORY_DAYS", "-1"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(
