@@ -84,7 +84,9 @@ def execute(
         fence = read_fence(session, bucket_id, for_write=True)
         if fence is None or fence.node_key != node_key:
             raise NotHere(fence)
-        attempt = Attempt(run_id, spec.name, table_id, bucket_id, node_key, fence.token)
+        attempt = Attempt(
+            run_id, spec.name, table_id, bucket_id, node_key, fence.token, fence.generation
+        )
         attempt_id = start_attempt(session, attempt)
     if attempt_id is None:
         log.info("run %s of %s on %s already committed: not run again", run_id, spec.name, table)
