@@ -3,7 +3,8 @@
 :class:`BucketWork` turns this node's assignment (watched) into the bucket queues the worker
 consumes: (1) **take** the lease ``{root}/leases/{id}`` (ephemeral, in one transaction that
 checks the assignment znode's version; its ``czxid`` is the node's *token*), (2) **fence**:
-write key and token into ``bucket_lease`` (:func:`allot.work.runs.take_fence`), (3) **serve**
+write key, ZooKeeper generation (:mod:`allot.work.generation`, read after the take) and token
+into ``bucket_lease`` (:func:`allot.work.fence.take_fence`), (3) **serve**
 the queue (:class:`~allot.work.consumer.BucketQueues`), (4) **give away**: drop the queue at
 once, delete the lease once no message of the bucket runs here (at most
 ``ALLOT_HANDOFF_TIMEOUT``); the receiver's watch on ``{root}/leases`` wakes it to take it.
@@ -158,6 +159,11 @@ class BucketWork:
         foreign and deleted. A ZooKeeper error mid-pass ends the pass; the next one checks
         for strays.
         SQL down: no fence can be written, so a TAKEN bucket is not served (logged once).
+        ZooKeeper rebuilt from scratch (a new ensemble, its tokens small again): the first
+        node to fence finds no ``{root}/generation`` and allocates a larger generation in
+        SQL, so the fences are taken over; a node still on the old ZooKeeper is refused (its
+        generation is smaller) and its buckets stop there. ``{root}/generation`` unreadable:
+        nothing is fenced (logged) until it is fixed or deleted.
     """
 
     def __init__(
