@@ -100,7 +100,7 @@ def execute(
         if fence is None or fence.node_key != node_key or own not in (None, fence.token):
             raise NotHere(fence)
         token = fence.token if own is None else own
-        attempt = Attempt(run_id, spec.name, table_id, bucket_id, node_key, token)
+        attempt = Attempt(run_id, spec.name, table_id, bucket_id, node_key, token, fence.generation)
         attempt_id = start_attempt(session, attempt)
     if attempt_id is None:
         log.info("run %s of %s on %s already committed: not run again", run_id, spec.name, table)
