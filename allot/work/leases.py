@@ -11,10 +11,11 @@ delete the lease once no message of the bucket runs here (at most
 ``ALLOT_HANDOFF_TIMEOUT``); the receiver's watch on ``{root}/leases`` wakes it to take it.
 Each bucket is in one :class:`Phase`, the session in one :class:`Session` (the transitions are
 drawn in :class:`BucketWork`). SUSPENDED stops every queue at once and keeps the leases; LOST
-forgets them; a lease znode no session owns is foreign and deleted. The token of each bucket
-served is written into the worker's shared :class:`~allot.work.tokens.TokenTable`, from which
-its pool processes run and commit, and cleared when the bucket stops being served. The
-argument, case by case, is in :mod:`allot.work`.
+forgets them; a lease znode no session owns is foreign and deleted. The (ZooKeeper
+generation, token) pair of each bucket served, its fence's, is written into the worker's shared
+:class:`~allot.work.tokens.TokenTable`, from which its pool processes run and commit, and
+cleared when the bucket stops being served. The argument, case by case, is in
+:mod:`allot.work`.
 """
 
 from __future__ import annotations
@@ -122,11 +123,12 @@ class BucketWork:
     ``on_handoff(seconds)`` after each bucket given away, with the time from dropping its
     queue to releasing its lease (the node's metrics). :attr:`passes` counts completed passes.
 
-    ``tokens`` (:mod:`allot.work.tokens`) is where the pool processes find the token they run
-    a bucket's work under: a bucket's token is written before its queue is consumed, kept while
-    it is SERVING or DRAINING (the work it has taken finishes under it), and cleared (0) in any
-    other phase, when the session is SUSPENDED or LOST, and on :meth:`stop`; a run that starts
-    on a cleared bucket is sent back untouched.
+    ``tokens`` (:mod:`allot.work.tokens`) is where the pool processes find the (generation,
+    token) pair they run a bucket's work under, the pair its fence was written with: a
+    bucket's pair is written before its queue is consumed, kept while it is SERVING or
+    DRAINING (the work it has taken finishes under it), and cleared (token 0) in any other
+    phase, when the session is SUSPENDED or LOST, and on :meth:`stop`; a run that starts on a
+    cleared bucket is sent back untouched.
 
     ``restore(buckets) -> count`` gives the unacknowledged messages of ``buckets`` back to
     their queues (:func:`allot.work.redelivery.bucket_restorer`). It runs once per pass for
@@ -239,7 +241,7 @@ class BucketWork:
         self._refused: set[tuple[int, int]] = set()
         """(bucket, token) whose fence a larger token refused: logged once."""
         self._next_reread = 0.0
-        self._restored: dict[int, int] = {}
+        self._restored: dict[int, tuple[int, int]] = {}
         """Bucket -> the token of the lease under which its messages were last given back."""
         self._assignment_lock = threading.Lock()
         self._assignment_stat: ZnodeStat | None = None
@@ -502,11 +504,11 @@ class BucketWork:
     def _give_back(self, fenced: frozenset[int]) -> None:
         """After step 2: the unacknowledged messages of the buckets just ``fenced`` under a new
         lease go back to their queues, before any is consumed (see the class docstring)."""
-        new = frozenset(b for b in fenced if self._restored.get(b) != self._buckets[b].token)
+        new = frozenset(b for b in fenced if self._restored.get(b) != self._own_pair(b))
         if not new or self._restore is None:
             return
         for bucket in new:
-            self._restored[bucket] = self._buckets[bucket].token
+            self._restored[bucket] = self._own_pair(bucket)
         try:
             count = self._restore(new)
         except (RedisError, OSError, ValueError) as exc:
@@ -524,8 +526,9 @@ class BucketWork:
         """Step 3: consume the queues of the fenced buckets (every one still assigned)."""
         ready = self.in_phase(Phase.FENCED, Phase.SERVING)
         if self.tokens is not None:
-            for bucket in sorted(ready):  # before its queue: a message taken finds its token
-                self.tokens.hold(bucket, self._buckets[bucket].token)
+            for bucket in sorted(ready):  # before its queue: a message taken finds its pair
+                entry = self._buckets[bucket]
+                self.tokens.hold(bucket, entry.token, generation=entry.zk_generation)
         self._serve(ready)
         for bucket in sorted(self.in_phase(Phase.FENCED)):
             self._enter(bucket, Phase.SERVING)
@@ -684,6 +687,11 @@ class BucketWork:
             self._enter(bucket, Phase.TAKEN)
         if changed:
             self._serve(self.serving)
+
+    def _own_pair(self, bucket: int) -> tuple[int, int]:
+        """The (ZooKeeper generation, token) of this node's lease of ``bucket``."""
+        entry = self._buckets[bucket]
+        return entry.zk_generation, entry.token
 
     def _own_fence(self, bucket: int) -> FenceRow:
         entry = self._buckets[bucket]
