@@ -26,7 +26,7 @@ from models.base import Base, utcnow
 from models.states import NodeState, PlanStatus, RunStatus
 
 # The Alembic revision these models describe (the newest migration; a test keeps them equal).
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 NAME_LENGTH = 128
 NODE_KEY_LENGTH = 128
 
@@ -150,12 +150,13 @@ class MirrorState(Base):
 class BucketLease(Base):
     """The fence of a bucket's table work: which node may commit for the bucket's tables.
 
-    A node that takes the lease ``{root}/leases/{bucket_id}`` writes its key and the lease's
-    ``token`` here (the ``czxid`` of its lease znode: ZooKeeper's transaction ids only grow,
-    so a later holder always has a larger token) before it runs any of the bucket's tasks, and
-    only ever raises the token. A table task's commit holds this row and commits only while it
-    still names the task's node and token (:mod:`allot.work.fence`,
-    docs/table-work.md).
+    A node that takes the lease ``{root}/leases/{bucket_id}`` writes its key, its ZooKeeper's
+    ``generation`` (:class:`FenceGeneration`) and the lease's ``token`` here (the ``czxid`` of
+    its lease znode: ZooKeeper's transaction ids only grow, so a later holder of one ZooKeeper
+    always has a larger token; a ZooKeeper rebuilt from scratch has a larger generation) before
+    it runs any of the bucket's tasks, and only ever raises the pair ``(generation, token)``.
+    A table task's commit holds this row and commits only while it still names the task's
+    node, generation and token (:mod:`allot.work.fence`, docs/table-work.md).
     """
 
     __tablename__ = "bucket_lease"
@@ -164,6 +165,23 @@ class BucketLease(Base):
     node_key: Mapped[str] = mapped_column(String(NODE_KEY_LENGTH))
     token: Mapped[int] = mapped_column(BigInteger)
     taken_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class FenceGeneration(Base):
+    """The ZooKeeper generations handed out so far (one row, ``name = 'zookeeper'``).
+
+    Each ZooKeeper allot runs on holds a generation in ``{root}/generation``, taken from here
+    when a node finds none (a new ZooKeeper, or one rebuilt from scratch): ``generation`` is
+    raised by one per allocation, and never below the largest in ``bucket_lease``, so a
+    rebuilt ZooKeeper never gets a generation an earlier one had (:mod:`allot.work.generation`).
+    """
+
+    __tablename__ = "fence_generation"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    allocated_at: Mapped[dt.datetime | None]
 
 
 class TableTaskRun(Base):

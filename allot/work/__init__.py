@@ -9,12 +9,14 @@ the run history (:mod:`allot.work.runs`); ``every=S`` adds a tick per bucket per
 (:mod:`allot.work.periodic`).
 
 Why two nodes never commit for one bucket at once, and no stale commit lands: the lease (one
-ZooKeeper session holds it; its ``czxid`` is a token that only grows), the fence (a holder
-writes its token into ``bucket_lease`` before it consumes; every commit checks and locks that
-row in its own transaction, under the token of its own node's lease, shared with the pool
-processes by :mod:`allot.work.tokens`, never one read back from SQL) and the queue (consumed
-only by the lease holder, dropped and drained before a handoff). A message is neither lost
-nor committed twice. The argument, case by case, with the bounds: ``docs/table-work.md``.
+ZooKeeper session holds it; its ``czxid`` is a token that only grows, paired with the
+ZooKeeper's generation so a rebuilt ZooKeeper takes over, :mod:`allot.work.generation`), the
+fence (a holder writes its pair into ``bucket_lease`` before it consumes; every commit checks
+and locks that row in its own transaction, under the pair of its own node's lease, shared with
+the pool processes by :mod:`allot.work.tokens`, never one read back from SQL) and the queue
+(consumed only by the lease holder, dropped and drained before a handoff). A message is
+neither lost nor committed twice. The argument, case by case, with the bounds:
+``docs/table-work.md``.
 """
 
 from allot.errors import Fenced

@@ -27,7 +27,8 @@ class TableContext:
     """What a table task's body gets: the table, its bucket, this node and its fence token.
 
     ``token`` is the fencing token under which this node runs the bucket's work: the ``czxid``
-    of its lease znode, so a later holder of the bucket always has a larger one.
+    of its lease znode, so a later holder of the bucket always has a larger one, or a larger
+    ``generation`` (a ZooKeeper rebuilt from scratch, :mod:`allot.work.generation`).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class TableContext:
         self.bucket_id = attempt.bucket_id
         self.node_key = attempt.node_key
         self.token = attempt.token
+        self.generation = attempt.generation
         self.run_id = attempt.run_id
         self.attempt_id = attempt_id
         self._sessions = sessions
@@ -52,11 +54,11 @@ class TableContext:
         """Whether a commit was refused: the run is fenced whatever the body raises next."""
 
     def owns(self) -> bool:
-        """Whether the bucket's fence still names this node and token (a hint for long work:
-        a commit checks again, atomically)."""
+        """Whether the bucket's fence still names this node, token and generation (a hint for
+        long work: a commit checks again, atomically)."""
         with self._sessions() as session:
             fence = read_fence(session, self.bucket_id)
-        return fence == FenceRow(self.bucket_id, self.node_key, self.token)
+        return fence == FenceRow(self.bucket_id, self.node_key, self.token, self.generation)
 
     @contextlib.contextmanager
     def commit(self) -> Iterator[Session]:
@@ -73,7 +75,13 @@ class TableContext:
             raise AllotError(f"table task run {self.run_id}: commit() is used once per run")
         with self._sessions() as session, OwnCommit(session, self.run_id) as own:
             try:
-                hold_fence(session, self.bucket_id, self.node_key, self.token)
+                hold_fence(
+                    session,
+                    self.bucket_id,
+                    self.node_key,
+                    self.token,
+                    generation=self.generation,
+                )
             except Fenced:
                 self.fenced = True
                 raise

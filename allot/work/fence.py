@@ -5,18 +5,22 @@ Pure SQL on a caller's :class:`~sqlalchemy.orm.Session`; no ZooKeeper, no Celery
 :mod:`allot.work.run` in its pool processes) own the transactions.
 
 - :func:`take_fence` is how a node that has just taken a bucket's lease in ZooKeeper says so
-  in SQL: it writes its key and lease token into the bucket's ``bucket_lease`` row, only ever
-  raising the token. A holder with a smaller token is from then on refused by
-  :func:`hold_fence`.
+  in SQL: it writes its key, its ZooKeeper's generation and its lease token into the bucket's
+  ``bucket_lease`` row, only ever raising the pair ``(generation, token)``. A holder with a
+  smaller pair is from then on refused by :func:`hold_fence`.
 - :func:`hold_fence` is the first statement of every commit of a table task: an ``UPDATE``
-  that matches only while the row names the task's node and token. It locks the row (a row
+  that matches only while the row names the task's node, generation and token. It locks the
+  row (a row
   lock on PostgreSQL, the database's write lock on SQLite) until the transaction ends, so a
   receiver's :func:`take_fence` waits for a commit that passed the check, and a commit that
   comes after it is refused. Check and commit are one transaction: there is no window between.
 - :func:`read_fence` / :func:`read_fences` say what the row names now: whether a message
   reached its bucket's holder, and whether a holder's fence was changed by a foreign writer.
 
-Why this is enough is argued in ``docs/table-work.md`` (the fence, F).
+A token is a lease znode's ``czxid``, which only grows within one ZooKeeper; the generation
+(:mod:`allot.work.generation`) tells ZooKeepers apart, so a ZooKeeper rebuilt from scratch,
+whose tokens start small again, takes over with a larger generation instead of being refused.
+Why this is enough is argued in ``docs/table-work.md`` (the fence, F; case 14).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import and_, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from allot.errors import Fenced
@@ -38,11 +42,13 @@ it gives up for this pass (a frozen commit is ended by the server after the hand
 
 @dataclass(frozen=True)
 class FenceRow:
-    """What a bucket's ``bucket_lease`` row says: who may commit, with which token."""
+    """What a bucket's ``bucket_lease`` row says: who may commit, with which token of which
+    ZooKeeper ``generation``."""
 
     bucket_id: int
     node_key: str
     token: int
+    generation: int
 
 
 def read_fence(session: Session, bucket_id: int, *, for_write: bool = False) -> FenceRow | None:
@@ -59,24 +65,35 @@ def read_fence(session: Session, bucket_id: int, *, for_write: bool = False) -> 
             .values(token=BucketLease.token)
         )
     row = session.execute(
-        select(BucketLease.node_key, BucketLease.token).where(BucketLease.bucket_id == bucket_id)
+        select(BucketLease.node_key, BucketLease.token, BucketLease.generation).where(
+            BucketLease.bucket_id == bucket_id
+        )
     ).first()
-    return None if row is None else FenceRow(bucket_id, row.node_key, row.token)
+    return None if row is None else FenceRow(bucket_id, row.node_key, row.token, row.generation)
 
 
 def read_fences(session: Session, buckets: Iterable[int]) -> dict[int, FenceRow]:
     """The fences of ``buckets`` that exist, by bucket."""
     rows = session.execute(
-        select(BucketLease.bucket_id, BucketLease.node_key, BucketLease.token).where(
-            BucketLease.bucket_id.in_(list(buckets))
-        )
+        select(
+            BucketLease.bucket_id, BucketLease.node_key, BucketLease.token, BucketLease.generation
+        ).where(BucketLease.bucket_id.in_(list(buckets)))
     )
-    return {row.bucket_id: FenceRow(row.bucket_id, row.node_key, row.token) for row in rows}
+    return {
+        row.bucket_id: FenceRow(row.bucket_id, row.node_key, row.token, row.generation)
+        for row in rows
+    }
 
 
-def take_fence(session: Session, bucket_id: int, node_key: str, token: int) -> bool:
-    """Make the bucket's fence name ``node_key`` with ``token``, unless a larger token is
-    already there (then this holder is stale: False, nothing written).
+def take_fence(
+    session: Session, bucket_id: int, node_key: str, token: int, *, generation: int = 0
+) -> bool:
+    """Make the bucket's fence name ``node_key`` with ``(generation, token)``, unless a larger
+    pair is already there (then this holder is stale: False, nothing written). Pairs compare
+    generation first: a ZooKeeper rebuilt from scratch has a larger generation and smaller
+    tokens; within one generation, the larger token is the later lease. Generation 0 is that
+    of fences written before generations existed (the migration's default): every holder
+    that read its ZooKeeper's generation (1 or more) takes over from it.
 
     Waits for a commit holding the row (:func:`hold_fence`) to finish. A first write races
     another node's first write only if two nodes hold the bucket's lease at once, which
@@ -86,10 +103,14 @@ def take_fence(session: Session, bucket_id: int, node_key: str, token: int) -> b
         # the lease loop must not hang on a row a stuck commit holds: fail, try next pass
         session.execute(text(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT_MS}ms'"))
     now = utcnow()
+    not_later = or_(
+        BucketLease.generation < generation,
+        and_(BucketLease.generation == generation, BucketLease.token <= token),
+    )
     raised = session.execute(
         update(BucketLease)
-        .where(BucketLease.bucket_id == bucket_id, BucketLease.token <= token)
-        .values(node_key=node_key, token=token, taken_at=now)
+        .where(BucketLease.bucket_id == bucket_id, not_later)
+        .values(node_key=node_key, token=token, generation=generation, taken_at=now)
     )
     if raised.rowcount == 1:  # type: ignore[attr-defined]
         return True
@@ -97,19 +118,21 @@ def take_fence(session: Session, bucket_id: int, node_key: str, token: int) -> b
         return False  # a later holder wrote first: this one is stale
     session.execute(
         insert(BucketLease).values(
-            bucket_id=bucket_id, node_key=node_key, token=token, taken_at=now
+            bucket_id=bucket_id, node_key=node_key, token=token, generation=generation, taken_at=now
         )
     )
     return True
 
 
-def hold_fence(session: Session, bucket_id: int, node_key: str, token: int) -> None:
+def hold_fence(
+    session: Session, bucket_id: int, node_key: str, token: int, *, generation: int
+) -> None:
     """Lock the bucket's fence row for this transaction if it still names ``node_key`` with
-    ``token``.
+    ``token`` of ``generation``.
 
     Raises:
-        Fenced: the row names another node or token (or does not exist): the bucket's work
-            moved; this transaction must write nothing.
+        Fenced: the row names another node, token or generation (or does not exist): the
+            bucket's work moved; this transaction must write nothing.
     """
     held = session.execute(
         update(BucketLease)
@@ -117,13 +140,18 @@ def hold_fence(session: Session, bucket_id: int, node_key: str, token: int) -> N
             BucketLease.bucket_id == bucket_id,
             BucketLease.node_key == node_key,
             BucketLease.token == token,
+            BucketLease.generation == generation,
         )
         .values(node_key=BucketLease.node_key)
     )
     if held.rowcount != 1:  # type: ignore[attr-defined]
         now = read_fence(session, bucket_id)
-        holder = "nobody" if now is None else f"{now.node_key} (token {now.token})"
+        holder = (
+            "nobody"
+            if now is None
+            else f"{now.node_key} (generation {now.generation}, token {now.token})"
+        )
         raise Fenced(
-            f"bucket {bucket_id} is fenced for {node_key} (token {token}): "
-            f"its work moved to {holder}"
+            f"bucket {bucket_id} is fenced for {node_key} (generation {generation}, token "
+            f"{token}): its work moved to {holder}"
         )

@@ -3,17 +3,19 @@
 :class:`BucketWork` turns this node's assignment (watched) into the bucket queues the worker
 consumes: (1) **take** the lease ``{root}/leases/{id}`` (ephemeral, in one transaction that
 checks the assignment znode's version; its ``czxid`` is the node's *token*), (2) **fence**:
-write key and token into ``bucket_lease`` (:func:`allot.work.runs.take_fence`), then give the
-previous holder's unacknowledged messages back to the queue (:mod:`allot.work.redelivery`),
-(3) **serve** the queue (:class:`~allot.work.consumer.BucketQueues`), (4) **give away**: drop the
-queue at once, delete the lease once no message of the bucket runs here (at most
+write key, ZooKeeper generation (:mod:`allot.work.generation`, read after the take) and token
+into ``bucket_lease`` (:func:`allot.work.fence.take_fence`), then give the previous holder's
+unacknowledged messages back to the queue (:mod:`allot.work.redelivery`), (3) **serve** the
+queue (:class:`~allot.work.consumer.BucketQueues`), (4) **give away**: drop the queue at once,
+delete the lease once no message of the bucket runs here (at most
 ``ALLOT_HANDOFF_TIMEOUT``); the receiver's watch on ``{root}/leases`` wakes it to take it.
 Each bucket is in one :class:`Phase`, the session in one :class:`Session` (the transitions are
 drawn in :class:`BucketWork`). SUSPENDED stops every queue at once and keeps the leases; LOST
-forgets them; a lease znode no session owns is foreign and deleted. The token of each bucket
-served is written into the worker's shared :class:`~allot.work.tokens.TokenTable`, from which
-its pool processes run and commit, and cleared when the bucket stops being served. The
-argument, case by case, is in :mod:`allot.work`.
+forgets them; a lease znode no session owns is foreign and deleted. The (ZooKeeper
+generation, token) pair of each bucket served, its fence's, is written into the worker's shared
+:class:`~allot.work.tokens.TokenTable`, from which its pool processes run and commit, and
+cleared when the bucket stops being served. The argument, case by case, is in
+:mod:`allot.work`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.work.fence import FenceRow, read_fences, take_fence
+from allot.work.generation import allocate_generation, zk_generation
 from allot.work.tokens import TokenTable
 from allot.zk.codec import LeaseRecord, decode_buckets, decode_version, encode_lease
 from allot.zk.leases import read_leases
@@ -98,7 +101,8 @@ _MOVES: dict[Phase | None, frozenset[Phase | None]] = {
 
 @dataclass(frozen=True)
 class _Bucket:
-    """A bucket whose lease this node holds: its ``phase``, its lease's ``token`` and, while
+    """A bucket whose lease this node holds: its ``phase``, its lease's ``token``, the
+    ZooKeeper generation its fence was written with (``zk_generation``, -1 before) and, while
     DRAINING, ``since`` (when its queue was dropped) and the queue ``generation`` that drops
     it."""
 
@@ -106,6 +110,7 @@ class _Bucket:
     token: int
     since: float = 0.0
     generation: int = 0
+    zk_generation: int = -1
 
 
 class BucketWork:
@@ -118,11 +123,12 @@ class BucketWork:
     ``on_handoff(seconds)`` after each bucket given away, with the time from dropping its
     queue to releasing its lease (the node's metrics). :attr:`passes` counts completed passes.
 
-    ``tokens`` (:mod:`allot.work.tokens`) is where the pool processes find the token they run
-    a bucket's work under: a bucket's token is written before its queue is consumed, kept while
-    it is SERVING or DRAINING (the work it has taken finishes under it), and cleared (0) in any
-    other phase, when the session is SUSPENDED or LOST, and on :meth:`stop`; a run that starts
-    on a cleared bucket is sent back untouched.
+    ``tokens`` (:mod:`allot.work.tokens`) is where the pool processes find the (generation,
+    token) pair they run a bucket's work under, the pair its fence was written with: a
+    bucket's pair is written before its queue is consumed, kept while it is SERVING or
+    DRAINING (the work it has taken finishes under it), and cleared (token 0) in any other
+    phase, when the session is SUSPENDED or LOST, and on :meth:`stop`; a run that starts on a
+    cleared bucket is sent back untouched.
 
     ``restore(buckets) -> count`` gives the unacknowledged messages of ``buckets`` back to
     their queues (:func:`allot.work.redelivery.bucket_restorer`). It runs once per pass for
@@ -179,6 +185,11 @@ class BucketWork:
         foreign and deleted. A ZooKeeper error mid-pass ends the pass; the next one checks
         for strays.
         SQL down: no fence can be written, so a TAKEN bucket is not served (logged once).
+        ZooKeeper rebuilt from scratch (a new ensemble, its tokens small again): the first
+        node to fence finds no ``{root}/generation`` and allocates a larger generation in
+        SQL, so the fences are taken over; a node still on the old ZooKeeper is refused (its
+        generation is smaller) and its buckets stop there. ``{root}/generation`` unreadable:
+        nothing is fenced (logged) until it is fixed or deleted.
     """
 
     def __init__(
@@ -230,7 +241,7 @@ class BucketWork:
         self._refused: set[tuple[int, int]] = set()
         """(bucket, token) whose fence a larger token refused: logged once."""
         self._next_reread = 0.0
-        self._restored: dict[int, int] = {}
+        self._restored: dict[int, tuple[int, int]] = {}
         """Bucket -> the token of the lease under which its messages were last given back."""
         self._assignment_lock = threading.Lock()
         self._assignment_stat: ZnodeStat | None = None
@@ -264,9 +275,11 @@ class BucketWork:
         token: int | None = None,
         since: float = 0.0,
         generation: int = 0,
+        zk_generation: int | None = None,
     ) -> None:
         """Move ``bucket`` to ``phase`` (None: forget it), the one place phases change; the
-        token is kept unless ``token`` is given (taking or adopting a lease).
+        token is kept unless ``token`` is given (taking or adopting a lease), the fence's
+        ZooKeeper generation unless ``zk_generation`` is given (fencing) or the token changes.
 
         Raises:
             RuntimeError: a move the class docstring does not draw (a bug).
@@ -281,7 +294,10 @@ class BucketWork:
             self._buckets.pop(bucket, None)
             return
         kept = token if token is not None else entry.token if entry is not None else -1
-        self._buckets[bucket] = _Bucket(phase, kept, since, generation)
+        if zk_generation is None:
+            same_lease = entry is not None and token in (None, entry.token)
+            zk_generation = entry.zk_generation if same_lease else -1  # type: ignore[union-attr]
+        self._buckets[bucket] = _Bucket(phase, kept, since, generation, zk_generation)
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -383,8 +399,7 @@ class BucketWork:
         self._give_away(assigned, now)
         self._take_assigned(assigned, version)
         unfenced = self.in_phase(Phase.TAKEN) & assigned
-        for bucket in sorted(unfenced):
-            self._fence(bucket)
+        self._fence_taken(unfenced)
         self._give_back(self.in_phase(Phase.FENCED) & unfenced)
         if self._events or not self.client.connected:
             self._serve(frozenset())  # the session changed during this pass: the next follows it
@@ -489,11 +504,11 @@ class BucketWork:
     def _give_back(self, fenced: frozenset[int]) -> None:
         """After step 2: the unacknowledged messages of the buckets just ``fenced`` under a new
         lease go back to their queues, before any is consumed (see the class docstring)."""
-        new = frozenset(b for b in fenced if self._restored.get(b) != self._buckets[b].token)
+        new = frozenset(b for b in fenced if self._restored.get(b) != self._own_pair(b))
         if not new or self._restore is None:
             return
         for bucket in new:
-            self._restored[bucket] = self._buckets[bucket].token
+            self._restored[bucket] = self._own_pair(bucket)
         try:
             count = self._restore(new)
         except (RedisError, OSError, ValueError) as exc:
@@ -511,8 +526,9 @@ class BucketWork:
         """Step 3: consume the queues of the fenced buckets (every one still assigned)."""
         ready = self.in_phase(Phase.FENCED, Phase.SERVING)
         if self.tokens is not None:
-            for bucket in sorted(ready):  # before its queue: a message taken finds its token
-                self.tokens.hold(bucket, self._buckets[bucket].token)
+            for bucket in sorted(ready):  # before its queue: a message taken finds its pair
+                entry = self._buckets[bucket]
+                self.tokens.hold(bucket, entry.token, generation=entry.zk_generation)
         self._serve(ready)
         for bucket in sorted(self.in_phase(Phase.FENCED)):
             self._enter(bucket, Phase.SERVING)
@@ -572,12 +588,37 @@ class BucketWork:
                 self.client.delete(path, version=stat.version)
             self._wake.set()
 
-    def _fence(self, bucket: int) -> None:
-        """Step 2: write this node's key and token into the bucket's SQL fence."""
+    def _fence_taken(self, assigned: frozenset[int]) -> None:
+        """Step 2 for every TAKEN bucket still assigned, with this ZooKeeper's generation read
+        after the leases were taken (:mod:`allot.work.generation`; allocated in SQL if the
+        ZooKeeper has none: a new or rebuilt one)."""
+        taken = sorted(self.in_phase(Phase.TAKEN) & assigned)
+        if not taken:
+            return
+        try:
+            generation = zk_generation(self.client, self.paths, self._allocate_generation)
+        except DBAPIError as exc:
+            if not self._sql_warned:
+                log.warning("cannot allocate a ZooKeeper generation in SQL (%s): not serving", exc)
+                self._sql_warned = True
+            return
+        except ValueError as exc:
+            log.error("%s: %s; fencing no bucket until it is fixed", self.paths.generation, exc)
+            return
+        for bucket in taken:
+            self._fence(bucket, generation)
+
+    def _allocate_generation(self) -> int:
+        with self.sessions.begin() as session:
+            return allocate_generation(session)
+
+    def _fence(self, bucket: int, generation: int) -> None:
+        """Step 2: write this node's key, ZooKeeper generation and token into the bucket's SQL
+        fence."""
         token = self._buckets[bucket].token
         try:
             with self.sessions.begin() as session:
-                taken = take_fence(session, bucket, self.node_key, token)
+                taken = take_fence(session, bucket, self.node_key, token, generation=generation)
         except DBAPIError as exc:
             if not self._sql_warned:
                 log.warning("cannot fence bucket %d in SQL (%s): not serving it yet", bucket, exc)
@@ -585,14 +626,15 @@ class BucketWork:
             return
         self._sql_warned = False
         if taken:
-            self._enter(bucket, Phase.FENCED)
+            self._enter(bucket, Phase.FENCED, zk_generation=generation)
             self._refused.discard((bucket, token))
         elif (bucket, token) not in self._refused:
             self._refused.add((bucket, token))
             log.error(
-                "bucket %d: SQL's fence has a larger token than this node's lease (%d): "
-                "not serving it; a newer holder exists",
+                "bucket %d: SQL's fence has a larger (generation, token) than this node's "
+                "lease (%d, %d): not serving it; a newer holder exists",
                 bucket,
+                generation,
                 token,
             )
 
@@ -638,15 +680,22 @@ class BucketWork:
         except DBAPIError:
             return  # SQL down: commits are refused or fail anyway; checked at the next re-read
         changed = [
-            bucket
-            for bucket in sorted(fenced)
-            if found.get(bucket) != FenceRow(bucket, self.node_key, self._buckets[bucket].token)
+            bucket for bucket in sorted(fenced) if found.get(bucket) != self._own_fence(bucket)
         ]
         for bucket in changed:
             log.warning("bucket %d: SQL fence changed by another writer", bucket)
             self._enter(bucket, Phase.TAKEN)
         if changed:
             self._serve(self.serving)
+
+    def _own_pair(self, bucket: int) -> tuple[int, int]:
+        """The (ZooKeeper generation, token) of this node's lease of ``bucket``."""
+        entry = self._buckets[bucket]
+        return entry.zk_generation, entry.token
+
+    def _own_fence(self, bucket: int) -> FenceRow:
+        entry = self._buckets[bucket]
+        return FenceRow(bucket, self.node_key, entry.token, entry.zk_generation)
 
     def _verify_held(self) -> None:
         """Forget leases that are no longer this session's (deleted or replaced by a foreign

@@ -1,10 +1,10 @@
 """One run of a table task message in the worker: execute, send back, retry.
 
 :func:`run_message` is the body of every table task's Celery task. :func:`execute` runs one
-attempt under the token of the lease its own node holds (:mod:`allot.work.tokens`) and reads
-the bucket's fence (:mod:`allot.work.fence`); a message that reached a node that does not serve
-the bucket, or that the fence does not name with that token, goes back to the bucket's queue
-untouched (:func:`requeue`). It records the attempt in the run history
+attempt under the (generation, token) of the lease its own node holds (:mod:`allot.work.tokens`)
+and reads the bucket's fence (:mod:`allot.work.fence`); a message that reached a node that does
+not serve the bucket, or that the fence does not name with that pair, goes back to the bucket's
+queue untouched (:func:`requeue`). It records the attempt in the run history
 (:mod:`allot.work.runs`; a run that already committed is not run again, nor one whose attempts
 died with their process ``ALLOT_MAX_ABANDONED`` times), calls the body, and
 commits: :meth:`TableContext.commit
@@ -48,7 +48,7 @@ from allot.work.runs import (
     start_attempt,
 )
 from allot.work.spec import TableTaskSpec
-from allot.work.tokens import TokenSource, node_tokens
+from allot.work.tokens import OwnLease, TokenSource, node_tokens
 from models.states import RunStatus
 
 log = logging.getLogger(__name__)
@@ -74,17 +74,18 @@ def execute(
     kwargs: Mapping[str, Any],
     tokens: TokenSource | None = None,
 ) -> Any:
-    """One attempt of run ``run_id`` of ``spec`` on ``table`` by ``node_key``, under the token
-    of the lease this node holds (``tokens``, default this worker's shared table,
-    :mod:`allot.work.tokens`), never one read back from SQL: a frozen process sharing its
-    successor's node key finds the fence naming a larger token and is sent back. Only outside
-    a worker (no table: a test calling this in-process) is the fence's own token used.
+    """One attempt of run ``run_id`` of ``spec`` on ``table`` by ``node_key``, under the
+    (generation, token) of the lease this node holds (``tokens``, default this worker's shared
+    table, :mod:`allot.work.tokens`), never a pair read back from SQL: a frozen process
+    sharing its successor's node key finds the fence naming a larger pair and is sent back.
+    The attempt records that pair and its commit holds the fence under it. Only outside a
+    worker (no table: a test calling this in-process) is the fence's own pair used.
 
     Returns the body's result, or None when the run had already committed (nothing run).
 
     Raises:
         NotHere: this node serves no lease of the bucket (nothing run, nothing recorded, no
-            SQL read), or the bucket's fence names another node or token.
+            SQL read), or the bucket's fence names another node, generation or token.
         Fenced: the commit was refused (the attempt is recorded ``fenced``).
         RunAbandoned: ``ALLOT_MAX_ABANDONED`` attempts of the run died with their process
             (this attempt is recorded ``failed``, the body not run).
@@ -92,15 +93,20 @@ def execute(
     """
     table_id, bucket_id = sql.find_table(table)
     tokens = tokens if tokens is not None else node_tokens()
-    own = None if tokens is None else tokens.token(bucket_id)
-    if own == 0:
+    own = None if tokens is None else tokens.lease(bucket_id)
+    if tokens is not None and own is None:
         raise NotHere(None)
     with sql.sessions.begin() as session:
         fence = read_fence(session, bucket_id, for_write=True)
-        if fence is None or fence.node_key != node_key or own not in (None, fence.token):
+        if fence is None or fence.node_key != node_key:
             raise NotHere(fence)
-        token = fence.token if own is None else own
-        attempt = Attempt(run_id, spec.name, table_id, bucket_id, node_key, token)
+        if own is None:  # outside a worker only: the fence's own pair
+            own = OwnLease(fence.generation, fence.token)
+        elif own != (fence.generation, fence.token):
+            raise NotHere(fence)
+        attempt = Attempt(
+            run_id, spec.name, table_id, bucket_id, node_key, own.token, own.generation
+        )
         attempt_id = start_attempt(session, attempt)
     if attempt_id is None:
         log.info("run %s of %s on %s already committed: not run again", run_id, spec.name, table)

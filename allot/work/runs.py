@@ -42,7 +42,8 @@ def committed_attempt(session: Session, run_id: str) -> int | None:
 
 @dataclass(frozen=True)
 class Attempt:
-    """Who runs this attempt of a run, and under which fence token."""
+    """Who runs this attempt of a run, and under which fence token of which ZooKeeper
+    generation (0: a fence written before generations existed)."""
 
     run_id: str
     task_name: str
@@ -50,6 +51,7 @@ class Attempt:
     bucket_id: int
     node_key: str
     token: int
+    generation: int = 0
 
 
 def start_attempt(session: Session, attempt: Attempt) -> int | None:

@@ -8,6 +8,7 @@ The layout under the root (``ALLOT_ZK_ROOT``, default ``/{cluster}/allot``)::
     {root}/locks/assign                                   kazoo Lock of the assignment cycle
     {root}/assignment-version                             JSON {"epoch","plan_id","applied_at"}
     {root}/leases/{bucketId}                              ephemeral, JSON {"node_key","epoch"}
+    {root}/generation                                     persistent, decimal ASCII
 
 The ``bucket-assignments`` subtree is exactly Amoro's, so a root of ``/default/amoro/ams`` reads
 and writes an Amoro cluster's assignments. Nothing here does I/O.
@@ -95,6 +96,12 @@ class ZkPaths:
     def lease(self, bucket_id: int) -> str:
         """The lease of bucket ``bucket_id``: ephemeral, JSON ``{"node_key","epoch"}``."""
         return self._under("leases", str(bucket_id))
+
+    @property
+    def generation(self) -> str:
+        """The znode holding this ZooKeeper's generation, which SQL handed out when a node
+        first found none (:mod:`allot.work.generation`): decimal ASCII, created once."""
+        return self._under("generation")
 
     @property
     def assignment_version(self) -> str:

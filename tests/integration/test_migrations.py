@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect, select, update
+from sqlalchemy import Engine, inspect, select, text, update
 
 from allot import database
 from allot.errors import BucketCountMismatch, DatabaseNotReady
 from models import Base, Bucket
-from models.schema import MirrorState
+from models.schema import BucketLease, FenceGeneration, MirrorState
 
 SCHEMA_TABLES = {
     "bucket",
     "bucket_lease",
+    "fence_generation",
     "mirror_state",
     "node",
     "plan",
@@ -115,9 +116,48 @@ def run_indexes(engine: Engine) -> set[str]:
 def test_the_history_indexes_come_with_0004_and_go_with_it(migrated: Engine) -> None:
     assert run_indexes(migrated) >= HISTORY_INDEXES
 
-    database.downgrade(migrated, "0003")
+    database.downgrade(migrated, "0003")  # through 0005's downgrade, then 0004's
     assert not HISTORY_INDEXES & run_indexes(migrated)
+    assert "fence_generation" not in table_names(migrated)
     assert "ix_table_task_run_table_id_started_at" in run_indexes(migrated)
 
     database.upgrade(migrated, bucket_count=100)
     assert run_indexes(migrated) >= HISTORY_INDEXES
+
+
+def test_0005_adds_the_zookeeper_generation_to_the_fence_and_removes_it_again(
+    engine: Engine,
+) -> None:
+    # Given a database at 0004 (0005's parent) where node a holds bucket 2's fence with
+    # token 900
+    database.upgrade(engine, bucket_count=8)
+    database.downgrade(engine, "0004")
+    assert run_indexes(engine) >= HISTORY_INDEXES
+    assert "fence_generation" not in table_names(engine)
+    assert "generation" not in {c["name"] for c in inspect(engine).get_columns("bucket_lease")}
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO bucket_lease (bucket_id, node_key, token, taken_at) "
+                "VALUES (2, 'a@h', 900, CURRENT_TIMESTAMP)"
+            )
+        )
+    # When it is upgraded
+    database.upgrade(engine, bucket_count=8)
+    # Then the fence is of generation 0 (before generations) and the counter starts at 0,
+    # so the first ZooKeeper generation handed out (1) takes over from it
+    with engine.connect() as connection:
+        fence = connection.execute(
+            select(BucketLease.node_key, BucketLease.token, BucketLease.generation)
+        ).one()
+        counter = connection.execute(select(FenceGeneration.name, FenceGeneration.generation)).one()
+    assert tuple(fence) == ("a@h", 900, 0)
+    assert tuple(counter) == ("zookeeper", 0)
+    # And downgrading to 0004 removes both, keeping the fence row and 0004's indexes
+    database.downgrade(engine, "0004")
+    assert "fence_generation" not in table_names(engine)
+    assert "generation" not in {c["name"] for c in inspect(engine).get_columns("bucket_lease")}
+    assert run_indexes(engine) >= HISTORY_INDEXES
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT node_key, token FROM bucket_lease")).one()
+    assert tuple(row) == ("a@h", 900)

@@ -1,6 +1,7 @@
 """The tokens BucketWork shares with its pool processes (allot.work.leases, allot.work.tokens)
-on a real ZooKeeper and both databases: a bucket's token is there exactly while the node serves
-it (or drains it), cleared when it stops, on a lost session included."""
+on a real ZooKeeper and both databases: a bucket's (generation, token) pair, its fence's, is
+there exactly while the node serves it (or drains it), cleared when it stops, on a lost session
+included."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from sqlalchemy import Engine
 from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess
 from allot.testing.zookeeper import expire_session
+from allot.work.fence import read_fence
 from allot.work.leases import BucketWork
 from allot.work.tokens import TokenTable
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models.engine import session_factory
-from tests.integration.test_work_leases import REREAD, Node, Queues, fence_of, paths, store
+from tests.integration.test_work_leases import REREAD, Node, Queues, paths, store
 
 __all__ = ["paths", "store"]  # fixtures
 
@@ -35,6 +37,14 @@ class Watched(Queues):
     def serve(self, buckets: frozenset[int]) -> int:
         self.unfenced += [b for b in buckets if self.tokens.token(b) == 0]
         return super().serve(buckets)
+
+
+def fence_pair(engine: Engine, bucket: int) -> tuple[int, int]:
+    """The (generation, token) the bucket's fence names."""
+    with session_factory(engine)() as session:
+        row = read_fence(session, bucket)
+    assert row is not None
+    return row.generation, row.token
 
 
 @pytest.fixture
@@ -80,9 +90,11 @@ def test_a_buckets_token_is_shared_while_it_is_served_or_drained(
     store.save("a@h", [1, 2])
     a, tokens = start_node("a@h")
     a.wait_serving({1, 2})
-    # each token is the lease's, shared before its queue was consumed
-    assert tokens.held() == a.work.held
-    assert tokens.held() == {b: fence_of(migrated, b)[1] for b in (1, 2)}  # type: ignore[index]
+    # each pair is the lease's token with its fence's generation, shared before its queue
+    # was consumed
+    assert {b: own.token for b, own in tokens.held().items()} == a.work.held
+    assert tokens.held() == {b: fence_pair(migrated, b) for b in (1, 2)}
+    assert {own.generation for own in tokens.held().values()} == {1}  # the fresh database's first
     assert isinstance(a.queues, Watched)
     assert a.queues.unfenced == []
 
@@ -94,7 +106,7 @@ def test_a_buckets_token_is_shared_while_it_is_served_or_drained(
     assert tokens.token(1) == a.work.held[1]
     a.queues.busy = set()
     wait_for(lambda: 1 not in a.work.held, "bucket 1 released", 10)
-    assert tokens.held() == {2: a.work.held[2]}
+    assert tokens.held() == {2: (1, a.work.held[2])}
 
     # and a stop clears every token
     a.work.stop()

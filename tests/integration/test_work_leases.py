@@ -158,10 +158,12 @@ def fence_of(engine: Engine, bucket: int) -> tuple[str, int] | None:
     return None if row is None else (row.node_key, row.token)
 
 
-def commit_allowed(engine: Engine, bucket: int, key: str, token: int) -> bool:
+def commit_allowed(engine: Engine, bucket: int, key: str, token: int, generation: int = 1) -> bool:
+    """Whether a commit under ``key`` and ``token`` lands (the nodes of these tests share one
+    ZooKeeper, whose generation is the first the fresh database hands out)."""
     try:
         with session_factory(engine).begin() as session:
-            hold_fence(session, bucket, key, token)
+            hold_fence(session, bucket, key, token, generation=generation)
     except Fenced:
         return False
     return True

@@ -1,7 +1,7 @@
 """A run's token is its node's own (allot.work.tokens, allot.work.run.execute) against both
-databases: a pool process forked from a worker runs under the token of its own node's lease,
-never under the token SQL's fence holds, so a zombie that shares its successor's node key is
-refused like any other stale holder."""
+databases: a pool process forked from a worker runs under the (generation, token) of its own
+node's lease, never under the pair SQL's fence holds, so a zombie that shares its successor's
+node key is refused like any other stale holder, also one left on a ZooKeeper since rebuilt."""
 
 from __future__ import annotations
 
@@ -59,10 +59,10 @@ def worker_tokens() -> Iterator[TokenTable]:
     tokens._node_tokens = saved
 
 
-def successor_fences(sql: WorkSql, bucket: int, token: int) -> None:
+def successor_fences(sql: WorkSql, bucket: int, token: int, generation: int = 0) -> None:
     """The successor with the same key takes the lease and writes its fence."""
     with sql.sessions.begin() as session:
-        assert take_fence(session, bucket, KEY, token)
+        assert take_fence(session, bucket, KEY, token, generation=generation)
 
 
 def run_in_pool_process(engine: Engine, database_url: str, run_id: str) -> str:
@@ -98,7 +98,7 @@ def test_a_zombie_whose_own_token_is_older_than_its_keys_fence_commits_nothing(
 ) -> None:
     # Given a worker whose lease of the bucket has token 100 (fenced as a@h, 100): it froze
     # past its session, and a successor with the same node key fenced the bucket with 200
-    worker_tokens.hold(bucket, 100)
+    worker_tokens.hold(bucket, 100, generation=0)
     successor_fences(sql, bucket, 200)
 
     # When one of its pool processes resumes and runs a message of the bucket
@@ -115,7 +115,7 @@ def test_a_pool_process_commits_under_its_own_nodes_token(
 ) -> None:
     # Given the successor's process, whose own lease has the fence's token
     successor_fences(sql, bucket, 200)
-    worker_tokens.hold(bucket, 200)
+    worker_tokens.hold(bucket, 200, generation=0)
 
     assert run_in_pool_process(sql.engine, database_url, "run-1") == "committed"
     assert effects_of(sql.engine, "run-1") == 1
@@ -144,7 +144,7 @@ def test_a_successor_with_the_same_key_fencing_mid_run_refuses_the_commit(
     sql: WorkSql, bucket: int, worker_tokens: TokenTable
 ) -> None:
     # Given a run started under the node's own token, the fence's
-    worker_tokens.hold(bucket, 100)
+    worker_tokens.hold(bucket, 100, generation=0)
 
     def body(ctx: TableContext) -> None:
         # the process freezes here; a successor with its key fences the bucket
@@ -157,3 +157,54 @@ def test_a_successor_with_the_same_key_fencing_mid_run_refuses_the_commit(
     with pytest.raises(Fenced, match="token 100"):
         execute(sql, TableTaskSpec("test.frozen", body, None), TABLE, "run-3", KEY, {})
     assert attempts(sql.engine, "run-3") == [RunStatus.FENCED]
+
+
+@pytest.mark.parametrize("zombie_token", [30, 500], ids=["same-token", "larger-token"])
+def test_a_zombie_of_the_old_zookeeper_sharing_its_key_commits_nothing(
+    sql: WorkSql, bucket: int, worker_tokens: TokenTable, database_url: str, zombie_token: int
+) -> None:
+    # Given a worker whose lease came from ZooKeeper generation 1; it froze, the ZooKeeper
+    # was rebuilt (generation 2, tokens small again) and a successor with the same node key
+    # fenced the bucket with token 30: the zombie's token is the same, or even larger
+    worker_tokens.hold(bucket, zombie_token, generation=1)
+    successor_fences(sql, bucket, 30, generation=2)
+
+    # When one of its pool processes resumes and runs a message of the bucket
+    outcome = run_in_pool_process(sql.engine, database_url, "zombie-2")
+
+    # Then its own pair is not the fence's: sent back, nothing lands
+    assert outcome == "not here"
+    assert effects_of(sql.engine, "zombie-2") == 0
+    assert attempts(sql.engine, "zombie-2") == []
+
+
+def test_a_run_commits_under_its_own_nodes_generation_and_token(
+    sql: WorkSql, bucket: int, worker_tokens: TokenTable, database_url: str
+) -> None:
+    # Given a node serving the bucket under (2, 30), the pair its fence names
+    successor_fences(sql, bucket, 30, generation=2)
+    worker_tokens.hold(bucket, 30, generation=2)
+    seen: list[tuple[int, int]] = []
+
+    def body(ctx: TableContext) -> None:
+        seen.append((ctx.generation, ctx.token))
+
+    # When a run executes, then its attempt is under that pair, and it commits
+    execute(sql, TableTaskSpec("test.pair", body, None), TABLE, "run-4", KEY, {})
+    assert seen == [(2, 30)]
+    assert attempts(sql.engine, "run-4") == [RunStatus.COMMITTED]
+    assert run_in_pool_process(sql.engine, database_url, "run-5") == "committed"
+
+
+def test_a_fence_of_the_nodes_token_under_another_generation_sends_the_run_back(
+    sql: WorkSql, bucket: int, worker_tokens: TokenTable
+) -> None:
+    # Given a node whose own pair is (1, 100) while the fence names it with (0, 100): the
+    # generation is part of its identity of the lease
+    worker_tokens.hold(bucket, 100, generation=1)
+    calls: list[str] = []
+
+    with pytest.raises(NotHere):
+        execute(sql, writing(calls), TABLE, "run-6", KEY, {})
+    assert calls == []
+    assert attempts(sql.engine, "run-6") == []

@@ -141,6 +141,7 @@ def test_paths_follow_the_documented_layout() -> None:
     assert paths.assign_lock == "/default/amoro/ams/locks/assign"
     assert paths.assignment_version == "/default/amoro/ams/assignment-version"
     assert paths.lease(7) == "/default/amoro/ams/leases/7"
+    assert paths.generation == "/default/amoro/ams/generation"
 
 
 @pytest.mark.parametrize("key", ["../x", "a/b", "", ".", ".."])
