@@ -188,7 +188,7 @@ class WorkerNode:
         if queues is None:
             return None
         settings = self.settings
-        ticker = Ticker(app, settings.cluster, patience=settings.redelivery_timeout)
+        ticker = Ticker(app, settings.cluster)
         work = BucketWork(
             client,
             self.paths,

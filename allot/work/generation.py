@@ -23,7 +23,7 @@ Error handling: a ZooKeeper error (suspension, session loss) or an SQL error rai
 caller, which fences nothing in that pass; a retried create that had landed finds its own
 znode (``NodeExistsError``) and reads it. An unreadable znode raises ``ValueError``: nothing
 is fenced until it is fixed (deleting it is safe: a larger generation is allocated). The
-argument is in ``docs/table-work.md`` (case 14).
+argument is in ``docs/table-work.md`` (case 16).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from allot.testing.servers import ServerProcess, free_port
 from allot.work import TableContext, table_task
 from allot.work.database import WorkSql, open_work_sql
 from allot.work.fence import take_fence
-from allot.work.periodic import TICK_TASK
+from allot.work.periodic import TICK_TASK, period_run_id
 from allot.work.queues import bucket_queue
 from allot.work.routing import route
 from models.engine import session_factory
@@ -53,7 +53,8 @@ def cluster() -> str:
 @pytest.fixture
 def app(redis_server: ServerProcess, cluster: str) -> Iterator[Celery]:
     """allot's routing on a Celery app of the test's own, on the session's Redis."""
-    app = Celery("it-send-back", broker=f"redis://{redis_server.address}/0")
+    url = f"redis://{redis_server.address}/0"
+    app = Celery("it-send-back", broker=url, backend=url)
     app.conf.update(task_routes=(route,), allot_cluster=cluster)
     app.finalize()
     yield app
@@ -186,14 +187,11 @@ def test_a_run_while_sql_is_down_is_retried_later_not_at_once(
         down.engine.dispose()
 
 
-def test_a_tick_the_broker_refuses_to_take_back_returns_to_its_queue(
+def test_a_tick_the_broker_refuses_returns_to_its_queue(
     app: Celery, sql: WorkSql, cluster: str
 ) -> None:
-    # Given a tick that reached b@h while the bucket's fence names a@h, and a broker that
-    # refuses every message
+    # Given a tick and a broker (and ledger) that refuse every command
     bucket = bucket_of(sql)
-    with sql.sessions.begin() as session:
-        assert take_fence(session, bucket, "a@h", 100)
     app.conf.update(
         broker_url=f"redis://127.0.0.1:{free_port()}/0",
         broker_transport_options={"max_retries": 0},
@@ -202,7 +200,7 @@ def test_a_tick_the_broker_refuses_to_take_back_returns_to_its_queue(
     tick = app.tasks[TICK_TASK]
     kwargs = {"task": "it.sendback.periodic", "bucket_id": bucket, "period": 5}
     pushed(tick, id="tick-1", args=[], kwargs=kwargs)
-    # When it is sent back: Then it is rejected back to the queue it came from (not lost)
+    # When it fans out: Then it is rejected back to the queue it came from (not lost)
     try:
         with pytest.raises(Reject) as rejected:
             tick.run(**kwargs)
@@ -212,29 +210,31 @@ def test_a_tick_the_broker_refuses_to_take_back_returns_to_its_queue(
     assert ran == []
 
 
-def test_a_period_ticked_by_two_owners_around_a_handoff_runs_once(
-    app: Celery, sql: WorkSql
+def test_a_period_ticked_by_two_owners_around_a_handoff_sends_each_table_once(
+    app: Celery, sql: WorkSql, redis: Redis, cluster: str
 ) -> None:
-    # Given a period ticked on a@h, its owner
+    # Given a period ticked on a@h, the bucket's owner
     bucket = bucket_of(sql)
-    with sql.sessions.begin() as session:
-        assert take_fence(session, bucket, "a@h", 100)
+    table_id = sql.find_table(parse_table_name(TABLE))[0]
     tick = app.tasks[TICK_TASK]
     kwargs = {"task": "it.sendback.periodic", "bucket_id": bucket, "period": 9}
-    ran.clear()
     pushed(tick, id="tick:a", args=[], kwargs=kwargs, hostname="a@h")
     try:
-        tick.run(**kwargs)
+        first = tick.run(**kwargs)
     finally:
         tick.pop_request()
     # When the bucket moves to b@h and b@h ticks the same period (its own tick, a clock
-    # behind a@h's)
-    with sql.sessions.begin() as session:
-        assert take_fence(session, bucket, "b@h", 200)
+    # behind a@h's), and then the next period while the first run has not finished
     pushed(tick, id="tick:b", args=[], kwargs=kwargs, hostname="b@h")
     try:
-        tick.run(**kwargs)
+        again = tick.run(**kwargs)
+        later = tick.run(**(kwargs | {"period": 10}))
     finally:
         tick.pop_request()
-    # Then the table's period ran once (its run id is the same on every node)
-    assert len(ran) == 1
+    # Then the table's run of the period was sent once, as the table task itself with the
+    # table as its argument and the period's run id as its task id, and the next period skips
+    sent = messages(redis, bucket_queue(cluster, bucket))
+    assert [(m["headers"]["task"], m["headers"]["id"], m["args"]) for m in sent] == [
+        ("it.sendback.periodic", period_run_id("it.sendback.periodic", table_id, 9), [TABLE])
+    ]
+    assert (first["sent"], again["sent"], later["sent"], later["skipped"]) == (1, 0, 0, 1)
