@@ -132,11 +132,14 @@ class PlanMove(Base):
 class MirrorState(Base):
     """The fence of the SQL mirror (one row, ``name = 'assignment'``).
 
-    ``holder_token`` is the fencing token of the assignment-lock holder that last wrote SQL
-    (the ``czxid`` of its lock znode: ZooKeeper's transaction ids only grow, so a later holder
-    always has a larger token); ``epoch`` is the highest assignment epoch SQL has mirrored.
-    Every SQL transaction of a cycle first raises both, conditionally, so a stale holder
-    writes nothing once a newer one has written and the epoch never goes backwards.
+    ``generation`` and ``holder_token`` are the fencing pair of the assignment-lock holder that
+    last wrote SQL: its ZooKeeper's generation (:class:`FenceGeneration`; larger for a
+    ZooKeeper rebuilt from scratch) and the ``czxid`` of its lock znode (ZooKeeper's
+    transaction ids only grow, so a later holder of one ZooKeeper always has a larger token);
+    ``epoch`` is the highest assignment epoch SQL has mirrored. Every SQL transaction of a
+    cycle first raises the pair and the epoch, conditionally, so a stale holder writes nothing
+    once a newer one has written and the epoch never goes backwards
+    (:mod:`allot.cycle.fence`).
     """
 
     __tablename__ = "mirror_state"
@@ -145,6 +148,7 @@ class MirrorState(Base):
     holder_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     epoch: Mapped[int] = mapped_column(default=0, server_default="0")
     updated_at: Mapped[dt.datetime | None]
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class BucketLease(Base):
@@ -173,8 +177,9 @@ class FenceGeneration(Base):
 
     Each ZooKeeper allot runs on holds a generation in ``{root}/generation``, taken from here
     when a node finds none (a new ZooKeeper, or one rebuilt from scratch): ``generation`` is
-    raised by one per allocation, and never below the largest in ``bucket_lease``, so a
-    rebuilt ZooKeeper never gets a generation an earlier one had (:mod:`allot.work.generation`).
+    raised by one per allocation, and never below the largest in ``bucket_lease`` and
+    ``mirror_state``, so a
+    rebuilt ZooKeeper never gets a generation an earlier one had (:mod:`allot.generation`).
     """
 
     __tablename__ = "fence_generation"

@@ -15,9 +15,13 @@ One cycle, under the ZooKeeper lock ``{root}/locks/assign``:
 6. return a :class:`~allot.cycle.report.CycleReport`
    (:meth:`~allot.cycle.report.CycleReport.from_round`).
 
-Steps 1 and 2 and the ``aborted`` outcome are one context manager. A cycle plans again before
-releasing the lock when membership changed under it, a grace period ended or its write lost a
-race (at most :data:`MAX_ROUNDS` rounds); event cycles that fail retry (``tasks.assign``).
+Steps 1 and 2 and the ``aborted`` outcome are one context manager. The holder's SQL fence is
+the pair (ZooKeeper generation, lock token), the generation read from ``{root}/generation``
+under the lock (allocated in SQL when a new or rebuilt ZooKeeper has none), so SQL that
+mirrored an older ZooKeeper never stops a rebuilt one's cycles (:mod:`allot.cycle.fence`).
+A cycle plans again before releasing the lock when membership changed under it, a grace
+period ended or its write lost a race (at most :data:`MAX_ROUNDS` rounds); event cycles that
+fail retry (``tasks.assign``).
 
 Failure modes (each has a test in tests/integration/test_cycle.py or test_faults.py):
     Session SUSPENDED or LOST mid-cycle: the guard trips, every ZooKeeper write checks the lock
@@ -30,6 +34,10 @@ Failure modes (each has a test in tests/integration/test_cycle.py or test_faults
     the plan; crash after ZooKeeper: the next cycle mirrors it and marks it applied.
     SQL unavailable: the cycle decides and applies from ZooKeeper alone and says so in the
     report (``sql``); a later cycle brings SQL to ZooKeeper and records the plan it missed.
+    ZooKeeper rebuilt from scratch (SQL mirrors a larger lock token and epoch): the first
+    cycle allocates a larger generation, recovery fails the plans left ``applying`` (they are
+    not in this ZooKeeper), the epoch is re-published above SQL's and the cycle applies and
+    mirrors; with SQL down as well it applies from ZooKeeper alone until SQL is back.
     Unplannable data in ZooKeeper (an id out of range, a bucket under two nodes, corrupt JSON,
     a foreign member znode, ``assignment-version`` deleted or behind): repaired by this cycle's
     write, reported (``repaired``, ``corrupt``, ``foreign``), never an error.
@@ -63,6 +71,7 @@ from allot.errors import (
     StaleAssignment,
     ZooKeeperUnavailable,
 )
+from allot.generation import allocate_generation, zk_generation
 from allot.planner import Plan, plan
 from allot.settings import Settings
 from allot.zk.departures import write_departures
@@ -218,7 +227,8 @@ class AssignmentCycle:
             return
         try:
             section.started, section.started_at = time.perf_counter(), self.clock().isoformat()
-            section.guard, section.sql = guard, FencedSql(self.sessions, guard, self.clock)
+            section.guard = guard
+            section.sql = FencedSql(self.sessions, guard, self.clock, self._generation)
             try:
                 if self.hooks.after_lock is not None:
                     self.hooks.after_lock(guard)
@@ -401,6 +411,15 @@ class AssignmentCycle:
         return report
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _generation(self) -> int:
+        """This ZooKeeper's generation, allocated in SQL when it has none (rebuilt): the first
+        half of the holder's SQL fence (:mod:`allot.cycle.fence`). Called under the lock."""
+        return zk_generation(self.client, self.paths, self._allocate_generation)
+
+    def _allocate_generation(self) -> int:
+        with self.sessions.begin() as session:
+            return allocate_generation(session)
 
     def _membership_version(self) -> int:
         stat = self.client.exists(self.paths.nodes)

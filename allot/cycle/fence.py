@@ -1,21 +1,37 @@
 """The SQL side of one assignment cycle: every write fenced, an SQL outage survived.
 
 ZooKeeper decides; SQL mirrors (DESIGN.md, "The assignment cycle"). :class:`FencedSql` is
-what a lock holder uses to write SQL, and it keeps two promises:
+what a lock holder uses to write SQL, and it keeps three promises:
 
 - **A stale holder writes nothing.** Every transaction first claims the mirror's fence with
-  the holder's token (:func:`claim`; the token is the ``czxid`` of its lock
-  znode, larger for every later holder) and commits only after asking ZooKeeper that the lock
-  znode is still this session's (:meth:`allot.zk.lock.LockGuard.confirm`). Once a newer
-  holder has written, an older one gets :class:`~allot.errors.Superseded`; an older holder
-  that froze between its confirmation and its commit holds the fence row meanwhile, so the
-  newer holder's first transaction waits for it and then overwrites what it wrote (the only
-  trace a zombie can leave lasts until the next holder's first SQL write, and no mirror at a
-  lower epoch is ever accepted: SQL's epoch never goes backwards).
-- **An outage delays, never decides.** SQL unavailable: the write is skipped, the reason is
-  kept in :attr:`FencedSql.problem` (the cycle report shows it) and the cycle goes on with
-  ZooKeeper alone; a later cycle brings SQL to ZooKeeper (:meth:`FencedSql.catch_up`),
-  recording the plan it missed.
+  the holder's pair ``(generation, token)`` (:func:`claim`): ``token`` is the ``czxid`` of its
+  lock znode, larger for every later holder of one ZooKeeper; ``generation`` is that
+  ZooKeeper's generation (``{root}/generation``, :mod:`allot.generation`), read under the
+  lock, larger for a ZooKeeper rebuilt from scratch. Pairs compare generation first. A
+  transaction commits only after asking ZooKeeper that the lock znode is still this session's
+  (:meth:`allot.zk.lock.LockGuard.confirm`). Once a newer holder has written, an older one
+  gets :class:`~allot.errors.Superseded`, and so does a holder still running on an older
+  ZooKeeper once the rebuilt one's holder has written, however large its token; an older
+  holder that froze between its confirmation and its commit holds the fence row meanwhile, so
+  the newer holder's first transaction waits for it and then overwrites what it wrote (the
+  only trace a zombie can leave lasts until the next holder's first SQL write, and no mirror
+  at a lower epoch is ever accepted: SQL's epoch never goes backwards).
+- **A rebuilt ZooKeeper takes over.** Its lock znodes' ``czxid``s start again from zero,
+  below the token SQL holds, but it has no ``{root}/generation``: the first cycle allocates one
+  in SQL (larger than every generation a fence names) and creates the znode, so its pair is
+  the larger and its first fenced write (recovery) passes. The epoch is still compared across
+  generations, and that is right: before it plans, a cycle re-publishes ``assignment-version``
+  at the highest epoch known, SQL's included (:mod:`allot.zk.epoch`), so the rebuilt
+  ZooKeeper's epochs continue above what SQL mirrors. If SQL could not be read then, one
+  mirror may be refused; the next cycle reads SQL's epoch and re-publishes it.
+- **An outage delays, never decides.** SQL unavailable (or the generation unreadable, or not
+  allocatable without SQL): the write is skipped, the reason is kept in
+  :attr:`FencedSql.problem` (the cycle report shows it) and the cycle goes on with ZooKeeper
+  alone; a later cycle brings SQL to ZooKeeper (:meth:`FencedSql.catch_up`), recording the
+  plan it missed.
+
+The argument for the table-work fence, which uses the same generation, is docs/table-work.md
+(case 16, the rebuilt ZooKeeper).
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import CursorResult, case, insert, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.cycle import mirror, plans
@@ -44,37 +61,44 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def claim(session: Session, token: int, epoch: int | None = None) -> int:
-    """Fence this transaction: record ``token`` (and ``epoch``) as the newest writer, or refuse.
+def claim(session: Session, fence: tuple[int, int], epoch: int | None = None) -> int:
+    """Fence this transaction: record ``fence`` (and ``epoch``) as the newest writer, or refuse.
 
-    Call it first in every SQL transaction of a cycle. It raises ``holder_token`` to
-    ``token`` only if no larger token has written, and ``epoch`` to ``epoch`` only if SQL does
-    not already mirror a larger one; the UPDATE locks the row until the transaction ends, so
-    fenced transactions of two holders run one after the other, in token order as far as SQL
-    is concerned.
+    Call it first in every SQL transaction of a cycle. It raises the stored pair
+    ``(generation, holder_token)`` to ``fence`` only if no larger pair has written (generation
+    first: a rebuilt ZooKeeper's smaller tokens win with its larger generation), and ``epoch``
+    to ``epoch`` only if SQL does not already mirror a larger one, whatever the generation
+    (module docstring). The UPDATE locks the row until the transaction ends, so fenced
+    transactions of two holders run one after the other, in pair order as far as SQL is
+    concerned.
 
     Args:
-        token: the caller's fencing token (:attr:`allot.zk.lock.LockGuard.token`).
+        fence: the caller's ``(generation, token)``: its ZooKeeper's generation and its
+            fencing token (:attr:`allot.zk.lock.LockGuard.token`).
         epoch: the assignment epoch this transaction mirrors (None: it mirrors no epoch).
 
     Returns:
         The epoch SQL mirrors after the claim.
 
     Raises:
-        Superseded: a larger token has written SQL, or ``epoch`` is below SQL's epoch.
+        Superseded: a larger pair has written SQL, or ``epoch`` is below SQL's epoch.
     """
+    generation, token = fence
     # write first: the UPDATE takes the row lock (PostgreSQL) or the database's write lock
     # (SQLite) before anything is read, so the check below cannot race another claim
     locked: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(MirrorState).where(MirrorState.name == FENCE).values(updated_at=utcnow())
     )
     if locked.rowcount == 0:  # a database created by hand: the migration inserts the row
-        session.execute(insert(MirrorState).values(name=FENCE, holder_token=0, epoch=0))
+        session.execute(
+            insert(MirrorState).values(name=FENCE, generation=0, holder_token=0, epoch=0)
+        )
     row = session.execute(select(MirrorState).where(MirrorState.name == FENCE)).scalar_one()
-    if row.holder_token > token:
+    if (row.generation, row.holder_token) > fence:
         raise Superseded(
-            f"a newer assignment-lock holder (token {row.holder_token} > {token}) has written "
-            "SQL; this cycle writes nothing there"
+            "a newer assignment-lock holder (generation "
+            f"{row.generation}, token {row.holder_token} > generation {generation}, token "
+            f"{token}) has written SQL; this cycle writes nothing there"
         )
     if epoch is not None and epoch < row.epoch:
         raise Superseded(f"SQL mirrors epoch {row.epoch}; refusing to take it back to {epoch}")
@@ -83,6 +107,7 @@ def claim(session: Session, token: int, epoch: int | None = None) -> int:
         update(MirrorState)
         .where(MirrorState.name == FENCE)
         .values(
+            generation=generation,
             holder_token=token,
             epoch=case((MirrorState.epoch < new_epoch, new_epoch), else_=MirrorState.epoch),
         )
@@ -92,7 +117,7 @@ def claim(session: Session, token: int, epoch: int | None = None) -> int:
 
 def write_fenced(
     sessions: sessionmaker[Session],
-    token: int,
+    fence: tuple[int, int],
     confirm: Callable[[], None],
     work: Callable[[Session], T],
     *,
@@ -106,12 +131,13 @@ def write_fenced(
     keeps a stale holder's write past the newer holder's first transaction.
 
     Raises:
-        Superseded: a newer holder has written SQL (nothing written).
+        Superseded: a holder with a larger ``(generation, token)`` has written SQL (nothing
+            written).
         LockLost: ``confirm`` failed (rolled back).
         sqlalchemy.exc.OperationalError, InterfaceError: SQL is unavailable.
     """
     with sessions.begin() as session:
-        claim(session, token, epoch)
+        claim(session, fence, epoch)
         result = work(session)
         session.flush()
         confirm()
@@ -121,15 +147,26 @@ def write_fenced(
 class FencedSql:
     """Fenced, outage-tolerant SQL writes for the holder of ``guard`` (module docstring).
 
-    Methods take what to write and leave nothing open; each is one SQL transaction.
+    ``generation`` returns this ZooKeeper's generation (reading ``{root}/generation``, or
+    allocating it in SQL and creating it when there is none:
+    :func:`allot.generation.zk_generation`); it is called once, at the first write, while the
+    lock is held (that write's confirmation proves it was). Methods take what to write and
+    leave nothing open; each is one SQL transaction.
     """
 
     def __init__(
-        self, sessions: sessionmaker[Session], guard: LockGuard, clock: Callable[[], dt.datetime]
+        self,
+        sessions: sessionmaker[Session],
+        guard: LockGuard,
+        clock: Callable[[], dt.datetime],
+        generation: Callable[[], int],
     ) -> None:
         self.sessions = sessions
         self.guard = guard
         self.clock = clock
+        self._read_generation = generation
+        self.generation: int | None = None
+        """This ZooKeeper's generation, once read (None before the first write)."""
         self.problem: str | None = None
         """Why SQL could not be written in this cycle (None while it could)."""
 
@@ -137,29 +174,48 @@ class FencedSql:
         """Run ``work`` in one fenced transaction mirroring ``epoch`` (None: no epoch).
 
         Returns:
-            What ``work`` returned; None when SQL is unavailable (see :attr:`problem`).
+            What ``work`` returned; None when SQL is unavailable, or the generation unreadable
+            (see :attr:`problem`).
 
         Raises:
             Superseded: a newer holder has written SQL, or ``epoch`` is below SQL's.
             LockLost: the lock could not be confirmed before the commit (rolled back).
+            KazooException: ``{root}/generation`` could not be read (the session is gone).
         """
         try:
-            return write_fenced(
-                self.sessions, self.guard.token, self.guard.confirm, work, epoch=epoch
+            if self.generation is None:
+                self.generation = self._read_generation()
+        except ValueError as exc:  # what ZooKeeper holds never stops a cycle
+            self.problem = (
+                f"the ZooKeeper generation znode is unreadable ({exc}): SQL is not written "
+                "until it is fixed or deleted (deleting it is safe)"
             )
-        except SQL_UNAVAILABLE as exc:
-            reason = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
-            self.problem = f"SQL unavailable ({reason}); it catches up when it is back"
-            log.warning("cycle goes on without SQL: %s", reason)
+            log.error("cycle goes on without SQL: %s", self.problem)
             return None
+        except SQL_UNAVAILABLE as exc:  # no generation yet, and none can be allocated
+            self._unavailable(exc)
+            return None
+        fence = (self.generation, self.guard.token)
+        try:
+            return write_fenced(self.sessions, fence, self.guard.confirm, work, epoch=epoch)
+        except SQL_UNAVAILABLE as exc:
+            self._unavailable(exc)
+            return None
+
+    def _unavailable(self, exc: OperationalError | InterfaceError) -> None:
+        """Record in :attr:`problem` that SQL could not be written."""
+        reason = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+        self.problem = f"SQL unavailable ({reason}); it catches up when it is back"
+        log.warning("cycle goes on without SQL: %s", reason)
 
     def recover(self, read_version: Callable[[], AssignmentVersion]) -> list[str]:
         """Finish or fail plans a crashed or frozen cycle left ``applying``; return their ids.
 
         The cycle's first fenced transaction: from its commit on, no older holder writes SQL.
-        A plan is failed only by a holder with a larger token than the one that recorded it
-        (else :class:`~allot.errors.Superseded`), that is once the recorder's lock znode is
-        gone and its ZooKeeper transaction can no longer commit.
+        A plan is failed only by a holder with a larger ``(generation, token)`` than the one
+        that recorded it (else :class:`~allot.errors.Superseded`), that is once the recorder's
+        lock znode is gone and its ZooKeeper transaction can no longer commit, or once its
+        ZooKeeper was replaced by a rebuilt one (where the plan never was: it is failed).
         """
 
         def settle(session: Session) -> list[str]:

@@ -10,7 +10,7 @@ the run history (:mod:`allot.work.runs`); ``every=S`` adds a tick per bucket per
 
 Why two nodes never commit for one bucket at once, and no stale commit lands: the lease (one
 ZooKeeper session holds it; its ``czxid`` is a token that only grows, paired with the
-ZooKeeper's generation so a rebuilt ZooKeeper takes over, :mod:`allot.work.generation`), the
+ZooKeeper's generation so a rebuilt ZooKeeper takes over, :mod:`allot.generation`), the
 fence (a holder writes its pair into ``bucket_lease`` before it consumes; every commit checks
 and locks that row in its own transaction, under the pair of its own node's lease, shared with
 the pool processes by :mod:`allot.work.tokens`, never one read back from SQL) and the queue

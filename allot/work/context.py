@@ -28,7 +28,7 @@ class TableContext:
 
     ``token`` is the fencing token under which this node runs the bucket's work: the ``czxid``
     of its lease znode, so a later holder of the bucket always has a larger one, or a larger
-    ``generation`` (a ZooKeeper rebuilt from scratch, :mod:`allot.work.generation`).
+    ``generation`` (a ZooKeeper rebuilt from scratch, :mod:`allot.generation`).
     """
 
     def __init__(

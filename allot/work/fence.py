@@ -18,7 +18,7 @@ Pure SQL on a caller's :class:`~sqlalchemy.orm.Session`; no ZooKeeper, no Celery
   reached its bucket's holder, and whether a holder's fence was changed by a foreign writer.
 
 A token is a lease znode's ``czxid``, which only grows within one ZooKeeper; the generation
-(:mod:`allot.work.generation`) tells ZooKeepers apart, so a ZooKeeper rebuilt from scratch,
+(:mod:`allot.generation`) tells ZooKeepers apart, so a ZooKeeper rebuilt from scratch,
 whose tokens start small again, takes over with a larger generation instead of being refused.
 Why this is enough is argued in ``docs/table-work.md`` (the fence, F; case 16).
 """

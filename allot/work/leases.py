@@ -3,7 +3,7 @@
 :class:`BucketWork` turns this node's assignment (watched) into the bucket queues the worker
 consumes: (1) **take** the lease ``{root}/leases/{id}`` (ephemeral, in one transaction that
 checks the assignment znode's version; its ``czxid`` is the node's *token*), (2) **fence**:
-write key, ZooKeeper generation (:mod:`allot.work.generation`, read after the take) and token
+write key, ZooKeeper generation (:mod:`allot.generation`, read after the take) and token
 into ``bucket_lease`` (:func:`allot.work.fence.take_fence`), then give the previous holder's
 unacknowledged messages back to the queue (:mod:`allot.work.redelivery`), (3) **serve** the
 queue (:class:`~allot.work.consumer.BucketQueues`), (4) **give away**: drop the queue at once,
@@ -38,8 +38,8 @@ from redis import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from allot.generation import allocate_generation, zk_generation
 from allot.work.fence import FenceRow, read_fences, take_fence
-from allot.work.generation import allocate_generation, zk_generation
 from allot.work.tokens import TokenTable
 from allot.zk.codec import LeaseRecord, decode_buckets, decode_version, encode_lease
 from allot.zk.leases import read_leases
@@ -590,7 +590,7 @@ class BucketWork:
 
     def _fence_taken(self, assigned: frozenset[int]) -> None:
         """Step 2 for every TAKEN bucket still assigned, with this ZooKeeper's generation read
-        after the leases were taken (:mod:`allot.work.generation`; allocated in SQL if the
+        after the leases were taken (:mod:`allot.generation`; allocated in SQL if the
         ZooKeeper has none: a new or rebuilt one)."""
         taken = sorted(self.in_phase(Phase.TAKEN) & assigned)
         if not taken:

@@ -19,7 +19,7 @@ made) gets :class:`NoTokens` (:func:`require_node_tokens`): it runs no table wor
 trust SQL's token.
 
 A bucket's slot holds the *pair* ``(generation, token)`` of this node's lease, the pair its
-fence names (:mod:`allot.work.fence`, :mod:`allot.work.generation`): a run commits under both,
+fence names (:mod:`allot.work.fence`, :mod:`allot.generation`): a run commits under both,
 so a reader must never take the generation of one lease with the token of another.
 
 Safe across processes without a lock, by a sequence lock (a *seqlock*) per slot:

@@ -78,7 +78,9 @@ class LockGuard:
         """This holder's fencing token: the ``czxid`` of its lock znode. ZooKeeper's
         transaction ids only grow, and a holder's znode is created before it can hold the
         lock, which it gets only after every earlier holder's znode is gone: a later holder
-        always has a larger token (SQL's fence, :func:`allot.cycle.mirror.claim`, relies on it)."""
+        of one ZooKeeper always has a larger token. A ZooKeeper rebuilt from scratch counts
+        again from zero, so SQL's fence (:func:`allot.cycle.fence.claim`) pairs the token with
+        the ZooKeeper's generation (:mod:`allot.generation`)."""
         self.session_id: int = client.client_id[0]
         self._interruptions = interruptions
         self._baseline = baseline

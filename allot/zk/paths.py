@@ -100,7 +100,7 @@ class ZkPaths:
     @property
     def generation(self) -> str:
         """The znode holding this ZooKeeper's generation, which SQL handed out when a node
-        first found none (:mod:`allot.work.generation`): decimal ASCII, created once."""
+        first found none (:mod:`allot.generation`): decimal ASCII, created once."""
         return self._under("generation")
 
     @property

@@ -1,8 +1,9 @@
-"""The ZooKeeper generation of the table-work fence: a rebuilt ZooKeeper can take over.
+"""The ZooKeeper generation of the SQL fences: a rebuilt ZooKeeper can take over.
 
-``bucket_lease.generation`` (existing fences start at 0) and ``fence_generation``, the counter
-new ZooKeeper generations are taken from (one row, ``zookeeper``, starting at 0). A fence is
-the pair ``(generation, token)`` from here on (:mod:`allot.work.generation`).
+``bucket_lease.generation`` (table work) and ``mirror_state.generation`` (the assignment
+cycle's mirror), existing fences starting at 0, and ``fence_generation``, the counter new
+ZooKeeper generations are taken from (one row, ``zookeeper``, starting at 0). A fence is the
+pair ``(generation, token)`` from here on (:mod:`allot.generation`).
 
 Revision ID: 0005
 Revises: 0004
@@ -29,6 +30,10 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("generation", sa.BigInteger(), server_default="0", nullable=False)
         )
+    with op.batch_alter_table("mirror_state") as batch:
+        batch.add_column(
+            sa.Column("generation", sa.BigInteger(), server_default="0", nullable=False)
+        )
     fence_generation = op.create_table(
         "fence_generation",
         sa.Column("name", sa.String(32), nullable=False),
@@ -41,5 +46,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("fence_generation")
+    with op.batch_alter_table("mirror_state") as batch:
+        batch.drop_column("generation")
     with op.batch_alter_table("bucket_lease") as batch:
         batch.drop_column("generation")

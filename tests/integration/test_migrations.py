@@ -125,16 +125,17 @@ def test_the_history_indexes_come_with_0004_and_go_with_it(migrated: Engine) -> 
     assert run_indexes(migrated) >= HISTORY_INDEXES
 
 
-def test_0005_adds_the_zookeeper_generation_to_the_fence_and_removes_it_again(
+def test_0005_adds_the_zookeeper_generation_to_the_fences_and_removes_it_again(
     engine: Engine,
 ) -> None:
     # Given a database at 0004 (0005's parent) where node a holds bucket 2's fence with
-    # token 900
+    # token 900 and the assignment mirror's fence holds lock token 7000 at epoch 12
     database.upgrade(engine, bucket_count=8)
     database.downgrade(engine, "0004")
     assert run_indexes(engine) >= HISTORY_INDEXES
     assert "fence_generation" not in table_names(engine)
-    assert "generation" not in {c["name"] for c in inspect(engine).get_columns("bucket_lease")}
+    assert "generation" not in columns(engine, "bucket_lease")
+    assert "generation" not in columns(engine, "mirror_state")
     with engine.begin() as connection:
         connection.execute(
             text(
@@ -142,22 +143,34 @@ def test_0005_adds_the_zookeeper_generation_to_the_fence_and_removes_it_again(
                 "VALUES (2, 'a@h', 900, CURRENT_TIMESTAMP)"
             )
         )
+        connection.execute(text("UPDATE mirror_state SET holder_token = 7000, epoch = 12"))
     # When it is upgraded
     database.upgrade(engine, bucket_count=8)
-    # Then the fence is of generation 0 (before generations) and the counter starts at 0,
-    # so the first ZooKeeper generation handed out (1) takes over from it
+    # Then both fences are of generation 0 (before generations) and the counter starts at
+    # 0, so the first ZooKeeper generation handed out (1) takes over from them
     with engine.connect() as connection:
         fence = connection.execute(
             select(BucketLease.node_key, BucketLease.token, BucketLease.generation)
         ).one()
+        mirror = connection.execute(
+            select(MirrorState.generation, MirrorState.holder_token, MirrorState.epoch)
+        ).one()
         counter = connection.execute(select(FenceGeneration.name, FenceGeneration.generation)).one()
     assert tuple(fence) == ("a@h", 900, 0)
+    assert tuple(mirror) == (0, 7000, 12)
     assert tuple(counter) == ("zookeeper", 0)
-    # And downgrading to 0004 removes both, keeping the fence row and 0004's indexes
+    # And downgrading to 0004 removes all three, keeping the fence rows and 0004's indexes
     database.downgrade(engine, "0004")
     assert "fence_generation" not in table_names(engine)
-    assert "generation" not in {c["name"] for c in inspect(engine).get_columns("bucket_lease")}
+    assert "generation" not in columns(engine, "bucket_lease")
+    assert "generation" not in columns(engine, "mirror_state")
     assert run_indexes(engine) >= HISTORY_INDEXES
     with engine.connect() as connection:
         row = connection.execute(text("SELECT node_key, token FROM bucket_lease")).one()
+        kept = connection.execute(text("SELECT holder_token, epoch FROM mirror_state")).one()
     assert tuple(row) == ("a@h", 900)
+    assert tuple(kept) == (7000, 12)
+
+
+def columns(engine: Engine, table: str) -> set[str]:
+    return {str(column["name"]) for column in inspect(engine).get_columns(table)}

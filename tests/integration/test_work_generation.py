@@ -1,4 +1,4 @@
-"""The ZooKeeper generation of the fence (allot.work.generation): a ZooKeeper rebuilt from
+"""The ZooKeeper generation of the fence (allot.generation): a ZooKeeper rebuilt from
 scratch takes the buckets over without a manual step, and a holder of the old one is fenced.
 
 Real ZooKeeper servers (the session's, and a fresh one standing for the rebuilt ensemble) and
@@ -17,9 +17,9 @@ from kazoo.client import KazooClient
 from sqlalchemy import Engine, select
 
 from allot.errors import Fenced
+from allot.generation import allocate_generation, decode_generation, zk_generation
 from allot.testing.servers import ServerProcess, start_zookeeper
 from allot.work.fence import hold_fence, read_fence, take_fence
-from allot.work.generation import allocate_generation, decode_generation, zk_generation
 from allot.work.leases import BucketWork
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore

@@ -1,23 +1,26 @@
-"""The ZooKeeper generation: which ZooKeeper a lease token comes from.
+"""The ZooKeeper generation: which ZooKeeper a fencing token comes from.
 
-A lease's token is its znode's ``czxid``, which only grows within one ZooKeeper's life. A
-ZooKeeper rebuilt from scratch (its data lost, a new ensemble) counts again from zero, so its
-tokens are smaller than the fences SQL already holds. The generation tells the ZooKeepers
-apart, so the fence (:mod:`allot.work.fence`) compares ``(generation, token)`` pairs:
+Both SQL fences fence with ZooKeeper ``czxid``s: a bucket lease's (table work,
+:mod:`allot.work.fence`) and the assignment lock's (the cycle's mirror,
+:mod:`allot.cycle.fence`). A ``czxid`` only grows within one ZooKeeper's life. A ZooKeeper
+rebuilt from scratch (its data lost, a new ensemble) counts again from zero, so its tokens are
+smaller than the fences SQL already holds. The generation tells the ZooKeepers apart, so both
+fences compare ``(generation, token)`` pairs:
 
 - ``{root}/generation`` (persistent, decimal ASCII) holds this ZooKeeper's generation. It is
-  created once, by the first node that needs it and finds none (:func:`zk_generation`).
+  created once, by the first node or cycle that needs it and finds none (:func:`zk_generation`).
 - The number comes from SQL, which outlives a ZooKeeper: :func:`allocate_generation` raises
-  the ``fence_generation`` row by one, never below the largest generation in ``bucket_lease``,
-  and the allocation commits before the znode is created. So a rebuilt ZooKeeper always gets a
-  larger generation than every earlier one: its holders take the fences over, and a holder
-  still running on the old ZooKeeper is refused.
+  the ``fence_generation`` row by one, never below the largest generation a fence names
+  (``bucket_lease``, ``mirror_state``), and the allocation commits before the znode is
+  created. So a rebuilt ZooKeeper always gets a larger generation than every earlier one: its
+  holders take the fences over, and a holder still running on the old ZooKeeper is refused.
 - Two nodes that both find no znode both allocate; one create wins and both use the winner's
   number (the loser's allocation is burned, never used).
-- A holder reads the generation after it took its lease (:class:`~allot.work.leases.BucketWork`
-  fences with the generation read in the same pass, after the takes). Within one ZooKeeper
-  the znode's number only grows (it changes only when someone deletes it by hand: then a
-  larger one is allocated), so a later holder of a bucket never has a smaller pair.
+- A holder reads the generation after it took its lease or lock
+  (:class:`~allot.work.leases.BucketWork` fences with the generation read in the same pass,
+  after the takes; the cycle reads it under the assignment lock). Within one ZooKeeper the
+  znode's number only grows (it changes only when someone deletes it by hand: then a larger
+  one is allocated), so a later holder never has a smaller pair.
 
 Error handling: a ZooKeeper error (suspension, session loss) or an SQL error raises to the
 caller, which fences nothing in that pass; a retried create that had landed finds its own
@@ -33,12 +36,12 @@ from collections.abc import Callable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import case, func, insert, select, union_all, update
 from sqlalchemy.orm import Session
 
 from allot.zk.paths import ZkPaths
 from models.base import utcnow
-from models.schema import BucketLease, FenceGeneration
+from models.schema import BucketLease, FenceGeneration, MirrorState
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,15 @@ def decode_generation(data: bytes) -> int:
 
 def allocate_generation(session: Session) -> int:
     """Hand out a new generation: one more than every generation handed out so far and every
-    generation a fence names. The ``UPDATE`` locks the row, so two allocations never return the
-    same number. The caller commits (before anyone may use the number).
+    generation a fence names (``bucket_lease``, ``mirror_state``). The ``UPDATE`` locks the
+    row, so two allocations never return the same number. The caller commits (before anyone
+    may use the number).
     """
-    floor = select(func.coalesce(func.max(BucketLease.generation), 0)).scalar_subquery()
+    named = union_all(
+        select(BucketLease.generation.label("generation")),
+        select(MirrorState.generation.label("generation")),
+    ).subquery()
+    floor = select(func.coalesce(func.max(named.c.generation), 0)).scalar_subquery()
     raised = session.execute(
         update(FenceGeneration)
         .where(FenceGeneration.name == ROW)
