@@ -38,11 +38,13 @@ def test_the_ticker_sends_one_tick_per_bucket_per_period_whatever_the_previous_t
     now = [1000.0]
     ticker = Ticker(app, "c", wall=lambda: now[0])
     # When it passes twice in a period, then once in the next (the first ticks never finished)
-    periodic = sum(1 for spec in table_tasks().values() if spec.every is not None)
-    assert ticker.tick(frozenset({1, 2})) == 2 * periodic
+    # (other periodic table tasks the process registered tick too: only this one is counted)
+    periodic = [spec.name for spec in table_tasks().values() if spec.every is not None]
+    assert "unit.every10" in periodic
+    assert ticker.tick(frozenset({1, 2})) >= 2
     assert ticker.tick(frozenset({1, 2})) == 0
     now[0] = 1010.0
-    assert ticker.tick(frozenset({1, 2})) == 2 * periodic
+    assert ticker.tick(frozenset({1, 2})) >= 2
     # Then each bucket got one tick per period: the tick decides per table, not the ticker
     ticks = [t for t in sent_ticks(app) if t.startswith("tick:unit.every10:")]
     assert ticks == [
