@@ -25,11 +25,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from celery import Task
+from celery import Task, states
 from celery.exceptions import Ignore, Reject
+from celery.result import AsyncResult
 from celery.utils.dispatch import Signal
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -73,6 +74,7 @@ def execute(
     node_key: str,
     kwargs: Mapping[str, Any],
     tokens: TokenSource | None = None,
+    on_committed: Callable[[], None] | None = None,
 ) -> Any:
     """One attempt of run ``run_id`` of ``spec`` on ``table`` by ``node_key``, under the
     (generation, token) of the lease this node holds (``tokens``, default this worker's shared
@@ -81,7 +83,8 @@ def execute(
     The attempt records that pair and its commit holds the fence under it. Only outside a
     worker (no table: a test calling this in-process) is the fence's own pair used.
 
-    Returns the body's result, or None when the run had already committed (nothing run).
+    Returns the body's result, or None when the run had already committed (nothing run;
+    ``on_committed()`` is called first, and may raise to end the delivery otherwise).
 
     Raises:
         NotHere: this node serves no lease of the bucket (nothing run, nothing recorded, no
@@ -110,6 +113,8 @@ def execute(
         attempt_id = start_attempt(session, attempt)
     if attempt_id is None:
         log.info("run %s of %s on %s already committed: not run again", run_id, spec.name, table)
+        if on_committed is not None:
+            on_committed()
         return None
     limit = sql.settings.max_abandoned
     with sql.sessions.begin() as session:
@@ -138,6 +143,8 @@ def execute(
             RunStatus.FAILED,
             error="another attempt of the run committed",
         )
+        if on_committed is not None:
+            on_committed()
         return None
     except BaseException as exc:
         if ctx.fenced:  # the body wrapped the refusal in an error of its own
@@ -232,6 +239,27 @@ def backoff(retries: int) -> float:
     return float(min(2 ** min(retries, 6), 60))
 
 
+def _ran(task: Task) -> None:
+    """End a delivery of a run that already committed without a result of its own when
+    Celery's result backend shows the committing delivery finished (``SUCCESS``): Celery sends
+    a task's links and next chain step before it stores its result, so they were sent, and
+    returning would send them again. Otherwise (no backend, the result expired, or the
+    committing process died between its commit and its result) this delivery returns and
+    Celery sends them: a link runs once, or, in that window only, again.
+
+    Raises:
+        Ignore: the committing delivery finished; nothing more to send.
+    """
+    try:
+        state = AsyncResult(task.request.id, app=task.app).state
+    except Exception:  # a disabled or unreachable result backend: send the links
+        log.debug("no result state for %s[%s]", task.name, task.request.id, exc_info=True)
+        return
+    if state == states.SUCCESS:
+        log.info("%s[%s] finished before: its links were sent", task.name, task.request.id)
+        raise Ignore()
+
+
 def run_message(task: Task, spec: TableTaskSpec, table: str, kwargs: Mapping[str, Any]) -> Any:
     """The body of every table task's Celery task (``task``, a
     :class:`~allot.work.task.TableTask` of ``spec``): :func:`execute` for this delivery."""
@@ -239,7 +267,9 @@ def run_message(task: Task, spec: TableTaskSpec, table: str, kwargs: Mapping[str
     node_key = node_key_of(sql.settings, task.request.hostname)
     name = parse_table_name(table)
     try:
-        return execute(sql, spec, name, task.request.id, node_key, kwargs)
+        return execute(
+            sql, spec, name, task.request.id, node_key, kwargs, on_committed=lambda: _ran(task)
+        )
     except NotHere as exc:
         fence = exc.args[0]
         if fence is None:

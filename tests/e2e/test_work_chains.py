@@ -169,13 +169,6 @@ class LinkRanAgain(AssertionError):
     """A link ran more than once."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=LinkRanAgain,
-    reason="a delivery of a run that already committed (the copy a new holder gave back, "
-    "or a redelivery) returns None as a success, so Celery runs its links and the rest of its "
-    "chain again: every link of a moved bucket's workflow runs twice",
-)
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_workflows_held_by_a_node_whose_buckets_move_run_each_step_and_link_once(
     chain_cluster: LocalCluster, redis: Redis, tmp_path: Path
