@@ -25,7 +25,13 @@ the worker's main process, which tells apart two workers that share a node key."
 
 @table_task(name="e2e.record")
 def record(ctx: TableContext, seconds: float = 0.0) -> dict[str, object]:
-    """Work for ``seconds``, then commit one row naming the run and this node."""
+    """Work for ``seconds``, then commit one row naming the run and this node. A run writes no
+    row until it ends: it says it started on a line ``run_id node_key`` of the file
+    ``E2E_STARTED`` names (when set)."""
+    started = os.environ.get("E2E_STARTED")
+    if started:
+        with open(started, "a") as log:
+            log.write(f"{ctx.run_id} {ctx.node_key}\n")
     time.sleep(seconds)
     with ctx.commit() as session:
         session.execute(
