@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from allot.errors import Fenced
@@ -104,6 +104,21 @@ def take_fence(session: Session, bucket_id: int, node_key: str, token: int) -> b
     return True
 
 
+_MINE = (
+    BucketLease.bucket_id == bindparam("held_bucket"),
+    BucketLease.node_key == bindparam("held_node"),
+    BucketLease.token == bindparam("held_token"),
+)
+_SHARE_FENCE = select(BucketLease.bucket_id).where(*_MINE).with_for_update(read=True)
+_LOCK_FENCE = (
+    update(BucketLease)
+    .where(*_MINE)
+    .values(node_key=BucketLease.node_key)
+    .execution_options(synchronize_session=False)
+)
+""":func:`hold_fence`'s statements, built once (it runs in every commit)."""
+
+
 def hold_fence(session: Session, bucket_id: int, node_key: str, token: int) -> None:
     """Lock the bucket's fence row for this transaction if it still names ``node_key`` with
     ``token``.
@@ -119,22 +134,11 @@ def hold_fence(session: Session, bucket_id: int, node_key: str, token: int) -> N
         Fenced: the row names another node or token (or does not exist): the bucket's work
             moved; this transaction must write nothing.
     """
-    mine = (
-        BucketLease.bucket_id == bucket_id,
-        BucketLease.node_key == node_key,
-        BucketLease.token == token,
-    )
+    mine = {"held_bucket": bucket_id, "held_node": node_key, "held_token": token}
     if session.get_bind().dialect.name == "postgresql":
-        held = (
-            session.execute(
-                select(BucketLease.bucket_id).where(*mine).with_for_update(read=True)
-            ).first()
-            is not None
-        )
+        held = session.execute(_SHARE_FENCE, mine).first() is not None
     else:
-        changed = session.execute(
-            update(BucketLease).where(*mine).values(node_key=BucketLease.node_key)
-        )
+        changed = session.execute(_LOCK_FENCE, mine)
         held = changed.rowcount == 1  # type: ignore[attr-defined]
     if not held:
         now = read_fence(session, bucket_id)

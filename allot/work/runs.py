@@ -22,7 +22,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, exists, func, insert, literal, select
+from sqlalchemy import ColumnElement, bindparam, delete, exists, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -61,32 +61,31 @@ class RunState:
     """Attempts of the run whose pool process died under them."""
 
 
+_OF_RUN = TableTaskRun.run_id == bindparam("run_id")
+_OF_BUCKET = BucketLease.bucket_id == bindparam("bucket_id")
+_RUN_STATE = select(
+    select(BucketLease.node_key).where(_OF_BUCKET).scalar_subquery().label("node_key"),
+    select(BucketLease.token).where(_OF_BUCKET).scalar_subquery().label("token"),
+    exists().where(_OF_RUN, TableTaskRun.status == RunStatus.COMMITTED).label("committed"),
+    select(func.count())
+    .where(
+        _OF_RUN,
+        TableTaskRun.status == RunStatus.FAILED,
+        TableTaskRun.error.startswith(ABANDONED, autoescape=True),
+    )
+    .scalar_subquery()
+    .label("abandoned"),
+)
+_INSERT = insert(TableTaskRun)
+"""The statements of every run, built once: building them cost a run more than executing
+them on SQLite."""
+
+
 def run_state(session: Session, bucket_id: int, run_id: str) -> RunState:
     """The bucket's fence and what run ``run_id`` left in the history, in one read-only
     statement (three scalar subqueries: the fence row by its key, the run's attempts through
     the ``run_id`` index)."""
-    of_run = TableTaskRun.run_id == run_id
-    row = session.execute(
-        select(
-            select(BucketLease.node_key)
-            .where(BucketLease.bucket_id == bucket_id)
-            .scalar_subquery()
-            .label("node_key"),
-            select(BucketLease.token)
-            .where(BucketLease.bucket_id == bucket_id)
-            .scalar_subquery()
-            .label("token"),
-            exists().where(of_run, TableTaskRun.status == RunStatus.COMMITTED).label("committed"),
-            select(func.count())
-            .where(
-                of_run,
-                TableTaskRun.status == RunStatus.FAILED,
-                TableTaskRun.error.startswith(ABANDONED, autoescape=True),
-            )
-            .scalar_subquery()
-            .label("abandoned"),
-        )
-    ).one()
+    row = session.execute(_RUN_STATE, {"bucket_id": bucket_id, "run_id": run_id}).one()
     fence = None if row.node_key is None else FenceRow(bucket_id, row.node_key, row.token)
     return RunState(fence, bool(row.committed), int(row.abandoned))
 
@@ -119,7 +118,7 @@ def insert_committed(session: Session, attempt: Attempt) -> None:
             a second committed row); the caller rolls the transaction back.
     """
     try:
-        session.execute(insert(TableTaskRun).values(_values(attempt, RunStatus.COMMITTED, None)))
+        session.execute(_INSERT, _values(attempt, RunStatus.COMMITTED, None))
     except IntegrityError:
         raise AlreadyCommitted from None
 
