@@ -306,6 +306,41 @@ def test_a_killed_workers_taken_messages_run_on_the_new_owner_before_the_redeliv
     assert {history(cluster.engine, run)[-1][0] for run in sent} == {node2}
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_body_that_kills_its_process_is_given_up_after_max_abandoned_deliveries(
+    work_cluster: LocalCluster,
+) -> None:
+    cluster = work_cluster
+    cluster.env["ALLOT_MAX_ABANDONED"] = "2"
+    cluster.worker("node1")
+    cluster.wait_for(lambda: served_by_owners(cluster), "node1 serving", START)
+
+    # Given a table task whose body kills its pool process (os._exit) every time
+    table = a_table_of(cluster, "node1")
+    sender = [sys.executable, "-m", "allot", "work", "send", "e2e.die", table]
+    assert cluster.group.start("send-die", sender, cluster.env).popen.wait(60) == 0
+
+    # When its message comes back after each death (reject_on_worker_lost)
+    def ended() -> list[tuple[str, str]] | None:
+        with cluster.engine.connect() as connection:
+            rows = connection.execute(
+                select(TableTaskRun.run_id, TableTaskRun.status, TableTaskRun.error)
+                .where(TableTaskRun.task_name == "e2e.die")
+                .order_by(TableTaskRun.attempt_id)
+            ).all()
+        return [(status, error or "") for _, status, error in rows] if len(rows) >= 3 else None
+
+    history = cluster.wait_for(ended, "the run given up", 120)
+
+    # Then the main process recorded each death, and the delivery after the second ended the
+    # run failed without running the body a third time
+    assert [status for status, _ in history] == [RunStatus.FAILED] * 3
+    assert all(error.startswith("abandoned: its process died") for _, error in history[:2])
+    assert history[2][1].startswith("abandoned 2 times")
+    started = Path(cluster.env["E2E_STARTED"]).read_text().splitlines()
+    assert len(started) == 2
+
+
 @pytest.fixture(autouse=True)
 def started_log(work_cluster: LocalCluster) -> None:
     """Where e2e.record says it started a run (a run writes no history row until it ends)."""
