@@ -6,9 +6,8 @@ What is kept:
     ``ALLOT_REDELIVERY_TIMEOUT``: a run's ``committed`` row is what a message delivered again
     is checked against (exactly once), so it outlives the time in which Redis can hand the
     message out again. That bound assumes the message was not then left waiting in a queue
-    nobody consumes for longer than the history is kept. ``running`` attempts are kept
-    whatever their age (their commit and their end update their row); a later attempt of the
-    run, or the attempt's end, makes them prunable.
+    nobody consumes for longer than the history is kept. A row is written once, when its
+    attempt has ended, so any old row may go.
     Plans (``plan`` and their ``plan_move`` rows) for ``ALLOT_PLAN_HISTORY_DAYS`` (30), except
     an ``applying`` plan, the newest plan and the newest applied one.
 

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         7.0,
         gt=0,
         description="Days the attempts of table tasks (`table_task_run`) are kept; never less "
-        "than ALLOT_REDELIVERY_TIMEOUT, and `running` attempts are kept until they end.",
+        "than ALLOT_REDELIVERY_TIMEOUT.",
     )
     plan_history_days: float = Field(
         30.0,

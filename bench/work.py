@@ -43,7 +43,7 @@ from bench.harness import DATABASES, local_cluster
 from bench.results import command_line, make_table, record_section
 from bench.work_cluster import Sent, allot_app, committed_ids, register, repeated, served
 from bench.work_phases import Handoff, Kill, Rate, handoff, kill, summary, throughput
-from bench.work_tasks import TASKS, Tally, read_tallies
+from bench.work_tasks import STARTED_LOG, TASKS, Tally, read_tallies
 
 WORKERS = ("node1", "node2", "node3")
 SESSION_TIMEOUT = 4.0
@@ -124,6 +124,7 @@ def measure(args: argparse.Namespace, console: Console) -> Results:
         tables = register(cluster, TABLES_PER_BUCKET)
         tallies = cluster.workdir / "tallies"
         tallies.mkdir()
+        cluster.env[STARTED_LOG] = str(cluster.workdir / "started.log")
         for name in WORKERS:
             cluster.worker(name, BENCH_TALLY_DIR=str(tallies))
         cluster.wait_for(

@@ -25,6 +25,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kombu.transport.redis import Channel
 from redis import Redis
@@ -49,6 +50,7 @@ from bench.work_cluster import (
     sending,
     served,
 )
+from bench.work_tasks import STARTED_LOG
 from models.engine import session_factory
 from models.states import RunStatus
 
@@ -154,7 +156,7 @@ def handoff(
         cluster.wait_for(lambda: key in cluster_members(cluster), f"{newcomer} to join", 60)
         long_runs = {donor: sent.table(tables, b[0], busy_seconds) for donor, b in by_donor.items()}
         cluster.wait_for(
-            lambda: all(running_on(engine, run) == d for d, run in long_runs.items()),
+            lambda: all(running_on(cluster, run) == d for d, run in long_runs.items()),
             "every donor running its busy task",
             30,
             interval=0.02,
@@ -205,10 +207,18 @@ def cluster_members(cluster: LocalCluster) -> list[str]:
     return children
 
 
-def running_on(engine: Engine, run_id: str) -> str | None:
-    """The node running an attempt of ``run_id`` now, if any."""
-    rows = attempts(engine, run_id=run_id, status=RunStatus.RUNNING)
-    return rows[-1].node_key if rows else None
+def started(cluster: LocalCluster) -> list[tuple[str, str]]:
+    """``(run_id, node_key)`` of each start of a run that works a while, oldest first
+    (:data:`~bench.work_tasks.STARTED_LOG`)."""
+    log = Path(cluster.env[STARTED_LOG])
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(run, node) for run, node in (line.split() for line in lines)]
+
+
+def running_on(cluster: LocalCluster, run_id: str) -> str | None:
+    """The node that started ``run_id`` last, if any."""
+    nodes = [node for run, node in started(cluster) if run == run_id]
+    return nodes[-1] if nodes else None
 
 
 def committed(engine: Engine, run_id: str) -> RunRow:
@@ -255,7 +265,7 @@ def kill(
         time.sleep(settle)
         # kill it mid-run: a message it has taken must come back after the redelivery timeout
         in_flight = sent.table(tables, min(dead), seconds=settle)
-        cluster.wait_for(lambda: running_on(engine, in_flight) == key, "a run on it", 30, 0.02)
+        cluster.wait_for(lambda: running_on(cluster, in_flight) == key, "a run on it", 30, 0.02)
         mark = last_attempt(engine)
         taken = taken_messages(cluster, dead)
         killed_at = time.time()
@@ -286,7 +296,8 @@ def kill(
             result.taken.append(rows[0].finished - killed_at)
         else:
             result.taken_lost += 1
-    abandoned = {row.run_id for row in attempts(engine, node_key=key) if row.finished is None}
+    done = {row.run_id for row in attempts(engine, node_key=key) if row.finished is not None}
+    abandoned = {run for run, node in started(cluster) if node == key} - done
     for run in abandoned:
         again = [row.started for row in attempts(engine, run_id=run) if row.node_key != key]
         if again:

@@ -64,10 +64,18 @@ def effect_row(run_id: str, kind: str, node_key: str, bucket_id: int | None) -> 
     }
 
 
+STARTED_LOG = "BENCH_STARTED_LOG"
+"""The variable naming the file where a run that works ``seconds`` says it started, on a line
+``run_id node_key``: a run writes no history row until it ends."""
+
+
 @table_task(name=TABLE_TASK)
 def table_insert(ctx: TableContext, seconds: float = 0.0) -> None:
     """Work ``seconds``, then insert one row, fenced."""
     if seconds:
+        if started := os.environ.get(STARTED_LOG):
+            with open(started, "a") as log:
+                log.write(f"{ctx.run_id} {ctx.node_key}\n")
         time.sleep(seconds)
     with ctx.commit() as session:
         session.execute(

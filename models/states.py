@@ -41,11 +41,13 @@ class PlanStatus(enum.StrEnum):
 class RunStatus(enum.StrEnum):
     """What became of one attempt at a table task; ``table_task_run.status``.
 
-    ``running``: started, not finished (a node killed mid-run leaves it here until the run's
-    next attempt marks it ``failed``). ``committed``: its writes landed; at most one attempt
-    per run (a unique index). ``fenced``: its commit was refused because the bucket's work had
-    moved to another node; nothing it wrote landed and the message runs again on the owner.
-    ``failed``: the task raised, or the attempt was abandoned.
+    A row is inserted when its attempt has ended. ``running``: only in rows an older allot
+    wrote (it inserted a row when an attempt started). ``committed``: its writes landed; at
+    most one attempt per run (a unique index), inserted in the transaction of those writes.
+    ``fenced``: its commit was refused because the bucket's work had moved to another node;
+    nothing it wrote landed and the message runs again on the owner.
+    ``failed``: the task raised, or its pool process died under it (an error beginning
+    ``abandoned:``, recorded by the worker's main process), or it was given up.
     """
 
     RUNNING = "running"

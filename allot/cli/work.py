@@ -123,9 +123,7 @@ def runs(
     node: Annotated[str | None, typer.Option("--node", help="Only runs on this node.")] = None,
     status: Annotated[
         str | None,
-        typer.Option(
-            "--status", help="Only runs with this status: running, committed, fenced, failed."
-        ),
+        typer.Option("--status", help="Only runs with this status: committed, fenced, failed."),
     ] = None,
     task: Annotated[str | None, typer.Option("--task", help="Only runs of this task.")] = None,
     limit: Annotated[

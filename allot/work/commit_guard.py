@@ -1,12 +1,12 @@
 """Only allot commits the session of ``TableContext.commit()`` (:mod:`allot.work.task`).
 
 That session's transaction begins with the fence check (which locks the bucket's fence row) and
-ends with the run's ``committed`` marker: the body's writes, the check and the marker land
-together or not at all. A body that commits the session itself (``session.commit()``) would land
-its writes without the marker and release the fence row: a redelivered message would run the
-body again, and a commit after the bucket moved would not be refused. A body that rolls it back
-(``session.rollback()``, ``session.close()``) would go on writing in a new transaction without
-the fence. :class:`OwnCommit` refuses both:
+ends by inserting the run's ``committed`` row: the body's writes, the check and the row land
+together or not at all. A body that commits the session itself (``session.commit()``) would
+land its writes without the committed row and release the fence row: a redelivered message
+would run the body again, and a commit after the bucket moved would not be refused. A body that
+rolls it back (``session.rollback()``, ``session.close()``) would go on writing in a new
+transaction without the fence. :class:`OwnCommit` refuses both:
 
 - a ``before_commit`` listener on the session raises :class:`EarlyCommit` unless allot's own
   commit is in progress (a savepoint, ``session.begin_nested()``, commits freely: it only ends

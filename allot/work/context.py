@@ -2,9 +2,10 @@
 
 :meth:`TableContext.commit` is the one way a body's writes land: a session whose transaction
 first holds the bucket's fence row (:func:`~allot.work.fence.hold_fence`: it still names this
-node and token, and stays locked until the commit) and last marks the attempt committed in the
-run history (:func:`~allot.work.runs.mark_committed`), so the body's writes, the fence check and
-the committed mark land together or not at all. A refused check raises
+node and token, and stays locked until the commit) and last inserts the attempt ``committed``
+in the run history (:func:`~allot.work.runs.insert_committed`), so the body's writes, the fence
+check and the committed row land together or not at all: a successful run is one write
+transaction. A refused check raises
 :class:`~allot.errors.Fenced` and writes nothing; the run (:mod:`allot.work.run`) then sends
 the message back to its bucket's queue.
 """
@@ -20,7 +21,7 @@ from allot.errors import AllotError, Fenced
 from allot.names import TableName
 from allot.work.commit_guard import OwnCommit
 from allot.work.fence import FenceRow, hold_fence, read_fence
-from allot.work.runs import Attempt, mark_committed
+from allot.work.runs import Attempt, insert_committed
 
 
 class TableContext:
@@ -36,7 +37,6 @@ class TableContext:
         table: TableName,
         table_id: int,
         attempt: Attempt,
-        attempt_id: int,
         sessions: sessionmaker[Session],
     ) -> None:
         self.table = str(table)
@@ -47,8 +47,10 @@ class TableContext:
         self.token = attempt.token
         self.generation = attempt.generation
         self.run_id = attempt.run_id
-        self.attempt_id = attempt_id
+        self._attempt = attempt
         self._sessions = sessions
+        self.committing = False
+        """Whether the commit was sent: an error from here on may hide a commit that landed."""
         self.committed = False
         self.fenced = False
         """Whether a commit was refused: the run is fenced whatever the body raises next."""
@@ -63,7 +65,7 @@ class TableContext:
     @contextlib.contextmanager
     def commit(self) -> Iterator[Session]:
         """A session whose transaction commits the body's writes only while the bucket's fence
-        names this node and token, and marks this run committed in the same transaction.
+        names this node and token, and records this run committed in the same transaction.
 
         Raises:
             Fenced: the bucket's work moved: nothing written (allot re-queues the message).
@@ -87,6 +89,7 @@ class TableContext:
                 raise
             yield session
             own.check()  # the body did not end the transaction itself
-            mark_committed(session, self.attempt_id)
+            insert_committed(session, self._attempt)
+            self.committing = True
             own.commit()
         self.committed = True

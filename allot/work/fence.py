@@ -8,12 +8,12 @@ Pure SQL on a caller's :class:`~sqlalchemy.orm.Session`; no ZooKeeper, no Celery
   in SQL: it writes its key, its ZooKeeper's generation and its lease token into the bucket's
   ``bucket_lease`` row, only ever raising the pair ``(generation, token)``. A holder with a
   smaller pair is from then on refused by :func:`hold_fence`.
-- :func:`hold_fence` is the first statement of every commit of a table task: an ``UPDATE``
-  that matches only while the row names the task's node, generation and token. It locks the
-  row (a row
-  lock on PostgreSQL, the database's write lock on SQLite) until the transaction ends, so a
-  receiver's :func:`take_fence` waits for a commit that passed the check, and a commit that
-  comes after it is refused. Check and commit are one transaction: there is no window between.
+- :func:`hold_fence` is the first statement of every commit of a table task: it matches only
+  while the row names the task's node, generation and token, and locks the row until the
+  transaction ends (a shared row lock on PostgreSQL, ``FOR SHARE``, so one bucket's commits run
+  side by side; the database's write lock on SQLite), so a receiver's :func:`take_fence` waits
+  for every commit that passed the check, and a commit that comes after it is refused. Check
+  and commit are one transaction: there is no window between.
 - :func:`read_fence` / :func:`read_fences` say what the row names now: whether a message
   reached its bucket's holder, and whether a holder's fence was changed by a foreign writer.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import and_, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from allot.errors import Fenced
@@ -124,27 +124,51 @@ def take_fence(
     return True
 
 
+_MINE = (
+    BucketLease.bucket_id == bindparam("held_bucket"),
+    BucketLease.node_key == bindparam("held_node"),
+    BucketLease.token == bindparam("held_token"),
+    BucketLease.generation == bindparam("held_generation"),
+)
+_SHARE_FENCE = select(BucketLease.bucket_id).where(*_MINE).with_for_update(read=True)
+_LOCK_FENCE = (
+    update(BucketLease)
+    .where(*_MINE)
+    .values(node_key=BucketLease.node_key)
+    .execution_options(synchronize_session=False)
+)
+""":func:`hold_fence`'s statements, built once (it runs in every commit)."""
+
+
 def hold_fence(
     session: Session, bucket_id: int, node_key: str, token: int, *, generation: int
 ) -> None:
     """Lock the bucket's fence row for this transaction if it still names ``node_key`` with
     ``token`` of ``generation``.
 
+    On PostgreSQL a ``SELECT ... FOR SHARE``: the commits of one bucket share the lock and run
+    side by side, and a new holder's :func:`take_fence` (an ``UPDATE``: an exclusive row lock)
+    waits for every commit that passed the check; a check that waited for a fence write sees
+    the row it wrote. On SQLite an ``UPDATE`` that changes nothing: it takes the database's
+    write lock from the transaction's first statement (writers take turns anyway), rather than
+    fail to upgrade a read lock later (``database is locked``).
+
     Raises:
         Fenced: the row names another node, token or generation (or does not exist): the
             bucket's work moved; this transaction must write nothing.
     """
-    held = session.execute(
-        update(BucketLease)
-        .where(
-            BucketLease.bucket_id == bucket_id,
-            BucketLease.node_key == node_key,
-            BucketLease.token == token,
-            BucketLease.generation == generation,
-        )
-        .values(node_key=BucketLease.node_key)
-    )
-    if held.rowcount != 1:  # type: ignore[attr-defined]
+    mine = {
+        "held_bucket": bucket_id,
+        "held_node": node_key,
+        "held_token": token,
+        "held_generation": generation,
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        held = session.execute(_SHARE_FENCE, mine).first() is not None
+    else:
+        changed = session.execute(_LOCK_FENCE, mine)
+        held = changed.rowcount == 1  # type: ignore[attr-defined]
+    if not held:
         now = read_fence(session, bucket_id)
         holder = (
             "nobody"

@@ -1,16 +1,18 @@
 """One run of a table task message in the worker: execute, send back, retry.
 
 :func:`run_message` is the body of every table task's Celery task. :func:`execute` runs one
-attempt under the (generation, token) of the lease its own node holds (:mod:`allot.work.tokens`)
-and reads the bucket's fence (:mod:`allot.work.fence`); a message that reached a node that does
-not serve the bucket, or that the fence does not name with that pair, goes back to the bucket's
-queue untouched (:func:`requeue`). It records the attempt in the run history
-(:mod:`allot.work.runs`; a run that already committed is not run again, nor one whose attempts
-died with their process ``ALLOT_MAX_ABANDONED`` times), calls the body, and
-commits: :meth:`TableContext.commit
-<allot.work.context.TableContext.commit>` holds the fence row and marks the attempt committed
-in the transaction of the body's writes; a body that never calls it gets an empty commit at its
-end, so every successful run is fenced and recorded once. A commit refused by the fence
+attempt under the (generation, token) of the lease its own node holds (:mod:`allot.work.tokens`);
+a message that reached a node that does not serve the bucket goes back to the bucket's queue
+untouched, without reading SQL (:func:`requeue`). Then one read-only statement
+(:func:`~allot.work.runs.run_state`) says whether the fence still names this node with that
+pair (if not, the message goes back too), whether the run already committed (it is not run
+again) and how often its attempts died with their process (at ``ALLOT_MAX_ABANDONED`` it is not
+run again). The body runs and commits: :meth:`TableContext.commit
+<allot.work.context.TableContext.commit>` holds the fence row and inserts the attempt
+``committed`` in the transaction of the body's writes; a body that never calls it gets an
+empty commit at its end, so every successful run is fenced and recorded once, in one write
+transaction. An attempt that fails or is fenced is recorded after it
+(:func:`~allot.work.runs.insert_ended`). A commit refused by the fence
 (:class:`~allot.errors.Fenced`) writes nothing and puts the message back in the bucket's
 queue, where the bucket's new owner takes it. A database error that may pass by itself
 (:func:`transient`) is retried, backing off from 1 to 60 s, at most ``ALLOT_RUN_RETRIES``
@@ -22,7 +24,6 @@ Why that is enough, under every interleaving of a move with a running task, is a
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -39,17 +40,11 @@ from allot.names import TableName, parse_table_name
 from allot.settings import Settings
 from allot.work.context import TableContext
 from allot.work.database import WorkSql, work_sql
-from allot.work.fence import read_fence
 from allot.work.queues import bucket_queue
-from allot.work.runs import (
-    AlreadyCommitted,
-    Attempt,
-    finish_attempt,
-    give_up_if_abandoned,
-    start_attempt,
-)
+from allot.work.runs import AlreadyCommitted, Attempt, insert_ended, run_state
 from allot.work.spec import TableTaskSpec
 from allot.work.tokens import OwnLease, TokenSource, node_tokens
+from models.base import utcnow
 from models.states import RunStatus
 
 log = logging.getLogger(__name__)
@@ -83,6 +78,11 @@ def execute(
     The attempt records that pair and its commit holds the fence under it. Only outside a
     worker (no table: a test calling this in-process) is the fence's own pair used.
 
+    A successful run costs one read-only statement before the body (:func:`run_state`: the
+    fence, whether the run committed, how often it was abandoned) and one write transaction
+    (:meth:`TableContext.commit`); a failed or fenced attempt is recorded after it, in a
+    transaction of its own.
+
     Returns the body's result, or None when the run had already committed (nothing run;
     ``on_committed()`` is called first, and may raise to end the delivery otherwise).
 
@@ -99,61 +99,68 @@ def execute(
     own = None if tokens is None else tokens.lease(bucket_id)
     if tokens is not None and own is None:
         raise NotHere(None)
-    with sql.sessions.begin() as session:
-        fence = read_fence(session, bucket_id, for_write=True)
-        if fence is None or fence.node_key != node_key:
-            raise NotHere(fence)
-        if own is None:  # outside a worker only: the fence's own pair
-            own = OwnLease(fence.generation, fence.token)
-        elif own != (fence.generation, fence.token):
-            raise NotHere(fence)
-        attempt = Attempt(
-            run_id, spec.name, table_id, bucket_id, node_key, own.token, own.generation
-        )
-        attempt_id = start_attempt(session, attempt)
-    if attempt_id is None:
+    started_at = utcnow()
+    with sql.sessions() as session:
+        state = run_state(session, bucket_id, run_id)
+    fence = state.fence
+    if fence is None or fence.node_key != node_key:
+        raise NotHere(fence)
+    if own is None:  # outside a worker only: the fence's own pair
+        own = OwnLease(fence.generation, fence.token)
+    elif own != (fence.generation, fence.token):
+        raise NotHere(fence)
+    attempt = Attempt(
+        run_id,
+        spec.name,
+        table_id,
+        bucket_id,
+        node_key,
+        own.token,
+        started_at,
+        generation=own.generation,
+    )
+    if state.committed:
         log.info("run %s of %s on %s already committed: not run again", run_id, spec.name, table)
         if on_committed is not None:
             on_committed()
         return None
     limit = sql.settings.max_abandoned
-    with sql.sessions.begin() as session:
-        abandoned = give_up_if_abandoned(session, run_id, attempt_id, limit)
-    if abandoned is not None:
-        attempt_ended.send(sender=spec.name, task=spec.name, status=RunStatus.FAILED)
-        raise RunAbandoned(
-            f"run {run_id} of {spec.name} on {table} abandoned {abandoned} times by a dying "
-            f"process (ALLOT_MAX_ABANDONED={limit}): not run again"
+    if state.abandoned >= limit:
+        _record(
+            sql,
+            attempt,
+            RunStatus.FAILED,
+            f"abandoned {state.abandoned} times (ALLOT_MAX_ABANDONED={limit}): not run again",
         )
-    ctx = TableContext(table, table_id, attempt, attempt_id, sql.sessions)
+        raise RunAbandoned(
+            f"run {run_id} of {spec.name} on {table} abandoned {state.abandoned} times by a "
+            f"dying process (ALLOT_MAX_ABANDONED={limit}): not run again"
+        )
+    ctx = TableContext(table, table_id, attempt, sql.sessions)
     try:
         result = spec.body(ctx, **kwargs)
         if not ctx.committed:
             with ctx.commit():
                 pass
-        encoded = json.dumps(result)
     except Fenced as exc:
-        _finish(sql, spec.name, attempt_id, RunStatus.FENCED, error=str(exc))
+        _record(sql, attempt, RunStatus.FENCED, str(exc))
         raise
     except AlreadyCommitted:
-        _finish(
-            sql,
-            spec.name,
-            attempt_id,
-            RunStatus.FAILED,
-            error="another attempt of the run committed",
-        )
+        _record(sql, attempt, RunStatus.FAILED, "another attempt of the run committed")
         if on_committed is not None:
             on_committed()
         return None
     except BaseException as exc:
         if ctx.fenced:  # the body wrapped the refusal in an error of its own
-            _finish(sql, spec.name, attempt_id, RunStatus.FENCED, error=str(exc))
+            _record(sql, attempt, RunStatus.FENCED, str(exc))
             raise Fenced(f"{type(exc).__name__}: {exc}") from exc
-        status = RunStatus.COMMITTED if ctx.committed else RunStatus.FAILED
-        _finish(sql, spec.name, attempt_id, status, error=f"{type(exc).__name__}: {exc}")
+        if ctx.committed:  # the body raised after its commit: the run stays committed
+            attempt_ended.send(sender=spec.name, task=spec.name, status=RunStatus.COMMITTED)
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+            _record(sql, attempt, RunStatus.FAILED, error, unless_committed=ctx.committing)
         raise
-    _finish(sql, spec.name, attempt_id, RunStatus.COMMITTED, result=encoded)
+    attempt_ended.send(sender=spec.name, task=spec.name, status=RunStatus.COMMITTED)
     return result
 
 
@@ -162,21 +169,24 @@ attempt_ended = Signal(name="allot.work.attempt_ended")
 committed, fenced or failed: the node's metrics count them (:mod:`tasks.app`)."""
 
 
-def _finish(sql: WorkSql, task: str, attempt_id: int, status: RunStatus, **details: Any) -> None:
-    """Record how an attempt ended, in the history and to :data:`attempt_ended`; the history
-    is never a reason to fail a run. An attempt that committed stays committed: one whose
-    commit reply was lost ends in an error, and its retry finds the commit and runs nothing."""
+def _record(
+    sql: WorkSql, attempt: Attempt, status: RunStatus, error: str, *, unless_committed: bool = False
+) -> None:
+    """Record an attempt that ended without committing, in the history (a row of its own,
+    off the run's hot path) and to :data:`attempt_ended`; the history is never a reason to fail
+    a run. ``unless_committed``: the attempt's commit raised; when the run has a committed
+    attempt, that is this one (its reply was lost): nothing is inserted, and it counts as
+    committed."""
     recorded = status
     try:
         with sql.sessions.begin() as session:
-            recorded = finish_attempt(session, attempt_id, status, **details)
+            if not insert_ended(session, attempt, status, error, unless_committed=unless_committed):
+                recorded = RunStatus.COMMITTED
     except DBAPIError:
-        log.warning("could not record the end of attempt %d (%s)", attempt_id, status)
+        log.warning("could not record the end of run %s's attempt (%s)", attempt.run_id, status)
     if recorded != status:
-        log.warning(
-            "attempt %d committed before it ended %s: it stays committed", attempt_id, status
-        )
-    attempt_ended.send(sender=task, task=task, status=recorded)
+        log.warning("run %s committed before its attempt ended %s", attempt.run_id, status)
+    attempt_ended.send(sender=attempt.task_name, task=attempt.task_name, status=recorded)
 
 
 def requeue(task: Task, reason: str, queue: str) -> None:

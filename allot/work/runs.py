@@ -1,15 +1,19 @@
-"""The run history of table work: one ``table_task_run`` row per attempt.
+"""The run history of table work: one ``table_task_run`` row per attempt, written once.
 
-Pure SQL on a caller's :class:`~sqlalchemy.orm.Session`; no ZooKeeper, no Celery. The caller
-(:mod:`allot.work.run` and :mod:`allot.work.context` in a worker's pool processes) owns the
-transactions.
+Pure SQL on a caller's :class:`~sqlalchemy.orm.Session`; no ZooKeeper, no Celery. The callers
+(:mod:`allot.work.run` and :mod:`allot.work.context` in a worker's pool processes,
+:mod:`allot.work.lost` in its main process) own the transactions.
 
-:func:`start_attempt` / :func:`mark_committed` / :func:`finish_attempt` keep
-``table_task_run``: one row per attempt, at most one ``committed`` per run (a partial unique
-index), so a message delivered again commits at most once; :func:`give_up_if_abandoned` ends a
-run whose attempts keep dying with their process. :class:`RunRow` is an attempt as
-``allot work runs`` shows it (:func:`allot.work.client.list_runs`). :func:`prune_runs` deletes
-old attempts in bounded batches (:mod:`allot.history` decides how old and runs the batches).
+An attempt's row is inserted when the attempt has ended, never updated: a successful run's
+row is inserted ``committed`` by :func:`insert_committed` in the transaction of its writes
+(at most one ``committed`` per run, a partial unique index, so a message delivered again
+commits at most once); a failed or fenced attempt's row by :func:`insert_ended` after it, in a
+small transaction of its own; an attempt whose pool process died by :func:`insert_ended` in the
+worker's main process (:data:`ABANDONED`). :func:`run_state` is the one read before a run's
+body: the bucket's fence, whether the run committed, and how often it was abandoned.
+:class:`RunRow` is an attempt as ``allot work runs`` shows it
+(:func:`allot.work.client.list_runs`). :func:`prune_runs` deletes old attempts in bounded
+batches (:mod:`allot.history` decides how old and runs the batches).
 """
 
 from __future__ import annotations
@@ -18,32 +22,24 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, exists, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from allot.work.fence import FenceRow
 from models.base import utcnow
-from models.schema import TableTaskRun
+from models.schema import BucketLease, TableTaskRun
 from models.states import RunStatus
 
 ERROR_LENGTH = 2000
 ABANDONED = "abandoned: "
-"""How the error of an attempt found ``running`` by a later attempt of its run begins."""
-
-
-def committed_attempt(session: Session, run_id: str) -> int | None:
-    """The attempt of run ``run_id`` that committed, or None."""
-    return session.execute(
-        select(TableTaskRun.attempt_id).where(
-            TableTaskRun.run_id == run_id, TableTaskRun.status == RunStatus.COMMITTED
-        )
-    ).scalar_one_or_none()
+"""How the error of an attempt whose pool process died under it begins (``failed``)."""
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """Who runs this attempt of a run, and under which fence token of which ZooKeeper
-    generation (0: a fence written before generations existed)."""
+    """Who runs this attempt of a run, under which fence token of which ZooKeeper generation
+    (0: a fence written before generations existed), and since when."""
 
     run_id: str
     task_name: str
@@ -51,63 +47,54 @@ class Attempt:
     bucket_id: int
     node_key: str
     token: int
+    started_at: dt.datetime
     generation: int = 0
 
 
-def start_attempt(session: Session, attempt: Attempt) -> int | None:
-    """Record a new ``running`` attempt and return its id; None when the run already committed
-    (a message delivered again: nothing to do).
+@dataclass(frozen=True)
+class RunState:
+    """What a delivery reads before it runs its body (:func:`run_state`)."""
 
-    Earlier attempts of the run still marked ``running`` were abandoned (their worker died or
-    their message came back): they become ``failed``, saying so.
-    """
-    if committed_attempt(session, attempt.run_id) is not None:
-        return None
-    now = utcnow()
-    session.execute(
-        update(TableTaskRun)
-        .where(TableTaskRun.run_id == attempt.run_id, TableTaskRun.status == RunStatus.RUNNING)
-        .values(
-            status=RunStatus.FAILED,
-            error=f"{ABANDONED}the run started again on {attempt.node_key}",
-        )
+    fence: FenceRow | None
+    """The bucket's fence, or None when no node ever took its lease."""
+    committed: bool
+    """An attempt of the run committed: nothing to do."""
+    abandoned: int
+    """Attempts of the run whose pool process died under them."""
+
+
+_OF_RUN = TableTaskRun.run_id == bindparam("run_id")
+_OF_BUCKET = BucketLease.bucket_id == bindparam("bucket_id")
+_RUN_STATE = select(
+    select(BucketLease.node_key).where(_OF_BUCKET).scalar_subquery().label("node_key"),
+    select(BucketLease.token).where(_OF_BUCKET).scalar_subquery().label("token"),
+    select(BucketLease.generation).where(_OF_BUCKET).scalar_subquery().label("generation"),
+    exists().where(_OF_RUN, TableTaskRun.status == RunStatus.COMMITTED).label("committed"),
+    select(func.count())
+    .where(
+        _OF_RUN,
+        TableTaskRun.status == RunStatus.FAILED,
+        TableTaskRun.error.startswith(ABANDONED, autoescape=True),
     )
-    return session.execute(
-        insert(TableTaskRun)
-        .values(
-            run_id=attempt.run_id,
-            task_name=attempt.task_name,
-            table_id=attempt.table_id,
-            bucket_id=attempt.bucket_id,
-            node_key=attempt.node_key,
-            token=attempt.token,
-            status=RunStatus.RUNNING,
-            started_at=now,
-        )
-        .returning(TableTaskRun.attempt_id)
-    ).scalar_one()
+    .scalar_subquery()
+    .label("abandoned"),
+)
+_INSERT = insert(TableTaskRun)
+"""The statements of every run, built once: building them cost a run more than executing
+them on SQLite."""
 
 
-def give_up_if_abandoned(session: Session, run_id: str, attempt_id: int, limit: int) -> int | None:
-    """End attempt ``attempt_id`` ``failed`` before it runs when ``limit`` earlier attempts of
-    its run were abandoned (their process died running the body: a message that kills its
-    worker, delivered again and again); returns how many, or None when it may run."""
-    abandoned = session.execute(
-        select(func.count()).where(
-            TableTaskRun.run_id == run_id,
-            TableTaskRun.status == RunStatus.FAILED,
-            TableTaskRun.error.startswith(ABANDONED, autoescape=True),
-        )
-    ).scalar_one()
-    if abandoned < limit:
-        return None
-    finish_attempt(
-        session,
-        attempt_id,
-        RunStatus.FAILED,
-        error=f"abandoned {abandoned} times (ALLOT_MAX_ABANDONED={limit}): not run again",
+def run_state(session: Session, bucket_id: int, run_id: str) -> RunState:
+    """The bucket's fence and what run ``run_id`` left in the history, in one read-only
+    statement (scalar subqueries: the fence row by its key, the run's attempts through the
+    ``run_id`` index)."""
+    row = session.execute(_RUN_STATE, {"bucket_id": bucket_id, "run_id": run_id}).one()
+    fence = (
+        None
+        if row.node_key is None
+        else FenceRow(bucket_id, row.node_key, row.token, row.generation)
     )
-    return int(abandoned)
+    return RunState(fence, bool(row.committed), int(row.abandoned))
 
 
 class AlreadyCommitted(Exception):
@@ -115,57 +102,61 @@ class AlreadyCommitted(Exception):
     back (internal: the task ends quietly)."""
 
 
-def mark_committed(session: Session, attempt_id: int) -> None:
-    """Mark the attempt ``committed`` inside the transaction of the task's writes.
+def _values(attempt: Attempt, status: RunStatus, error: str | None) -> dict[str, Any]:
+    return {
+        "run_id": attempt.run_id,
+        "task_name": attempt.task_name,
+        "table_id": attempt.table_id,
+        "bucket_id": attempt.bucket_id,
+        "node_key": attempt.node_key,
+        "token": attempt.token,
+        "status": status,
+        "started_at": attempt.started_at,
+        "finished_at": utcnow(),
+        "error": None if error is None else error[:ERROR_LENGTH],
+    }
+
+
+def insert_committed(session: Session, attempt: Attempt) -> None:
+    """Insert the attempt ``committed``, inside the transaction of the task's writes.
 
     Raises:
         AlreadyCommitted: another attempt of the run committed first (the unique index refused
             a second committed row); the caller rolls the transaction back.
     """
     try:
-        session.execute(
-            update(TableTaskRun)
-            .where(TableTaskRun.attempt_id == attempt_id)
-            .values(status=RunStatus.COMMITTED, finished_at=utcnow(), error=None)
-        )
+        session.execute(_INSERT, _values(attempt, RunStatus.COMMITTED, None))
     except IntegrityError:
         raise AlreadyCommitted from None
 
 
-def finish_attempt(
+def insert_ended(
     session: Session,
-    attempt_id: int,
+    attempt: Attempt,
     status: RunStatus,
+    error: str,
     *,
-    error: str | None = None,
-    result: str | None = None,
-) -> RunStatus:
-    """Record how the attempt ended and return the status it has now.
+    unless_committed: bool = False,
+) -> bool:
+    """Insert the attempt as it ended (``failed`` or ``fenced``, with ``error``) and return
+    whether it was inserted.
 
-    A committed attempt keeps ``committed`` whatever ``status`` says (only its result is
-    added): a run whose commit landed on the server while its connection dropped before the
-    reply (a pooler restart, a reset, a killed backend) ends in an error, as if it failed, and
-    is retried; that end must not hide its commit, or the retry would find no committed
-    attempt and run the body again. The guard is in the ``UPDATE`` itself, so it also holds
-    when the commit is still in flight on the server: the update waits for its row lock and
-    then finds it committed.
+    ``unless_committed``: the attempt's own commit raised (its reply lost: the connection
+    dropped after the server committed, or maybe before): insert nothing when the run has a
+    committed attempt, which is then this one's. Its retry finds that row and runs nothing.
     """
-    if status == RunStatus.COMMITTED:
-        session.execute(
-            update(TableTaskRun).where(TableTaskRun.attempt_id == attempt_id).values(result=result)
-        )
-        return status
-    ended = session.execute(
-        update(TableTaskRun)
-        .where(TableTaskRun.attempt_id == attempt_id, TableTaskRun.status != RunStatus.COMMITTED)
-        .values(
-            status=status,
-            finished_at=utcnow(),
-            error=(error or "")[:ERROR_LENGTH],
-            result=result,
-        )
+    values = _values(attempt, status, error)
+    if not unless_committed:
+        session.execute(insert(TableTaskRun).values(values))
+        return True
+    committed = exists().where(
+        TableTaskRun.run_id == attempt.run_id, TableTaskRun.status == RunStatus.COMMITTED
     )
-    return status if ended.rowcount == 1 else RunStatus.COMMITTED  # type: ignore[attr-defined]
+    rows = select(
+        *(literal(value, TableTaskRun.__table__.c[name].type) for name, value in values.items())
+    ).where(~committed)
+    inserted = session.execute(insert(TableTaskRun).from_select(list(values), rows))
+    return bool(inserted.rowcount)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -202,15 +193,13 @@ class RunRow:
 
 def _prunable_runs(older_than: dt.datetime) -> ColumnElement[bool]:
     """The condition of an attempt :func:`prune_runs` may delete: started before
-    ``older_than`` and no longer ``running`` (a running attempt's row is what its commit marks
-    and its end updates, so it stays until the attempt ends or a later attempt of its run marks
-    it ``failed``)."""
-    return (TableTaskRun.started_at < older_than) & (TableTaskRun.status != RunStatus.RUNNING)
+    ``older_than`` (a row is written once, when its attempt has ended)."""
+    return TableTaskRun.started_at < older_than
 
 
 def prune_runs(session: Session, older_than: dt.datetime, limit: int) -> int:
-    """Delete at most ``limit`` attempts started before ``older_than`` that are not
-    ``running``, oldest first, and return how many went; the caller commits.
+    """Delete at most ``limit`` attempts started before ``older_than``, oldest first, and
+    return how many went; the caller commits.
 
     Safe to run in several processes at once: on PostgreSQL the rows are picked ``FOR UPDATE
     SKIP LOCKED``, so concurrent pruners take different rows instead of waiting on each other;

@@ -48,11 +48,13 @@ def table_task_spec(name: str) -> TableTaskSpec | None:
 
 class TableTask(Task):  # type: ignore[misc]
     """The Celery task class of table tasks: acknowledged late (a message comes back when the
-    worker dies mid-run) and rejected back to its queue when its pool process is killed."""
+    worker dies mid-run) and rejected back to its queue when its pool process is killed, after
+    the main process recorded the attempt abandoned (:mod:`allot.work.lost`)."""
 
     abstract = True
     acks_late = True
     reject_on_worker_lost = True
+    Request = "allot.work.lost:TableRequest"
     allot_spec: TableTaskSpec
 
     def apply_async(self, *args: Any, **kwargs: Any) -> Any:

@@ -179,7 +179,7 @@ def test_a_worker_frozen_mid_task_is_fenced_and_the_task_runs_on_the_new_owner(
     ids = tmp_path / "sent.txt"
     send(cluster, ids, count=1, rate=10, seconds=6).popen.wait(30)
     (run_id,) = ids.read_text().split()
-    cluster.wait_for(lambda: running_on(cluster.engine, run_id) == node1, "task running", 30)
+    cluster.wait_for(lambda: running_on(cluster, run_id) == node1, "task running", 30)
 
     # When node1 freezes past its session while node2 takes its buckets over
     worker = cluster.processes["node1"]
@@ -291,7 +291,7 @@ def test_a_killed_workers_taken_messages_run_on_the_new_owner_before_the_redeliv
     send(cluster, ids, count=2, rate=50, seconds=4, tables=[table]).popen.wait(30)
     sent = ids.read_text().split()
     cluster.wait_for(
-        lambda: any(running_on(cluster.engine, run) == node1 for run in sent),
+        lambda: any(running_on(cluster, run) == node1 for run in sent),
         "a task running on node1", 30,
     )  # fmt: skip
 
@@ -306,13 +306,53 @@ def test_a_killed_workers_taken_messages_run_on_the_new_owner_before_the_redeliv
     assert {history(cluster.engine, run)[-1][0] for run in sent} == {node2}
 
 
-def running_on(engine: Engine, run_id: str) -> str | None:
-    with engine.connect() as connection:
-        return connection.execute(
-            select(TableTaskRun.node_key).where(
-                TableTaskRun.run_id == run_id, TableTaskRun.status == RunStatus.RUNNING
-            )
-        ).scalar_one_or_none()
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_body_that_kills_its_process_is_given_up_after_max_abandoned_deliveries(
+    work_cluster: LocalCluster,
+) -> None:
+    cluster = work_cluster
+    cluster.env["ALLOT_MAX_ABANDONED"] = "2"
+    cluster.worker("node1")
+    cluster.wait_for(lambda: served_by_owners(cluster), "node1 serving", START)
+
+    # Given a table task whose body kills its pool process (os._exit) every time
+    table = a_table_of(cluster, "node1")
+    sender = [sys.executable, "-m", "allot", "work", "send", "e2e.die", table]
+    assert cluster.group.start("send-die", sender, cluster.env).popen.wait(60) == 0
+
+    # When its message comes back after each death (reject_on_worker_lost)
+    def ended() -> list[tuple[str, str]] | None:
+        with cluster.engine.connect() as connection:
+            rows = connection.execute(
+                select(TableTaskRun.run_id, TableTaskRun.status, TableTaskRun.error)
+                .where(TableTaskRun.task_name == "e2e.die")
+                .order_by(TableTaskRun.attempt_id)
+            ).all()
+        return [(status, error or "") for _, status, error in rows] if len(rows) >= 3 else None
+
+    history = cluster.wait_for(ended, "the run given up", 120)
+
+    # Then the main process recorded each death, and the delivery after the second ended the
+    # run failed without running the body a third time
+    assert [status for status, _ in history] == [RunStatus.FAILED] * 3
+    assert all(error.startswith("abandoned: its process died") for _, error in history[:2])
+    assert history[2][1].startswith("abandoned 2 times")
+    started = Path(cluster.env["E2E_STARTED"]).read_text().splitlines()
+    assert len(started) == 2
+
+
+@pytest.fixture(autouse=True)
+def started_log(work_cluster: LocalCluster) -> None:
+    """Where e2e.record says it started a run (a run writes no history row until it ends)."""
+    work_cluster.env["E2E_STARTED"] = str(work_cluster.workdir / "started.log")
+
+
+def running_on(cluster: LocalCluster, run_id: str) -> str | None:
+    """The node that started run ``run_id`` last, or None (see :func:`started_log`)."""
+    log = Path(cluster.env["E2E_STARTED"])
+    lines = log.read_text().splitlines() if log.exists() else []
+    nodes = [line.split()[1] for line in lines if line.split()[0] == run_id]
+    return nodes[-1] if nodes else None
 
 
 def history(engine: Engine, run_id: str) -> list[tuple[str, str, int]]:
@@ -345,7 +385,7 @@ def test_a_redis_restart_loses_no_message_and_queues_still_follow_the_buckets(
         send(cluster, ids, 2, rate=50, seconds=6, tables=busy, name="long").popen.wait(60)
         long_runs = ids.read_text().split()
         cluster.wait_for(
-            lambda: all(running_on(cluster.engine, run) for run in long_runs),
+            lambda: all(running_on(cluster, run) for run in long_runs),
             "both workers busy", 30,
         )  # fmt: skip
         send(cluster, ids, count=100, rate=200, seconds=0.05).popen.wait(60)

@@ -25,7 +25,10 @@ the worker's main process, which tells apart two workers that share a node key."
 
 @table_task(name="e2e.record")
 def record(ctx: TableContext, seconds: float = 0.0) -> dict[str, object]:
-    """Work for ``seconds``, then commit one row naming the run and this node."""
+    """Work for ``seconds``, then commit one row naming the run and this node. A run writes no
+    row until it ends: it says it started on a line ``run_id node_key`` of the file
+    ``E2E_STARTED`` names (when set)."""
+    say_started(ctx)
     time.sleep(seconds)
     with ctx.commit() as session:
         session.execute(
@@ -38,3 +41,17 @@ def record(ctx: TableContext, seconds: float = 0.0) -> dict[str, object]:
             )
         )
     return {"node": ctx.node_key, "token": ctx.token}
+
+
+@table_task(name="e2e.die")
+def die(ctx: TableContext) -> None:
+    """Kill the pool process running it, every time (an OOM, a segfault)."""
+    say_started(ctx)
+    os._exit(1)
+
+
+def say_started(ctx: TableContext) -> None:
+    started = os.environ.get("E2E_STARTED")
+    if started:
+        with open(started, "a") as log:
+            log.write(f"{ctx.run_id} {ctx.node_key}\n")

@@ -35,13 +35,15 @@ from allot.work import bucket_queue, table_tasks
 from allot.work.database import WorkSql
 from allot.work.fence import take_fence
 from allot.work.run import execute
-from allot.work.runs import Attempt, RunRow, start_attempt
+from allot.work.runs import ABANDONED, Attempt, RunRow, insert_ended
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
+from models.base import utcnow
 from models.engine import session_factory
+from models.states import RunStatus
 from tests.cli import allot
 
 TASK_MODULE = "tests.integration.cli_work_tasks"
@@ -213,7 +215,7 @@ def test_send_says_what_it_sent_and_a_wait_without_worker_leaves_it_queued(work:
 
 def record_runs(work: Work, database_url: str) -> None:
     """Four attempts, oldest first: run-1 committed on c.d.t1 by a@h, run-2 failed and run-3
-    committed on c.d.t2 by b@h, run-4 still running on c.d.t1 by a@h."""
+    committed on c.d.t2 by b@h, run-4 abandoned on c.d.t1 by a@h (its process died)."""
     work.register("c.d.t1", "c.d.t2")  # buckets 1 and 2
     sessions = session_factory(work.engine)
     sql = WorkSql(os.getpid(), Settings(database_url=database_url), work.engine, sessions)
@@ -227,8 +229,9 @@ def record_runs(work: Work, database_url: str) -> None:
         execute(sql, specs["clitest.fail"], t2, "run-2", "b@h", {})
     execute(sql, specs["clitest.touch"], t2, "run-3", "b@h", {})
     table_id = sql.find_table(t1)[0]
+    lost = Attempt("run-4", "clitest.touch", table_id, 1, "a@h", 100, utcnow())
     with sessions.begin() as session:
-        start_attempt(session, Attempt("run-4", "clitest.touch", table_id, 1, "a@h", 100))
+        insert_ended(session, lost, RunStatus.FAILED, f"{ABANDONED}its process died")
 
 
 def runs(work: Work, *args: str) -> list[dict[str, Any]]:
@@ -259,8 +262,8 @@ def test_runs_are_listed_newest_first_with_every_field(work: Work, database_url:
         "error": "RuntimeError: disk full on c.d.t2",
     }
     assert failed["finished_at"] is not None
-    assert [run["status"] for run in listed] == ["running", "committed", "failed", "committed"]
-    assert listed[0]["finished_at"] is None
+    assert [run["status"] for run in listed] == ["failed", "committed", "failed", "committed"]
+    assert listed[0]["error"] == "abandoned: its process died"
 
 
 def test_runs_filter_by_table_node_status_task_and_limit(work: Work, database_url: str) -> None:
@@ -272,6 +275,7 @@ def test_runs_filter_by_table_node_status_task_and_limit(work: Work, database_ur
     assert ids("--table", "c.d.t1") == ["run-4", "run-1"]
     assert ids("--node", "b@h") == ["run-3", "run-2"]
     assert ids("--status", "committed") == ["run-3", "run-1"]
+    assert ids("--status", "failed") == ["run-4", "run-2"]
     assert ids("--task", "clitest.fail") == ["run-2"]
     assert ids("--table", "c.d.t2", "--status", "committed") == ["run-3"]
     assert ids("--node", "a@h", "--task", "clitest.fail") == []
@@ -288,7 +292,7 @@ def test_runs_as_a_table_for_people_in_80_columns(work: Work, database_url: str)
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
     assert "…" not in result.stdout
-    for shown in ("run run-4", "run run-3", "run run-2", "c.d.t1", "c.d.t2", "running"):
+    for shown in ("run run-4", "run run-3", "run run-2", "c.d.t1", "c.d.t2", "abandoned"):
         assert any(shown in line for line in lines), shown
     assert "showing the newest 3; --limit 0 shows all" in result.stdout
 

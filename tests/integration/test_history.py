@@ -1,6 +1,6 @@
 """Bounded history (allot.history) on both databases: old attempts and plans go in batches,
-recent ones stay, and so do a run's committed row within the redelivery window, running
-attempts, applying plans, the newest plan and the newest applied one; pruning is idempotent
+recent ones stay, and so do a run's committed row within the redelivery window, applying
+plans, the newest plan and the newest applied one; pruning is idempotent
 and safe to run twice at once; ``allot db prune`` says what would go and what went."""
 
 from __future__ import annotations
@@ -90,10 +90,9 @@ def move_plans(engine: Engine) -> set[str]:
         return set(connection.execute(select(PlanMove.plan_id)).scalars())
 
 
-def test_old_attempts_go_in_batches_and_recent_and_running_ones_stay(
-    migrated: Engine, table_id: int
-) -> None:
-    # Given 10 attempts older than the 7 days kept, an old one still running, and 3 recent
+def test_old_attempts_go_in_batches_and_recent_ones_stay(migrated: Engine, table_id: int) -> None:
+    # Given 11 attempts older than the 7 days kept (one `running`, as an older allot left
+    # them: a row is now written once its attempt ended), and 3 recent
     add_runs(migrated, table_id, 8 * DAY, RunStatus.COMMITTED, 6)
     add_runs(migrated, table_id, 30 * DAY, RunStatus.FAILED, 2)
     add_runs(migrated, table_id, 9 * DAY, RunStatus.FENCED, 2)
@@ -101,17 +100,17 @@ def test_old_attempts_go_in_batches_and_recent_and_running_ones_stay(
     add_runs(migrated, table_id, 6 * DAY, RunStatus.COMMITTED, 3)
     sessions = session_factory(migrated)
     cutoffs = Cutoffs.at(NOW, SETTINGS)
-    assert count_prunable(sessions, cutoffs).runs == 10
+    assert count_prunable(sessions, cutoffs).runs == 11
 
     # When it prunes 3 rows per transaction
     seen: list[tuple[str, int]] = []
     report = prune(sessions, cutoffs, batch_size=3, progress=lambda *step: seen.append(step))
 
-    # Then the 10 old ones went in 4 batches of runs (3+3+3+1), the rest stayed
-    assert report.runs == 10
+    # Then the 11 old ones went in 4 batches of runs (3+3+3+2), the rest stayed
+    assert report.runs == 11
     assert report.complete
-    assert [deleted for kind, deleted in seen if kind == "runs"] == [3, 6, 9, 10]
-    assert runs_by_status(migrated) == {"committed": 3, "running": 1}
+    assert [deleted for kind, deleted in seen if kind == "runs"] == [3, 6, 9, 11]
+    assert runs_by_status(migrated) == {"committed": 3}
 
 
 def test_a_committed_row_outlives_the_redelivery_timeout_whatever_the_days(

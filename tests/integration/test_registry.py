@@ -11,8 +11,9 @@ from allot import registry
 from allot.errors import NotFound
 from allot.names import TableName, parse_table_name
 from allot.work.fence import take_fence
-from allot.work.runs import Attempt, start_attempt
+from allot.work.runs import Attempt, insert_committed
 from models import Bucket, TableIdentifier
+from models.base import utcnow
 from models.engine import session_factory
 from models.schema import TableTaskRun
 
@@ -144,8 +145,8 @@ def test_a_table_with_run_history_can_be_dropped_and_its_history_goes_with_it(
         table_id = session.scalar(select(TableIdentifier.table_id))
         assert table_id is not None
         assert take_fence(session, orders.bucket_id, "a@h", 7)
-        attempt = Attempt("run-1", "t.compact", table_id, orders.bucket_id, "a@h", 7)
-        assert start_attempt(session, attempt) is not None
+        attempt = Attempt("run-1", "t.compact", table_id, orders.bucket_id, "a@h", 7, utcnow())
+        insert_committed(session, attempt)
     with sessions.begin() as session:
         assert registry.drop_table(session, parse_table_name("hive.sales.orders")) == (
             orders.bucket_id

@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -36,7 +38,9 @@ from allot.work.client import list_runs
 from allot.work.context import TableContext
 from allot.work.database import WorkSql, open_work_sql
 from allot.work.fence import take_fence
+from allot.work.lost import record_lost
 from allot.work.run import NotHere, attempt_ended, execute, transient
+from allot.work.runs import ABANDONED
 from allot.work.spec import TableTaskSpec
 from models.engine import session_factory
 from models.schema import BucketLease, TableTaskRun
@@ -367,10 +371,21 @@ def test_a_message_that_kills_its_process_is_given_up_after_max_abandoned_attemp
         raise Died
 
     def died_in_the_body(run_id: str) -> None:
-        # what a killed pool process leaves: its attempt still `running`
+        # a killed pool process records nothing; the worker's main process, told of the lost
+        # worker, records the attempt abandoned (allot.work.lost.TableRequest)
         with contextlib.suppress(Died), pytest.MonkeyPatch.context() as patch:
-            patch.setattr(run_module, "_finish", lambda *_, **__: None)
+            patch.setattr(run_module, "_record", lambda *_, **__: None)
             execute(worker, TableTaskSpec("test.poison", body, None), TABLE, run_id, "a@h", {})
+        request = SimpleNamespace(
+            id=run_id,
+            name="test.poison",
+            task_name="test.poison",
+            args=[str(TABLE)],
+            kwargs={},
+            hostname="a@h",
+            time_start=time.time(),
+        )
+        record_lost(request, f"{ABANDONED}its process died (signal 9)", worker)
 
     def on_end(sender: Any, task: str, status: str, **_: Any) -> None:
         ended.append(status)
