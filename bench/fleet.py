@@ -239,7 +239,7 @@ def main() -> None:
     if args.record:
         record_section(
             Path(__file__).with_name("RESULTS.md"),
-            "Periodic work at catalog scale (bench/fleet.py)",
+            f"Periodic work at catalog scale (bench/fleet.py, {args.database})",
             command_line(),
             [
                 "lag: from the period's start to the run's commit, every run of the measured "
