@@ -146,20 +146,29 @@ def test_messages_follow_their_buckets_through_join_stop_and_kill(
     cluster.worker("node2")
     cluster.wait_for(lambda: served_by_owners(cluster), "both nodes serving", START)
 
-    # While messages flow, a node joins (rebalance), one stops cleanly, one is killed
+    # While messages flow, a node joins (rebalance) and one stops cleanly
     ids = tmp_path / "sent.txt"
-    sender = send(cluster, ids, count=300, rate=15, seconds=0.05)
+    sender = send(cluster, ids, count=200, rate=15, seconds=0.05)
     time.sleep(3)
     cluster.worker("node3")
     cluster.wait_for(lambda: len(cluster.zk()) == 3 and served_by_owners(cluster), "join", START)
     time.sleep(2)
     cluster.processes["node2"].stop()
     cluster.wait_for(lambda: len(cluster.zk()) == 2 and served_by_owners(cluster), "stop", START)
-    time.sleep(2)
+    sender.popen.wait(60)
+    before = ids.read_text().split()
+    cluster.wait_for(lambda: len(committed(cluster.engine)) >= len(before), "the first sends", 90)
+    # then one is killed, and messages go on flowing to its buckets through the failover.
+    # (The kill falls while no message is on its way: kombu's Redis transport loses a message
+    # popped in the instant its worker is killed, before it records it unacknowledged, a limit
+    # of kombu's that docs/table-work.md case 10 states. The messages a killed worker had
+    # taken are this file's other kill test.)
     node1.kill()
+    after = tmp_path / "sent-after-kill.txt"
+    sender = send(cluster, after, count=100, rate=15, seconds=0.05, name="sender-after-kill")
     cluster.wait_for(lambda: len(cluster.zk()) == 1 and served_by_owners(cluster), "kill", START)
     sender.popen.wait(60)
-    sent = ids.read_text().split()
+    sent = ids.read_text().split() + after.read_text().split()
     assert len(sent) == 300
 
     # Then every message committed once (the killed node's return after the redelivery
