@@ -5,25 +5,34 @@ clock the test moves by hand)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
-from sqlalchemy import Engine
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.cycle import AssignmentCycle, CycleHooks
+from allot.names import parse_table_name
+from allot.registry import register_tables
 from allot.settings import Settings
 from allot.testing.cluster import sql_assignment, zk_assignment
 from allot.testing.servers import ServerProcess
 from allot.testing.zookeeper import delete_root
+from allot.work.context import TableContext
+from allot.work.database import WorkSql
+from allot.work.fence import take_fence
+from allot.work.spec import TableTaskSpec
 from allot.zk.client import connect
 from allot.zk.codec import MemberInfo
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
 from models.engine import session_factory
+from models.schema import TableTaskRun
 
 GRACE = 30.0  # the cluster's node_offline_timeout: a departed node's buckets wait this long
 
@@ -152,3 +161,55 @@ def cluster(
 def sizes(assignment: dict[str, list[int]]) -> dict[str, int]:
     """The number of buckets of each node."""
     return {key: len(buckets) for key, buckets in assignment.items()}
+
+
+# Table work in-process: a registered table, its bucket fenced for a@h, a body that writes
+
+effects = MetaData()
+effect = Table("test_effect", effects, Column("run_id", String(64)), Column("table_id", Integer))
+TABLE = parse_table_name("cat.db.orders")
+
+
+@pytest.fixture
+def sql(migrated: Engine, database_url: str) -> WorkSql:
+    effects.create_all(migrated)
+    sessions = session_factory(migrated)
+    with sessions.begin() as session:
+        register_tables(session, [TABLE])
+    return WorkSql(os.getpid(), Settings(database_url=database_url), migrated, sessions)
+
+
+@pytest.fixture
+def bucket(sql: WorkSql) -> int:
+    """The table's bucket, fenced for node a@h with token 100."""
+    bucket_id = sql.find_table(TABLE)[1]
+    with sql.sessions.begin() as session:
+        assert take_fence(session, bucket_id, "a@h", 100)
+    return bucket_id
+
+
+def writing(calls: list[str]) -> TableTaskSpec:
+    def body(ctx: TableContext, **_: Any) -> dict[str, int]:
+        calls.append(ctx.run_id)
+        with ctx.commit() as session:
+            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
+        return {"token": ctx.token}
+
+    return TableTaskSpec("test.write", body, None)
+
+
+def effects_of(engine: Engine, run_id: str) -> int:
+    with engine.connect() as connection:
+        return connection.execute(
+            select(func.count()).select_from(effect).where(effect.c.run_id == run_id)
+        ).scalar_one()
+
+
+def attempts(engine: Engine, run_id: str) -> list[str]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(TableTaskRun.status)
+            .where(TableTaskRun.run_id == run_id)
+            .order_by(TableTaskRun.attempt_id)
+        )
+        return list(rows.scalars())

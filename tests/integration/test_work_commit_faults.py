@@ -4,57 +4,25 @@ gave it. Each run still commits exactly once."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from allot.names import parse_table_name
-from allot.registry import register_tables
 from allot.settings import Settings
 from allot.testing.pgproxy import PgProxy
 from allot.work.commit_guard import EarlyCommit
 from allot.work.context import TableContext
 from allot.work.database import WorkSql, open_work_sql
-from allot.work.fence import take_fence
 from allot.work.run import execute, transient
 from allot.work.spec import TableTaskSpec
-from models.engine import session_factory
 from models.schema import TableTaskRun
 from models.states import RunStatus
-
-effects = MetaData()
-effect = Table("test_effect", effects, Column("run_id", String(64)), Column("table_id", Integer))
-TABLE = parse_table_name("cat.db.orders")
-
-
-@pytest.fixture
-def sql(migrated: Engine, database_url: str) -> WorkSql:
-    effects.create_all(migrated)
-    sessions = session_factory(migrated)
-    with sessions.begin() as session:
-        register_tables(session, [TABLE])
-    return WorkSql(os.getpid(), Settings(database_url=database_url), migrated, sessions)
-
-
-@pytest.fixture
-def bucket(sql: WorkSql) -> int:
-    bucket_id = sql.find_table(TABLE)[1]
-    with sql.sessions.begin() as session:
-        assert take_fence(session, bucket_id, "a@h", 100)
-    return bucket_id
-
-
-def effects_of(engine: Engine, run_id: str) -> int:
-    with engine.connect() as connection:
-        return connection.execute(
-            select(func.count()).select_from(effect).where(effect.c.run_id == run_id)
-        ).scalar_one()
+from tests.integration.conftest import TABLE, effect, effects, effects_of
 
 
 def attempts(engine: Engine, run_id: str) -> list[tuple[str, str | None]]:

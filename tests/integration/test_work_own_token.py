@@ -6,7 +6,6 @@ node key is refused like any other stale holder, also one left on a ZooKeeper si
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
@@ -14,7 +13,6 @@ import pytest
 from sqlalchemy import Engine
 
 from allot.errors import Fenced
-from allot.registry import register_tables
 from allot.settings import Settings
 from allot.work import tokens
 from allot.work.context import TableContext
@@ -23,31 +21,12 @@ from allot.work.fence import take_fence
 from allot.work.run import NotHere, execute
 from allot.work.spec import TableTaskSpec
 from allot.work.tokens import TokenTable
-from models.engine import session_factory
 from models.states import RunStatus
-from tests.integration.test_work_runs import TABLE, attempts, effects, effects_of, writing
+from tests.integration.conftest import TABLE, attempts, effects_of, writing
 
 FORK = multiprocessing.get_context("fork")
 KEY = "a@h"
 """The node key both the zombie and its successor run under."""
-
-
-@pytest.fixture
-def sql(migrated: Engine, database_url: str) -> WorkSql:
-    effects.create_all(migrated)
-    sessions = session_factory(migrated)
-    with sessions.begin() as session:
-        register_tables(session, [TABLE])
-    return WorkSql(os.getpid(), Settings(database_url=database_url), migrated, sessions)
-
-
-@pytest.fixture
-def bucket(sql: WorkSql) -> int:
-    """The table's bucket, fenced for this node with token 100."""
-    bucket_id = sql.find_table(TABLE)[1]
-    with sql.sessions.begin() as session:
-        assert take_fence(session, bucket_id, KEY, 100)
-    return bucket_id
 
 
 @pytest.fixture

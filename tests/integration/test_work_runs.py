@@ -14,24 +14,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import (
-    Column,
     Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
     event,
-    func,
     insert,
-    select,
     text,
 )
 from sqlalchemy.exc import DBAPIError
 
 import allot.work.run as run_module
 from allot.errors import Fenced, RunAbandoned
-from allot.names import parse_table_name
-from allot.registry import register_tables
 from allot.settings import Settings
 from allot.testing.polling import wait_for
 from allot.work.client import list_runs
@@ -42,57 +33,9 @@ from allot.work.lost import record_lost
 from allot.work.run import NotHere, attempt_ended, execute, transient
 from allot.work.runs import ABANDONED
 from allot.work.spec import TableTaskSpec
-from models.engine import session_factory
-from models.schema import BucketLease, TableTaskRun
+from models.schema import BucketLease
 from models.states import RunStatus
-
-effects = MetaData()
-effect = Table("test_effect", effects, Column("run_id", String(64)), Column("table_id", Integer))
-TABLE = parse_table_name("cat.db.orders")
-
-
-@pytest.fixture
-def sql(migrated: Engine, database_url: str) -> WorkSql:
-    effects.create_all(migrated)
-    sessions = session_factory(migrated)
-    with sessions.begin() as session:
-        register_tables(session, [TABLE])
-    return WorkSql(os.getpid(), Settings(database_url=database_url), migrated, sessions)
-
-
-@pytest.fixture
-def bucket(sql: WorkSql) -> int:
-    bucket_id = sql.find_table(TABLE)[1]
-    with sql.sessions.begin() as session:
-        assert take_fence(session, bucket_id, "a@h", 100)
-    return bucket_id
-
-
-def writing(calls: list[str]) -> TableTaskSpec:
-    def body(ctx: TableContext, **_: Any) -> dict[str, int]:
-        calls.append(ctx.run_id)
-        with ctx.commit() as session:
-            session.execute(insert(effect).values(run_id=ctx.run_id, table_id=ctx.table_id))
-        return {"token": ctx.token}
-
-    return TableTaskSpec("test.write", body, None)
-
-
-def effects_of(engine: Engine, run_id: str) -> int:
-    with engine.connect() as connection:
-        return connection.execute(
-            select(func.count()).select_from(effect).where(effect.c.run_id == run_id)
-        ).scalar_one()
-
-
-def attempts(engine: Engine, run_id: str) -> list[str]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(TableTaskRun.status)
-            .where(TableTaskRun.run_id == run_id)
-            .order_by(TableTaskRun.attempt_id)
-        )
-        return list(rows.scalars())
+from tests.integration.conftest import TABLE, attempts, effect, effects_of, writing
 
 
 def test_a_run_commits_once_and_a_redelivered_message_is_not_run_again(
