@@ -1,5 +1,6 @@
-"""Fault injection against a real ZooKeeper server, for tests and benchmarks, and the
-cleanup of a test's root (:func:`delete_root`).
+"""Fault injection against a real ZooKeeper server, for tests and benchmarks, the cleanup
+of a test's root (:func:`delete_root`) and a client that records what it asks
+(:class:`CountingClient`).
 
 :func:`expire_session` uses the technique of kazoo's own test suite: a second client joins
 the session with the same id and password, then closes it; the server expires the session,
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NotEmptyError
@@ -72,3 +75,49 @@ def delete_root(settings: Settings, attempts: int = 3) -> None:
     finally:
         client.stop()
         client.close()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request a :class:`CountingClient` sent: kazoo's request type (``GetData``,
+    ``Exists``, ``GetChildren2``, ``Transaction``, ...), the znodes it names (every operation's
+    of a transaction or a ``multiRead``) and whether it sets a watch."""
+
+    kind: str
+    paths: tuple[str, ...]
+    watch: bool
+
+
+class CountingClient(KazooClient):
+    """A real :class:`KazooClient` that records every request it queues (:attr:`requests`,
+    in order), so a test or a benchmark can count what a component asks ZooKeeper and which
+    znodes it watches. Pings and the connection's own handshake are not requests here.
+
+    It records at ``KazooClient._call``, the one method every request of kazoo's API goes
+    through (the one :mod:`allot.zk.multiread` queues its ``multiRead`` with)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.requests: list[Request] = []
+        self._requests_lock = threading.Lock()
+
+    def _call(self, request: Any, async_object: Any) -> Any:
+        operations = getattr(request, "operations", None)
+        if operations is not None:  # a transaction
+            paths = tuple(operation.path for operation in operations)
+        elif hasattr(request, "paths"):  # a multiRead
+            paths = tuple(request.paths)
+        else:
+            paths = (request.path,) if isinstance(getattr(request, "path", None), str) else ()
+        found = Request(
+            type(request).__name__, paths, getattr(request, "watcher", None) is not None
+        )
+        with self._requests_lock:
+            self.requests.append(found)
+        return super()._call(request, async_object)
+
+    def since(self, start: int) -> list[Request]:
+        """The requests recorded after the first ``start`` (``len(client.requests)`` taken
+        earlier)."""
+        with self._requests_lock:
+            return self.requests[start:]

@@ -8,7 +8,10 @@ into ``bucket_lease`` (:func:`allot.work.fence.take_fence`), then give the previ
 unacknowledged messages back to the queue (:mod:`allot.work.redelivery`), (3) **serve** the
 queue (:class:`~allot.work.consumer.BucketQueues`), (4) **give away**: drop the queue at once,
 delete the lease once no message of the bucket runs here (at most
-``ALLOT_HANDOFF_TIMEOUT``); the receiver's watch on ``{root}/leases`` wakes it to take it.
+``ALLOT_HANDOFF_TIMEOUT``); the receiver's watch on that lease wakes it to take it.
+A node watches only the leases of its own buckets, those it holds and those it waits to take
+(one ``exists`` watch each), so another node's lease changing costs it nothing, and a
+reconnect reads those leases again, never the whole ``{root}/leases``.
 Each bucket is in one :class:`Phase`, the session in one :class:`Session` (the transitions are
 drawn in :class:`BucketWork`). SUSPENDED stops every queue at once and keeps the leases; LOST
 forgets them; a lease znode no session owns is foreign and deleted. The (ZooKeeper
@@ -26,14 +29,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
-from kazoo.protocol.states import ZnodeStat
-from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from kazoo.protocol.states import WatchedEvent, ZnodeStat
+from kazoo.recipe.watchers import DataWatch
 from redis import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,7 +45,7 @@ from allot.generation import allocate_generation, zk_generation
 from allot.work.fence import FenceRow, read_fences, take_fence
 from allot.work.tokens import TokenTable
 from allot.zk.codec import LeaseRecord, decode_buckets, decode_version, encode_lease
-from allot.zk.leases import read_leases
+from allot.zk.leases import lease_bucket
 from allot.zk.paths import ZkPaths
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,9 @@ POLL_SECONDS = 0.25
 """How often the loop runs when nothing wakes it (drains, retries after an SQL error)."""
 
 REREAD_SECONDS = 5.0
-"""How often the loop reads the node's assignment and checks its leases even when no watch
-fired: a watch lost with a session, or never set again, delays a change by this at most."""
+"""How often the loop reads the node's assignment, checks its leases and tries again to take
+the leases it waits for, even when no watch fired: a watch lost, or never set again, delays a
+change by this at most."""
 
 
 class Phase(enum.Enum):
@@ -80,13 +84,14 @@ class ZkSession(enum.Enum):
 
 
 class Recheck(enum.Enum):
-    """A check the next pass owes."""
+    """A check the next pass owes (besides the leases whose watch fired, checked each pass)."""
 
     HELD = "held"
-    """Are the held leases still this session's? (the leases watch fired, a re-read is due)"""
+    """Are all the held leases still this session's? (a re-read is due, or a reconnect: kazoo
+    drops every watch when the connection drops, so each is set again by this read)"""
     STRAYS = "strays"
-    """Does this session own leases the node does not know? (a reconnect, an interrupted
-    pass: a take or a release may have half happened)"""
+    """Does this session own a lease the node does not know, among the buckets whose take may
+    have half happened? (a reconnect, an interrupted pass)"""
 
 
 _MOVES: dict[Phase | None, frozenset[Phase | None]] = {
@@ -177,13 +182,21 @@ class BucketWork:
         (its lease kept until no message of it runs here).
         LOST: the leases ended with the session: every bucket is forgotten, and taken again
         (new token, fence written again) only if still assigned here and free.
-        A stale ephemeral node: a lease of this session the node does not know (a take or a
-        release whose reply was lost to a ZooKeeper error) is adopted when its bucket is
-        assigned here and deleted otherwise, after every interrupted pass and reconnect; a
-        lease of another session (this node's previous process before its session expired)
-        is waited for until ZooKeeper deletes it; a persistent znode in a lease's place is
-        foreign and deleted. A ZooKeeper error mid-pass ends the pass; the next one checks
-        for strays.
+        A stale ephemeral node: a lease of this session the node does not know (a take
+        whose reply was lost to a ZooKeeper error: the bucket stays *in doubt* until its lease
+        is read) is adopted when its bucket is assigned here and deleted otherwise, after
+        every interrupted pass and reconnect; a lease of another session (this node's
+        previous process before its session expired, a donor draining) is waited for, its
+        watch waking the loop when ZooKeeper deletes it; a persistent znode in a lease's place
+        is foreign and deleted. A ZooKeeper error mid-pass ends the pass; the next one checks
+        the buckets in doubt and every held lease.
+        Watches: one ``exists`` watch per lease of a bucket held, or waited for (another
+        session holds it), set by the read that found it so; it fires on any change of that
+        znode, and the next pass checks that bucket alone. Kazoo drops every watch when the
+        connection drops (SUSPENDED), so a reconnect reads each held lease again (setting its
+        watch) and tries again to take each bucket waited for: what the node holds or takes,
+        never the other nodes' leases. A watch lost otherwise delays a change by
+        ``REREAD_SECONDS`` at most.
         SQL down: no fence can be written, so a TAKEN bucket is not served (logged once).
         ZooKeeper rebuilt from scratch (a new ensemble, its tokens small again): the first
         node to fence finds no ``{root}/generation`` and allocates a larger generation in
@@ -234,6 +247,15 @@ class BucketWork:
         self._events: deque[str] = deque()
         """Session states reported by kazoo, not yet followed by the loop."""
         self._due: set[Recheck] = {Recheck.HELD}
+        self._touched: set[int] = set()
+        """Buckets whose lease watch fired (kazoo's thread adds, the loop takes them)."""
+        self._touched_lock = threading.Lock()
+        self._waiting: set[int] = set()
+        """Assigned buckets whose lease another session holds: not taken again until their
+        watch fires (or the next re-read or reconnect)."""
+        self._in_doubt: set[int] = set()
+        """Buckets whose take may have half happened (its reply lost): checked for a lease of
+        this session after an interrupted pass or a reconnect."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -302,11 +324,11 @@ class BucketWork:
     # -- life ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Watch the assignment and the leases, and run the loop in a daemon thread."""
+        """Watch the assignment, and run the loop in a daemon thread (it watches the leases of
+        the node's own buckets as it takes them)."""
         self.client.ensure_path(self.paths.leases)
         self.client.add_listener(self._on_state)
         DataWatch(self.client, self.paths.assignments(self.node_key), self._on_assignment)
-        ChildrenWatch(self.client, self.paths.leases, self._on_leases)
         self._thread = threading.Thread(target=self._loop, name="allot-leases", daemon=True)
         self._thread.start()
 
@@ -363,9 +385,20 @@ class BucketWork:
             buckets = frozenset()
         self.assigned, self._assignment_version = buckets, (stat.version if stat else -1)
 
-    def _on_leases(self, _children: list[str]) -> None:
-        self._due.add(Recheck.HELD)
+    def _on_lease(self, event: WatchedEvent) -> None:
+        """The watch on one lease fired: the next pass checks that bucket. (An event without
+        a path is kazoo dropping every watch with the connection: the reconnect reads again.)"""
+        bucket = None if event.path is None else lease_bucket(event.path.rsplit("/", 1)[-1])
+        if bucket is not None:
+            with self._touched_lock:
+                self._touched.add(bucket)
         self._wake.set()
+
+    def _take_touched(self) -> set[int]:
+        """The buckets whose lease watch fired since the last call."""
+        with self._touched_lock:
+            touched, self._touched = self._touched, set()
+        return touched
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -378,7 +411,8 @@ class BucketWork:
             try:
                 self.reconcile()
             except KazooException as exc:
-                self._due.add(Recheck.STRAYS)  # a take or a release may have half happened
+                # a take may have half happened, a check may have been cut short
+                self._due |= {Recheck.STRAYS, Recheck.HELD}
                 log.warning("lease reconcile interrupted by ZooKeeper: %r", exc)
             except Exception:
                 log.exception("lease reconcile failed; trying again")
@@ -412,7 +446,9 @@ class BucketWork:
 
     def _follow_session(self) -> None:
         """Apply the session states kazoo reported, in order: the one place the session
-        changes. LOST forgets every bucket; CONNECTED owes a check for strays."""
+        changes. LOST forgets every bucket; CONNECTED owes a check for strays and
+        of every held lease (which sets its watch again), and a new try at every bucket
+        waited for."""
         while self._events:
             self.session = ZkSession(self._events.popleft().lower())
             if self.session is ZkSession.LOST:
@@ -422,21 +458,29 @@ class BucketWork:
                     )
                 for bucket in list(self._buckets):
                     self._enter(bucket, None)
+                self._in_doubt.clear()  # the session's leases went with it
             elif self.session is ZkSession.CONNECTED:
-                self._due.add(Recheck.STRAYS)
+                self._due |= {Recheck.STRAYS, Recheck.HELD}
+            self._waiting.clear()
 
     def _recheck(self, now: float) -> None:
         """The checks owed: strays, then (every ``reread_seconds``) the assignment and the
-        fences, then the held leases."""
+        fences, then the held leases: all of them when owed, else those whose watch fired.
+        A bucket waited for whose watch fired (or all, at a re-read) is tried again."""
         if self._owed(Recheck.STRAYS):
-            self._adopt_strays()
+            self._check_in_doubt()
+        touched = self._take_touched()
+        self._waiting -= touched
         if now >= self._next_reread:
             self._next_reread = now + self.reread_seconds
             self._reread_assignment()
             self._due.add(Recheck.HELD)
+            self._waiting.clear()
             self._verify_fences()
         if self._owed(Recheck.HELD):
-            self._verify_held()
+            self._verify_held(self._buckets.keys())
+        else:
+            self._verify_held(touched)
 
     def _owed(self, check: Recheck) -> bool:
         """Whether ``check`` was owed (it no longer is)."""
@@ -494,9 +538,10 @@ class BucketWork:
             self._on_handoff(max(now - entry.since, 0.0))
 
     def _take_assigned(self, assigned: frozenset[int], version: int) -> None:
-        """Step 1: take the lease of every assigned bucket not held."""
+        """Step 1: take the lease of every assigned bucket not held, but those waited for."""
+        self._waiting &= assigned
         epoch: int | None = None
-        for bucket in sorted(assigned - self._buckets.keys()):
+        for bucket in sorted(assigned - self._buckets.keys() - self._waiting):
             if epoch is None:
                 epoch = self._epoch()
             self._take(bucket, version, epoch)
@@ -561,13 +606,17 @@ class BucketWork:
         transaction = self.client.transaction()
         transaction.check(self.paths.assignments(self.node_key), version)
         transaction.create(path, encode_lease(LeaseRecord(self.node_key, epoch)), ephemeral=True)
+        self._in_doubt.add(bucket)  # until the reply says what happened
         results = transaction.commit()
         if any(isinstance(result, NodeExistsError) for result in results):
+            self._in_doubt.discard(bucket)
             self._adopt_or_clear(bucket)
             return
         if any(isinstance(result, Exception) for result in results):
+            self._in_doubt.discard(bucket)
             return  # the assignment changed under us: its watch brings the new one
-        stat = self.client.exists(path)
+        stat = self.client.exists(path, watch=self._on_lease)
+        self._in_doubt.discard(bucket)
         if stat is None or stat.ephemeralOwner != self.client.client_id[0]:
             return
         self._enter(bucket, Phase.TAKEN, token=stat.czxid)
@@ -575,9 +624,10 @@ class BucketWork:
 
     def _adopt_or_clear(self, bucket: int) -> None:
         """The lease exists: ours from before (adopt it), another session's (wait for its
-        deletion), or a persistent znode no session owns (foreign: delete it)."""
+        deletion: its watch wakes the loop), or a persistent znode no session owns (foreign:
+        delete it)."""
         path = self.paths.lease(bucket)
-        stat = self.client.exists(path)
+        stat = self.client.exists(path, watch=self._on_lease)
         if stat is None:
             self._wake.set()
         elif stat.ephemeralOwner == self.client.client_id[0]:
@@ -587,6 +637,8 @@ class BucketWork:
             with contextlib.suppress(NoNodeError, KazooException):
                 self.client.delete(path, version=stat.version)
             self._wake.set()
+        else:
+            self._waiting.add(bucket)
 
     def _fence_taken(self, assigned: frozenset[int]) -> None:
         """Step 2 for every TAKEN bucket still assigned, with this ZooKeeper's generation read
@@ -649,23 +701,29 @@ class BucketWork:
             log.info("released the lease of bucket %d", bucket)
         self._enter(bucket, None)
 
-    def _adopt_strays(self) -> None:
-        """Leases of this session the node does not hold (a take whose reply was lost to a
-        ZooKeeper error, a pass that raced a reconnect): adopted when the bucket is assigned
-        here, deleted otherwise. Runs after every interrupted pass and reconnect."""
-        leases = read_leases(self.client, self.paths)
-        if leases is None:
-            return
-        for bucket, lease in sorted(leases.of_session(self.client.client_id[0]).items()):
-            if bucket in self._buckets:
-                continue
-            if bucket in self.assigned:
-                self._enter(bucket, Phase.TAKEN, token=lease.token)
-                log.warning("adopted this session's lease of bucket %d", bucket)
-            else:
-                with contextlib.suppress(NoNodeError):
-                    self.client.delete(self.paths.lease(bucket), version=lease.version)
-                log.warning("deleted this session's stray lease of bucket %d", bucket)
+    def _check_in_doubt(self) -> None:
+        """The buckets whose take may have half happened (its reply lost to a ZooKeeper
+        error, a pass that raced a reconnect): a lease of this session the node does not hold
+        is adopted when the bucket is assigned here, deleted otherwise. Runs after every
+        interrupted pass and reconnect; reads one lease per bucket in doubt, no other."""
+        session = self.client.client_id[0]
+        for bucket in sorted(self._in_doubt):
+            if bucket not in self._buckets:
+                stat = self.client.exists(self.paths.lease(bucket), watch=self._on_lease)
+                if stat is not None and stat.ephemeralOwner == session:
+                    self._settle_stray(bucket, stat)
+            self._in_doubt.discard(bucket)
+
+    def _settle_stray(self, bucket: int, stat: ZnodeStat) -> None:
+        """Adopt this session's lease of ``bucket`` (read as ``stat``) if it is assigned here,
+        else delete it."""
+        if bucket in self.assigned:
+            self._enter(bucket, Phase.TAKEN, token=stat.czxid)
+            log.warning("adopted this session's lease of bucket %d", bucket)
+        else:
+            with contextlib.suppress(NoNodeError):
+                self.client.delete(self.paths.lease(bucket), version=stat.version)
+            log.warning("deleted this session's stray lease of bucket %d", bucket)
 
     def _verify_fences(self) -> None:
         """Re-read the SQL fences: one not naming this node and token was changed by a foreign
@@ -697,15 +755,20 @@ class BucketWork:
         entry = self._buckets[bucket]
         return FenceRow(bucket, self.node_key, entry.token, entry.zk_generation)
 
-    def _verify_held(self) -> None:
-        """Forget leases that are no longer this session's (deleted or replaced by a foreign
-        writer): stop their queues at once."""
-        if not self._buckets:
-            return
+    def _verify_held(self, buckets: Iterable[int]) -> None:
+        """Read the leases of ``buckets`` that this node holds, setting their watches again;
+        forget those no longer this session's (deleted or replaced by a foreign writer): stop
+        their queues at once."""
         session = self.client.client_id[0]
-        for bucket, entry in sorted(self._buckets.copy().items()):
-            stat = self.client.exists(self.paths.lease(bucket))
+        for bucket in sorted(buckets):
+            entry = self._buckets.get(bucket)
+            if entry is None:
+                continue
+            stat = self.client.exists(self.paths.lease(bucket), watch=self._on_lease)
             if stat is None or stat.ephemeralOwner != session or stat.czxid != entry.token:
                 log.warning("the lease of bucket %d is no longer this node's: stopping it", bucket)
                 self._enter(bucket, None)
                 self._serve(self.serving)
+                if stat is not None and stat.ephemeralOwner == session:
+                    self._in_doubt.add(bucket)  # a lease of this session it does not know
+                    self._due.add(Recheck.STRAYS)

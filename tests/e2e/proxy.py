@@ -33,6 +33,11 @@ class Proxy:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        self.reset()
+
+    def reset(self) -> None:
+        """Reset every open connection (new ones are still accepted if not cut): a dropped
+        connection, which its clients open again at once."""
         with self._lock:
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:

@@ -21,15 +21,16 @@ from sqlalchemy import Engine, update
 from allot.errors import Fenced
 from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess, free_port
-from allot.testing.zookeeper import expire_session
+from allot.testing.zookeeper import CountingClient, Request, expire_session
 from allot.work.fence import hold_fence, read_fence
-from allot.work.leases import BucketWork, Recheck
+from allot.work.leases import BucketWork, Recheck, ZkSession
 from allot.work.queues import bucket_queue
 from allot.work.redelivery import bucket_restorer
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models.engine import session_factory
 from models.schema import BucketLease
+from tests.e2e.proxy import Proxy
 from tests.integration.test_redelivery import send, take_and_kill, unacked
 
 
@@ -115,8 +116,10 @@ def start_node(zookeeper: ServerProcess, paths: ZkPaths, migrated: Engine) -> It
         handoff_timeout: float = 10.0,
         restore: Callable[[frozenset[int]], int] | None = None,
         queues: Queues | None = None,
+        client: KazooClient | None = None,
     ) -> Node:
-        client = KazooClient(hosts=zookeeper.address, timeout=4)
+        if client is None:
+            client = KazooClient(hosts=zookeeper.address, timeout=4)
         client.start(timeout=10)
         queues = queues or Queues()
         work = BucketWork(
@@ -403,8 +406,9 @@ def test_a_lease_of_this_session_the_node_does_not_know_is_deleted_after_an_erro
 ) -> None:
     a, _ = serving_alone(start_node, store, 13)
     # Given a lease of this session for a bucket that is not assigned here (a take whose
-    # reply was lost to a ZooKeeper error before the bucket moved on)
+    # reply was lost to a ZooKeeper error before the bucket moved on: the bucket is in doubt)
     a.client.create(paths.lease(14), b"{}", ephemeral=True)
+    a.work._in_doubt.add(14)
     # When the loop next runs after an interrupted pass
     a.work._due.add(Recheck.STRAYS)
     a.work._wake.set()
@@ -531,3 +535,95 @@ def test_a_bucket_fenced_again_under_its_own_lease_gives_nothing_back(
     a.wait_serving({22, 23})
     # Then nothing was given back again
     assert calls == [frozenset({22, 23})]
+
+
+def lease_paths(requests: list[Request], paths: ZkPaths, *, watched: bool = False) -> set[str]:
+    """The znodes under ``{root}/leases`` (the directory included) that ``requests`` name, or
+    only those they set a watch on."""
+    return {
+        path
+        for request in requests
+        if request.watch or not watched
+        for path in request.paths
+        if path == paths.leases or path.startswith(paths.leases + "/")
+    }
+
+
+def test_another_nodes_lease_changes_cost_a_node_no_zookeeper_request(
+    start_node, store: AssignmentStore, paths: ZkPaths, zookeeper: ServerProcess
+) -> None:
+    # Given a@h serving buckets 1 and 2 (its client records every request) and b@h serving
+    # thirty others
+    others = set(range(3, 33))
+    store.save("a@h", [1, 2])
+    store.save("b@h", sorted(others))
+    recorded = CountingClient(hosts=zookeeper.address, timeout=4)
+    a = start_node("a@h", client=recorded)
+    b = start_node("b@h")
+    a.wait_serving({1, 2})
+    b.wait_serving(others)
+    a.wait_passes()
+    start = len(recorded.requests)
+
+    # When b@h's thirty buckets move to c@h: thirty leases deleted and thirty taken
+    c = start_node("c@h")
+    store.save("b@h", [])
+    store.save("c@h", sorted(others))
+    c.wait_serving(others)
+    b.wait_serving(set())
+    a.wait_passes()
+
+    # Then a@h asked ZooKeeper about its own two leases only (its periodic re-read), listed
+    # no lease directory, and watches its own two leases, nothing else under {root}/leases
+    seen = recorded.since(start)
+    own = {paths.lease(1), paths.lease(2)}
+    assert lease_paths(seen, paths) <= own
+    assert not [request for request in seen if request.kind.startswith("GetChildren")]
+    assert lease_paths(recorded.requests, paths, watched=True) == own
+    assert a.queues.serving == {1, 2}
+
+
+def test_a_reconnect_reads_only_the_leases_the_node_holds_or_waits_for(
+    start_node, store: AssignmentStore, paths: ZkPaths, zookeeper: ServerProcess
+) -> None:
+    # Given b@h holding forty leases, and a@h (through a proxy that can cut its connection)
+    # holding buckets 1 and 2 and waiting for bucket 3, which b@h holds too
+    others = set(range(3, 43))
+    store.save("b@h", sorted(others))
+    b = start_node("b@h")
+    b.wait_serving(others)
+    store.save("a@h", [1, 2, 3])
+    proxy = Proxy((zookeeper.host, zookeeper.port))
+    try:
+        recorded = CountingClient(hosts=f"127.0.0.1:{proxy.port}", timeout=4)
+        a = start_node("a@h", client=recorded)
+        a.wait_serving({1, 2})
+        a.wait_passes()
+        states: list[str] = []
+
+        def follow(state: str) -> bool:
+            states.append(state)
+            return False
+
+        recorded.add_listener(follow)
+
+        # When a@h's connection drops and comes back within the session
+        start = len(recorded.requests)
+        proxy.reset()
+        wait_for(lambda: "SUSPENDED" in states, "a@h's connection dropped", 10)
+        wait_for(lambda: states[-1:] == ["CONNECTED"], "a@h reconnected", 10)
+        a.wait_passes(3)
+    finally:
+        proxy.close()
+
+    # Then the same session goes on, and after the reconnect a@h read again (and watches
+    # again) the leases of the buckets it holds or waits for, none of b@h's forty others
+    seen = recorded.since(start)
+    mine = {paths.lease(1), paths.lease(2), paths.lease(3)}
+    assert "LOST" not in states
+    assert a.work.session is ZkSession.CONNECTED
+    assert lease_paths(seen, paths) == mine
+    assert lease_paths(seen, paths, watched=True) == mine
+    assert not [request for request in seen if request.kind.startswith("GetChildren")]
+    assert a.queues.serving == {1, 2}
+    assert 3 not in a.work.held
