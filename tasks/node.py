@@ -20,7 +20,8 @@ In the worker's main process:
 - then serve table work: :class:`~allot.work.leases.BucketWork` watches the node's own
   assignment, takes the buckets' leases, writes their tokens into the shared table and
   switches the worker's bucket queues (:mod:`allot.work`), and, with ``ALLOT_METRICS_PORT``,
-  serve Prometheus metrics (:mod:`allot.metrics`);
+  serve Prometheus metrics (:mod:`allot.metrics`): the node's own counters, and the
+  cluster-wide gauges while it holds the trigger duty;
 - displaced (another live process took the node key after this one registered,
   :mod:`allot.zk.registration`): stop serving table work at once (no bucket queue, every token
   cleared, the leases released for the other process) and log an error; the worker goes on,
@@ -168,7 +169,7 @@ class WorkerNode:
             self.work = self._start_work(client)
             if registration.displaced is not None:  # displaced before its work started
                 self._displaced(registration.displaced)
-            self.metrics = start_node_metrics(client, self.settings)
+            self.metrics = start_node_metrics(client, self.settings, self.duty.holding.is_set)
         except BaseException:
             if self.work is not None:
                 self.work.stop()

@@ -6,8 +6,10 @@ Two kinds, served together by each node's Celery main process:
 - **Cluster-wide gauges** (:class:`ClusterCollector`, :mod:`allot.metrics.cluster`): buckets,
   state and weight per node, unowned and lease-less buckets, spread, epoch, membership, SQL's
   mirrored epoch, plans and table task attempts by status, the bucket queues' backlog. Read
-  from ZooKeeper, SQL and Redis when scraped; every node exports the same values, so PromQL
-  aggregates them with ``max without(instance)``. A source that cannot be read gives
+  from ZooKeeper, SQL and Redis when scraped, by one node at a time (the holder of the trigger
+  duty), so the fleet's scrapes read the cluster once and PromQL needs no deduplication
+  (``sum(allot_node_buckets)`` is the bucket count); ``allot_cluster_reporter`` (1/0, on every
+  node) says which node serves them. A source that cannot be read gives
   ``allot_up{source=...} 0`` and leaves its families out; a scrape never fails.
 - **Process-local instruments** (:mod:`allot.metrics.instruments`): cycles by trigger and
   outcome, cycle duration, moves, handoff duration, table task attempts by status. Observed
@@ -28,10 +30,10 @@ Serving them from a prefork Celery worker (prometheus_client's multiprocess mode
    :func:`metrics_registry` refuses such a process with a ``ConfigurationError``).
 2. In the worker's main process, once it has its ZooKeeper client, a session factory and a
    Redis client with socket timeouts: ``server = serve_metrics(port,
-   metrics_registry(ClusterCollector(client, sessions, settings, redis)))``, and
-   ``server.stop()`` at shutdown. Only the main process serves; pool children only observe
-   (they close their inherited copy of the listening socket at fork). Beat and Flower serve
-   nothing.
+   metrics_registry(ClusterCollector(client, sessions, settings, redis,
+   reporting=duty.holding.is_set)))``, and ``server.stop()`` at shutdown. Only the main
+   process serves; pool children only observe (they close their inherited copy of the
+   listening socket at fork). Beat and Flower serve nothing.
 3. Observe where things happen: :func:`record_cycle` with each cycle's report,
    :func:`record_failed_cycle` when a cycle raises, :func:`record_table_task` when a table task
    attempt ends, ``HANDOFF_DURATION.observe(seconds)`` when a lost bucket's lease is released.

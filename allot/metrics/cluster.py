@@ -10,8 +10,17 @@ as ``allot status`` and ``allot verify`` read them) and :mod:`allot.inspect.back
 lengths. The count of open plans (``generated``, ``applying``) has no reader elsewhere; it is
 read here (:func:`read_sql`). A scrape never counts a history table whole (100 M attempts, say):
 how attempts end is counted by each node as they end (``allot_table_tasks_total``,
-:mod:`allot.metrics.instruments`), cycles and moves likewise. Every node exports the same
-cluster-wide values: aggregate them with ``max without(instance)`` in PromQL.
+:mod:`allot.metrics.instruments`), cycles and moves likewise.
+
+One node at a time reads and serves them (``reporting``: in a worker, the holder of the trigger
+duty, :mod:`allot.zk.triggers`), so a scrape of the whole fleet reads the cluster once and
+``sum(allot_node_buckets)`` is the bucket count; every node serves ``allot_cluster_reporter``
+(1 on that node, 0 on the others, whose scrapes read nothing). When the duty moves (its holder
+died, left, or lost its session), the next holder serves them from its next scrape and the old
+one stops at its next scrape after it saw its session LOST. A holder SUSPENDED keeps the duty,
+as the trigger duty does: cut off from ZooKeeper past its session while still scraped, it goes
+on serving ``allot_up{source="zookeeper"} 0`` and its SQL families beside the new holder's
+until it reconnects; the ZooKeeper families (buckets, nodes, backlog) are never served twice.
 
 Failure modes (nothing ever raises out of :meth:`ClusterCollector.collect`):
     ZooKeeper SUSPENDED or LOST (the client is not connected): nothing is read (a read would
@@ -70,6 +79,11 @@ OPEN_PLANS = (PlanStatus.GENERATED, PlanStatus.APPLYING)
 """The plan statuses ``allot_plans`` counts: the ones a plan leaves (the others only grow)."""
 
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "allot_cluster_reporter": (
+        "1 when this node serves the cluster-wide gauges (one node at a time: the holder of "
+        "the trigger duty), else 0 and this node serves only its own counters.",
+        (),
+    ),
     "allot_up": (
         "1 when this scrape could read the source (zookeeper, sql, redis), else 0 and the "
         "source's metrics are left out.",
@@ -255,7 +269,10 @@ class ClusterCollector:
     Takes the process's started ZooKeeper client, its session factory and settings, and
     optionally the broker's Redis (None: no backlog and no ``redis`` source); opens no
     connection itself. ``clock`` gives the time grace periods are measured at (tests move
-    it). Safe to call from concurrent scrapes. Failure modes: see the module docstring.
+    it). ``reporting()`` says, at each scrape, whether this node serves the cluster-wide
+    gauges (in a worker ``TriggerDuty.holding.is_set``; None: always, for one process alone);
+    when it is False the scrape reads nothing and yields ``allot_cluster_reporter 0`` only.
+    Safe to call from concurrent scrapes. Failure modes: see the module docstring.
     """
 
     client: KazooClient
@@ -264,6 +281,7 @@ class ClusterCollector:
     redis: Redis | None = None
     _: KW_ONLY
     clock: Callable[[], dt.datetime] = utcnow
+    reporting: Callable[[], bool] | None = None
     _down: set[str] = field(default_factory=set, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -273,7 +291,12 @@ class ClusterCollector:
         return (family(name) for name in FAMILIES)
 
     def collect(self) -> Iterator[Metric]:
-        """Read every source and yield ``allot_up`` and the families of the sources read."""
+        """Yield ``allot_cluster_reporter``; on the reporting node, read every source and
+        yield ``allot_up`` and the families of the sources read."""
+        reporter = self.reporting is None or self.reporting()
+        yield gauge("allot_cluster_reporter", 1 if reporter else 0)
+        if not reporter:
+            return
         settings = self.settings
         zookeeper = self._read(
             ZOOKEEPER, lambda: read_zookeeper(self.client, self.sessions, settings, self.clock())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from kazoo.client import KazooClient
 
@@ -25,11 +26,14 @@ from models.engine import session_factory
 log = logging.getLogger(__name__)
 
 
-def start_node_metrics(client: KazooClient, settings: Settings) -> MetricsServer | None:
-    """Serve the cluster's gauges and this node's counters on ``ALLOT_METRICS_PORT`` (None
-    when it is 0), and the bucket map (``/map``, behind ``FLOWER_BASIC_AUTH``). A server that
-    cannot start (the port is taken, the multiprocess directory is wrong) is logged and the
-    node goes on without metrics: metrics never stop the work."""
+def start_node_metrics(
+    client: KazooClient, settings: Settings, reporting: Callable[[], bool] | None = None
+) -> MetricsServer | None:
+    """Serve this node's counters on ``ALLOT_METRICS_PORT`` (None when it is 0), and the
+    cluster's gauges while ``reporting()`` (the trigger duty's holder; None: always), and the
+    bucket map (``/map``, behind ``FLOWER_BASIC_AUTH``). A server that cannot start (the port
+    is taken, the multiprocess directory is wrong) is logged and the node goes on without
+    metrics: metrics never stop the work."""
     if settings.metrics_port == 0:
         return None
     try:
@@ -39,7 +43,9 @@ def start_node_metrics(client: KazooClient, settings: Settings) -> MetricsServer
                 "pool processes (cycles, table tasks) are not exported, only the cluster's gauges"
             )
         sessions = session_factory(open_engine(settings.database_url))
-        collector = ClusterCollector(client, sessions, settings, broker_redis(settings))
+        collector = ClusterCollector(
+            client, sessions, settings, broker_redis(settings), reporting=reporting
+        )
         pages = map_app(
             lambda: bucket_map(client, sessions, settings), os.environ.get("FLOWER_BASIC_AUTH")
         )

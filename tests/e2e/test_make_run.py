@@ -199,7 +199,7 @@ def test_make_run_brings_up_the_cluster_and_ctrl_c_stops_everything(
             prometheus = f"127.0.0.1:{prometheus_port}"
 
             def nodes_in_prometheus() -> dict[str, float] | None:
-                found = by_label(prometheus, "max without(instance) (allot_node_buckets)", "node")
+                found = by_label(prometheus, "sum by(node) (allot_node_buckets)", "node")
                 scraped = by_label(prometheus, 'up{job="allot"}', "instance")
                 if sorted(found) != keys or sorted(scraped.values()) != [1.0, 1.0, 1.0]:
                     return None

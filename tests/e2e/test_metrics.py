@@ -1,7 +1,8 @@
 """Metrics on a real cluster, read back through a real Prometheus server: every worker serves
-``/metrics`` (cluster gauges read from ZooKeeper, its pool processes' counters through the
-multiprocess directory), and what Prometheus stores matches ZooKeeper after a join and a
-kill -9."""
+``/metrics`` (its pool processes' counters through the multiprocess directory; the cluster
+gauges, read from ZooKeeper, on the one node holding the trigger duty), and what Prometheus
+stores, summed over every node's scrape, matches ZooKeeper after a join and after a kill -9
+of the node serving the gauges."""
 
 from __future__ import annotations
 
@@ -41,9 +42,17 @@ def prometheus(tmp_path: Path, ports: dict[str, int]) -> Iterator[ServerProcess]
 
 
 def buckets_in_prometheus(prometheus: ServerProcess) -> dict[str, int]:
-    """Buckets per node as Prometheus has them (nodes holding at least one)."""
-    found = by_label(prometheus.address, "max without(instance) (allot_node_buckets)", "node")
+    """Buckets per node as Prometheus has them, summed over every node's scrape (nodes
+    holding at least one): a node serving the cluster's gauges beside another would count
+    each bucket twice."""
+    found = by_label(prometheus.address, "sum by(node) (allot_node_buckets)", "node")
     return {node: int(value) for node, value in found.items() if value > 0}
+
+
+def reporters(prometheus: ServerProcess, ports: dict[str, int]) -> list[str]:
+    """The nodes whose last scrape says they serve the cluster's gauges."""
+    found = by_label(prometheus.address, "allot_cluster_reporter == 1", "instance")
+    return [name for name, port in ports.items() if f"127.0.0.1:{port}" in found]
 
 
 def matches_zookeeper(cluster: LocalCluster, prometheus: ServerProcess, nodes: int) -> bool:
@@ -51,11 +60,11 @@ def matches_zookeeper(cluster: LocalCluster, prometheus: ServerProcess, nodes: i
     return (
         len(zk) == nodes
         and sum(zk.values()) == 100
+        and by_label(prometheus.address, "sum(allot_cluster_reporter)", "") == {"": 1.0}
         and buckets_in_prometheus(prometheus) == zk
-        and by_label(prometheus.address, "max without(instance) (allot_epoch)", "")
-        == {"": float(cluster.epoch())}
-        and by_label(prometheus.address, "max without(instance) (allot_unowned_buckets)", "")
-        == {"": 0.0}
+        and by_label(prometheus.address, "sum(allot_node_buckets)", "") == {"": 100.0}
+        and by_label(prometheus.address, "sum(allot_epoch)", "") == {"": float(cluster.epoch())}
+        and by_label(prometheus.address, "sum(allot_unowned_buckets)", "") == {"": 0.0}
     )
 
 
@@ -78,7 +87,7 @@ def test_prometheus_sees_the_assignment_of_zookeeper_through_a_join_and_a_kill(
         "an applied cycle counted",
         START,
     )
-    assert by_label(prometheus.address, "min without(instance) (allot_up)", "source") == {
+    assert by_label(prometheus.address, "allot_up", "source") == {
         "zookeeper": 1.0,
         "sql": 1.0,
         "redis": 1.0,
@@ -95,12 +104,16 @@ def test_prometheus_sees_the_assignment_of_zookeeper_through_a_join_and_a_kill(
         30,
     )
 
-    # When it is killed
-    cluster.processes["node3"].kill()
+    # When the node serving the cluster's gauges is killed
+    [killed] = reporters(prometheus, ports)
+    cluster.processes[killed].kill()
+
+    # Then another node serves them, and they match ZooKeeper again
     cluster.wait_for(
         lambda: matches_zookeeper(cluster, prometheus, 2), "Prometheus to see the kill", START
     )
-    assert cluster.key("node3") not in buckets_in_prometheus(prometheus)
+    assert cluster.key(killed) not in buckets_in_prometheus(prometheus)
+    assert reporters(prometheus, ports) not in ([], [killed])
     cluster.wait_for(
-        lambda: targets_up(prometheus, ports)["node3"] == 0.0, "node3's target down", 30
+        lambda: targets_up(prometheus, ports)[killed] == 0.0, f"{killed}'s target down", 30
     )

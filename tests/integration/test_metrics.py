@@ -1,6 +1,7 @@
 """The metrics endpoint against real ZooKeeper, Redis and SQL (SQLite and PostgreSQL): a scrape
-over HTTP shows what ZooKeeper holds; a source that goes away is ``allot_up 0``, never an error;
-the counters of forked processes add up in multiprocess mode."""
+over HTTP shows what ZooKeeper holds; one node at a time serves the cluster's gauges; a source
+that goes away is ``allot_up 0``, never an error; the counters of forked processes add up in
+multiprocess mode."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import sys
 import textwrap
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kazoo.client import KazooClient
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.backoff import NoBackoff
@@ -38,10 +40,12 @@ from allot.registry import register_tables
 from allot.settings import Settings
 from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess, free_port, start_zookeeper
+from allot.testing.zookeeper import expire_session
 from allot.work import bucket_queue
 from allot.zk.client import connect
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
+from allot.zk.triggers import TriggerDuty
 from models.engine import make_engine, session_factory
 from models.schema import TableIdentifier, TableTaskRun
 from tests.integration.conftest import GRACE, Cluster
@@ -167,6 +171,70 @@ def test_a_scrape_shows_what_zookeeper_holds(cluster: Cluster, redis: Redis) -> 
     assert by(scraped, "allot_plans", "status") == {"generated": 0, "applying": 0}
     assert "allot_table_task_runs" not in scraped  # the history is never counted whole
     assert by(scraped, "allot_bucket_queue_backlog", "node") == {"a@h": 0, "b@h": 3}
+
+
+def reporters(scrapes: dict[str, Scrape]) -> list[str]:
+    """The nodes whose scrape says they serve the cluster's gauges."""
+    return [key for key, scraped in scrapes.items() if single(scraped, "allot_cluster_reporter")]
+
+
+def test_one_node_at_a_time_serves_the_cluster_gauges(
+    cluster: Cluster,
+    zk_connect: Callable[[], KazooClient],
+    redis: Redis,
+    zookeeper: ServerProcess,
+) -> None:
+    # Given three nodes holding the cluster's 100 buckets, each queued for the trigger duty
+    # with a session of its own, each serving its metrics as a worker does (the cluster's
+    # gauges while it holds the duty)
+    settings = own_cluster_name(cluster.settings)
+    for key in ("a@h", "b@h", "c@h"):
+        cluster.join(key)
+    cluster.cycle().run()
+    sessions = session_factory(cluster.engine)
+    paths = ZkPaths(settings.zk_root)
+    clients: dict[str, KazooClient] = {}
+    ports: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        for key in ("a@h", "b@h", "c@h"):
+            client = clients[key] = zk_connect()
+            duty = TriggerDuty(client, paths, key, lambda _version: None)
+            stack.callback(duty.stop)
+            collector = ClusterCollector(
+                client, sessions, settings, redis, reporting=duty.holding.is_set
+            )
+            ports[key] = stack.enter_context(served(collector))
+
+        def one_reporter(not_this: str | None = None) -> tuple[str, dict[str, Scrape]] | None:
+            scrapes = {key: scrape(port) for key, port in ports.items()}
+            found = reporters(scrapes)
+            if len(found) != 1 or found[0] == not_this:
+                return None
+            return found[0], scrapes
+
+        # When Prometheus scrapes every node
+        first, scrapes = wait_for(one_reporter, "one node serving the cluster's gauges", 20)
+
+        # Then exactly one serves the cluster's gauges, read once, and the sum of the buckets
+        # over every node's scrape is the bucket count; the others serve none of them
+        assert sum(sum(s.get("allot_node_buckets", {}).values()) for s in scrapes.values()) == 100
+        assert by(scrapes[first], "allot_up", "source") == {"zookeeper": 1, "sql": 1, "redis": 1}
+        for key, scraped in scrapes.items():
+            if key != first:
+                assert single(scraped, "allot_cluster_reporter") == 0
+                assert not {"allot_up", "allot_node_buckets", "allot_epoch"} & set(scraped)
+
+        # When the reporter's session ends (its node died)
+        expire_session(clients[first], zookeeper.address)
+
+        # Then another node serves them from its next scrape on, and the first one stops
+        second, scrapes = wait_for(
+            lambda: one_reporter(not_this=first), "another node serving the gauges", 20
+        )
+        assert sum(sum(s.get("allot_node_buckets", {}).values()) for s in scrapes.values()) == 100
+        assert single(scrapes[first], "allot_cluster_reporter") == 0
+        assert "allot_node_buckets" not in scrapes[first]
+        assert single(scrapes[second], "allot_epoch") == 1
 
 
 def test_a_departed_node_is_suspect_then_offline_with_its_buckets(cluster: Cluster) -> None:

@@ -40,7 +40,7 @@ def test_the_rules_file_is_valid(promtool: str) -> None:
     result = run(promtool, "check", "rules", str(RULES))
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_the_scrape_config_is_valid_and_loads_the_rules(promtool: str) -> None:
@@ -74,37 +74,46 @@ def fires(alert: str, at: str, *alerts: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def both_nodes(name: str, values: str, **labels: str) -> list[dict[str, str]]:
-    """The same cluster-wide series as two nodes export it."""
-    return [series(name, values, instance=node, **labels) for node in ("n1:9101", "n2:9102")]
+REPORTER = {"instance": "n1:9101"}
+"""The node serving the cluster-wide gauges (allot_cluster_reporter 1)."""
+
+
+def reporter(name: str, values: str, **labels: str) -> list[dict[str, str]]:
+    """A cluster-wide series as the one node serving them exports it."""
+    return [series(name, values, **REPORTER, **labels)]
 
 
 CRITICAL, WARNING = {"severity": "critical"}, {"severity": "warning"}
 CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, Any]]]] = {
     "unowned buckets for a minute": (
-        both_nodes("allot_unowned_buckets", "3x20"),
-        [fires("AllotBucketsUnowned", "30s"), fires("AllotBucketsUnowned", "2m", CRITICAL)],
+        reporter("allot_unowned_buckets", "3x20"),
+        [
+            fires("AllotBucketsUnowned", "30s"),
+            fires("AllotBucketsUnowned", "2m", {**REPORTER, **CRITICAL}),
+        ],
     ),
     "a node suspect past the grace period": (
-        both_nodes("allot_node_state", "1x20", node="b@h", state="suspect")
-        + both_nodes("allot_node_state", "0x20", node="a@h", state="suspect"),
+        reporter("allot_node_state", "1x20", node="b@h", state="suspect")
+        + reporter("allot_node_state", "0x20", node="a@h", state="suspect"),
         [
             fires("AllotNodeSuspectPastGrace", "45s"),
             fires(
-                "AllotNodeSuspectPastGrace", "2m", {"node": "b@h", "state": "suspect", **CRITICAL}
+                "AllotNodeSuspectPastGrace",
+                "2m",
+                {"node": "b@h", "state": "suspect", **REPORTER, **CRITICAL},
             ),
         ],
     ),
     "an offline node holding buckets, not one holding none": (
-        both_nodes("allot_node_state", "1x20", node="b@h", state="offline")
-        + both_nodes("allot_node_buckets", "5x20", node="b@h")
-        + both_nodes("allot_node_state", "1x20", node="c@h", state="offline")
-        + both_nodes("allot_node_buckets", "0x20", node="c@h"),
+        reporter("allot_node_state", "1x20", node="b@h", state="offline")
+        + reporter("allot_node_buckets", "5x20", node="b@h")
+        + reporter("allot_node_state", "1x20", node="c@h", state="offline")
+        + reporter("allot_node_buckets", "0x20", node="c@h"),
         [
             fires(
                 "AllotOfflineNodeHoldsBuckets",
                 "2m",
-                {"node": "b@h", "state": "offline", **CRITICAL},
+                {"node": "b@h", "state": "offline", **REPORTER, **CRITICAL},
             )
         ],
     ),
@@ -133,11 +142,14 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, Any]]]] = {
         [fires("AllotNoCycles", "10m", WARNING), fires("AllotCyclesFailing", "10m")],
     ),
     "SQL behind ZooKeeper": (
-        both_nodes("allot_epoch", "4x20") + both_nodes("allot_sql_epoch", "3x20"),
-        [fires("AllotSqlBehindZooKeeper", "1m"), fires("AllotSqlBehindZooKeeper", "3m", WARNING)],
+        reporter("allot_epoch", "4x20") + reporter("allot_sql_epoch", "3x20"),
+        [
+            fires("AllotSqlBehindZooKeeper", "1m"),
+            fires("AllotSqlBehindZooKeeper", "3m", {**REPORTER, **WARNING}),
+        ],
     ),
     "SQL level with ZooKeeper": (
-        both_nodes("allot_epoch", "4x20") + both_nodes("allot_sql_epoch", "4x20"),
+        reporter("allot_epoch", "4x20") + reporter("allot_sql_epoch", "4x20"),
         [fires("AllotSqlBehindZooKeeper", "3m")],
     ),
     "fenced commits counted by workers": (
@@ -165,12 +177,27 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, Any]]]] = {
             )
         ],
     ),
-    "a node that cannot read SQL": (
+    "the reporting node cannot read SQL": (
+        reporter("allot_up", "0x20", source="sql") + reporter("allot_up", "1x20", source="redis"),
+        [fires("AllotSourceUnreadable", "3m", {**REPORTER, "source": "sql", **WARNING})],
+    ),
+    "the duty moves from one node to another: the gauges go on, no alert": (
         [
-            series("allot_up", "0x20", instance="n1:9101", source="sql"),
-            series("allot_up", "1x20", instance="n2:9102", source="sql"),
+            series("allot_cluster_reporter", "1x4 0x16", instance="n1:9101"),
+            series("allot_cluster_reporter", "0x4 1x16", instance="n2:9102"),
+            series("allot_cluster_reporter", "0x20", instance="n3:9103"),
         ],
-        [fires("AllotSourceUnreadable", "3m", {"instance": "n1:9101", "source": "sql", **WARNING})],
+        [fires("AllotNoClusterReporter", "4m")],
+    ),
+    "no node serves the cluster's gauges": (
+        [
+            series("allot_cluster_reporter", "1x4 0x16", instance="n1:9101"),
+            series("allot_cluster_reporter", "0x20", instance="n2:9102"),
+        ],
+        [
+            fires("AllotNoClusterReporter", "2m"),
+            fires("AllotNoClusterReporter", "4m", WARNING),
+        ],
     ),
 }
 

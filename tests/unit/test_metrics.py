@@ -195,6 +195,16 @@ def test_the_cluster_collector_describes_its_families_without_reading() -> None:
         registry.register(ClusterCollector(never_started, sessionmaker(), Settings()))
 
 
+def test_a_node_that_does_not_report_reads_nothing_and_says_so() -> None:
+    # a client that was never started: any read of ZooKeeper would fail (allot_up 0)
+    never_started = KazooClient(hosts="127.0.0.1:1")
+    collector = ClusterCollector(never_started, sessionmaker(), Settings(), reporting=lambda: False)
+
+    got = samples(list(collector.collect()))
+
+    assert got == {("allot_cluster_reporter", ()): 0}
+
+
 def test_a_multiprocess_directory_set_after_import_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
