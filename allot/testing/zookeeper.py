@@ -88,7 +88,7 @@ class Request:
     watch: bool
 
 
-class CountingClient(KazooClient):
+class CountingClient(KazooClient):  # type: ignore[misc]  # kazoo ships no types
     """A real :class:`KazooClient` that records every request it queues (:attr:`requests`,
     in order), so a test or a benchmark can count what a component asks ZooKeeper and which
     znodes it watches. Pings and the connection's own handshake are not requests here.
