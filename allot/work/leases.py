@@ -169,8 +169,8 @@ class BucketWork:
 
     The session (:class:`ZkSession`), followed by the loop in the order kazoo reported it::
 
-        CONNECTED --SUSPENDED--> SUSPENDED --CONNECTED--> CONNECTED (+ check for strays)
-            |                       |
+        CONNECTED --SUSPENDED--> SUSPENDED --CONNECTED--> CONNECTED (+ read the held leases
+            |                       |                                and those in doubt)
             +--------LOST-----------+--> LOST (every bucket forgotten)
                                            |
                                            +--CONNECTED (a new session)--> CONNECTED

@@ -1,11 +1,11 @@
 """Reading the bucket leases: every child of ``{root}/leases`` in one listing and one
-``multiRead`` (:func:`read_leases`), for the node that holds leases and for the operator's
-views.
+``multiRead`` (:func:`read_leases`), for the operator's views and the cluster's gauges.
 
 A lease ``{root}/leases/{bucket}`` is an ephemeral znode whose data is a
 :class:`~allot.zk.codec.LeaseRecord` (``{"node_key","epoch"}``) and whose ``czxid`` is its
-holder's token. :class:`allot.work.leases.BucketWork` writes them (and reads this listing to
-find its own stray leases); ``allot verify`` judges the node each one names
+holder's token. :class:`allot.work.leases.BucketWork` writes them (and reads only the leases
+of its own buckets, one by one: never this listing, whose cost grows with the cluster);
+``allot verify`` judges the node each one names
 (:mod:`allot.inspect.invariants`); ``allot status`` and the ``allot_buckets_without_lease``
 gauge count the buckets that have one.
 
