@@ -7,7 +7,8 @@ others) and, on demand, a :class:`Namespace` per process to isolate: a network n
 joined to the bridge by a veth pair, with its own address. A process runs inside with
 :meth:`Namespace.command` (``ip netns exec``); :meth:`Namespace.blackhole` drops everything it
 sends to one address (a new connection fails, an open one goes silent: nothing answers, as on
-a cut link) and :meth:`Namespace.heal` restores the route. :meth:`Lab.close` (also on leaving
+a cut link; ``both_ways`` also drops what the host sends to the namespace) and
+:meth:`Namespace.heal` restores the route. :meth:`Lab.close` (also on leaving
 the ``with`` block, after a failure too) deletes the namespaces and the bridge; stop the
 processes inside first. Names start with ``al`` and a random tag, so two labs never collide.
 
@@ -58,20 +59,32 @@ class Namespace:
     host_side: str
     """The veth end on the host, a port of the bridge."""
     cut: set[str] = field(default_factory=set)
+    """The addresses this namespace's packets to are dropped."""
+    unreachable: bool = False
+    """Whether the host drops every packet to this namespace (:meth:`blackhole` both ways)."""
 
     def command(self, args: list[str]) -> list[str]:
         """``args`` run inside this namespace."""
         return ["ip", "netns", "exec", self.name, *args]
 
-    def blackhole(self, address: str) -> None:
-        """Drop everything this namespace sends to ``address`` (until :meth:`heal`)."""
+    def blackhole(self, address: str, *, both_ways: bool = False) -> None:
+        """Drop everything this namespace sends to ``address`` (until :meth:`heal`). With
+        ``both_ways`` the host also drops everything it sends to this namespace (from any of
+        its addresses): not even a server's FIN or reset gets in, as on a link that went dead.
+        """
         _ip("netns", "exec", self.name, "ip", "route", "replace", "blackhole", f"{address}/32")
         self.cut.add(address)
+        if both_ways:
+            _ip("route", "replace", "blackhole", f"{self.address}/32")
+            self.unreachable = True
 
     def heal(self, address: str) -> None:
-        """Route to ``address`` again."""
+        """Route to ``address`` again (and from the host to this namespace)."""
         _ip("netns", "exec", self.name, "ip", "route", "del", "blackhole", f"{address}/32")
         self.cut.discard(address)
+        if self.unreachable:
+            _ip("route", "del", "blackhole", f"{self.address}/32")
+            self.unreachable = False
 
 
 class Lab:
@@ -130,6 +143,9 @@ class Lab:
         """Delete every namespace (their veth pairs go with them) and the bridge; what is
         already gone is skipped."""
         for namespace in self.namespaces:
+            if namespace.unreachable:  # a host route outlives the bridge: delete it
+                with contextlib.suppress(ServiceError):
+                    _ip("route", "del", "blackhole", f"{namespace.address}/32")
             with contextlib.suppress(ServiceError):
                 _ip("netns", "del", namespace.name)
             with contextlib.suppress(ServiceError):
