@@ -73,7 +73,7 @@ from allot.work.consumer import BucketQueues, busy_buckets
 from allot.work.leases import BucketWork
 from allot.work.periodic import Ticker
 from allot.work.redelivery import bucket_restorer
-from allot.work.stepaside import BrokerWatch, broker_probe, consumer_probe
+from allot.work.stepaside import BrokerWatch, CutMarks, broker_probe, consumer_probe
 from allot.work.tokens import require_node_tokens, share_node_tokens
 from allot.zk.client import connect
 from allot.zk.paths import ZkPaths
@@ -196,8 +196,9 @@ class WorkerNode:
         None outside a worker's consumer, or with ``ALLOT_BROKER_STEP_ASIDE=0``."""
         queues = BucketQueues.current
         limit = self.settings.broker_step_aside
-        if queues is None or self.work is None or limit <= 0:
+        if queues is None or self.work is None or self.client is None or limit <= 0:
             return None
+        marks = CutMarks(self.client, self.paths, self.key)
         probes = [consumer_probe(queues.heartbeat)]
         broker = broker_probe(self.settings.broker_url)
         if broker is not None:
@@ -207,6 +208,8 @@ class WorkerNode:
             limit,
             step_aside=self._step_aside,
             come_back=self._come_back,
+            mark=marks.mark,
+            others_consume=marks.others_consume,
         )
         watch.start()
         return watch

@@ -9,6 +9,13 @@ broker answers a round trip (a Redis ``PING`` on a connection of its own, giving
 ``ALLOT_BROKER_STEP_ASIDE`` seconds it calls ``step_aside``; once stepped aside, every probe
 succeeding for ``ALLOT_BROKER_STEP_ASIDE`` seconds in a row calls ``come_back`` (the same
 time both ways: a flapping link does not make the node join and leave every few seconds).
+
+A broker down for everyone is no gray failure: stepping aside would only empty the cluster.
+While its probes fail, a node marks itself in ZooKeeper (:class:`CutMarks`, an ephemeral
+``{root}/broker-cut/{node}``, created at the first failed probe and deleted at the next one
+that passes), and it steps aside only while some other live node is not marked: in an outage
+of the broker every node is marked within a probe or two, long before the limit, and they all
+stay (logged once).
 What stepping aside does, and why it never makes a double owner, is the worker's business
 (``tasks.node``); the argument is docs/table-work.md, case 17.
 
@@ -29,11 +36,14 @@ import threading
 import time
 from collections.abc import Callable
 
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from redis import Redis, RedisError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from allot.work.redelivery import redis_url
+from allot.zk.paths import ZkPaths
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +99,55 @@ def consumer_probe(heartbeat: Callable[[], bool]) -> Callable[[], None]:
     return probe
 
 
+def cut_path(paths: ZkPaths) -> str:
+    """``{root}/broker-cut``: the live nodes whose probes fail, one ephemeral child each."""
+    return f"{paths.root}/broker-cut"
+
+
+class CutMarks:
+    """This node's mark under ``{root}/broker-cut`` and the question the step aside asks.
+
+    Failure modes:
+        SUSPENDED or another ZooKeeper error: a mark that cannot be written is logged and
+        tried again at the next change; :meth:`others_consume` answers True when it cannot
+        read (a node cut from the broker steps aside rather than stay unserved).
+        LOST: the mark, ephemeral, ends with the session (the node is no member then either).
+        A stale mark of a dead node: ephemeral, gone with its session.
+    """
+
+    def __init__(self, client: KazooClient, paths: ZkPaths, node_key: str) -> None:
+        self.client = client
+        self.paths = paths
+        self.node_key = node_key
+        self.path = f"{cut_path(paths)}/{node_key}"
+
+    def mark(self, failing: bool) -> None:
+        """Create (``failing``) or delete this node's mark; safe to repeat."""
+        try:
+            if failing:
+                self.client.create(self.path, ephemeral=True, makepath=True)
+            else:
+                self.client.delete(self.path)
+        except (NodeExistsError, NoNodeError):
+            pass
+        except KazooException as exc:
+            log.warning("could not %s %s: %r", "create" if failing else "delete", self.path, exc)
+
+    def others_consume(self) -> bool:
+        """Whether some live node other than this one is not marked (so it can take buckets
+        and consume them)."""
+        try:
+            members = set(self.client.get_children(self.paths.nodes))
+            try:
+                cut = set(self.client.get_children(cut_path(self.paths)))
+            except NoNodeError:
+                cut = set()
+        except KazooException as exc:
+            log.warning("could not read which nodes reach the broker (%r): stepping aside", exc)
+            return True
+        return bool(members - cut - {self.node_key})
+
+
 class BrokerWatch:
     """Probes the node's ability to consume and steps aside, or comes back, past ``limit`` s.
 
@@ -97,6 +156,11 @@ class BrokerWatch:
         limit: ``ALLOT_BROKER_STEP_ASIDE``, seconds; must be > 0.
         step_aside: called with the reason once no probe passed for ``limit`` s.
         come_back: called once every probe passed for ``limit`` s after stepping aside.
+        mark: called with True when a probe fails after one passed (or at the first), with
+            False when one passes after one failed (:meth:`CutMarks.mark`).
+        others_consume: asked before stepping aside; False (no other node can consume
+            either: the broker is down for all) keeps the node serving
+            (:meth:`CutMarks.others_consume`).
         on_change: called with the new :class:`Standing` after each change (metrics, tests).
     """
 
@@ -107,6 +171,8 @@ class BrokerWatch:
         *,
         step_aside: Callable[[str], object],
         come_back: Callable[[], object],
+        mark: Callable[[bool], object] | None = None,
+        others_consume: Callable[[], bool] | None = None,
         on_change: Callable[[Standing], object] | None = None,
         interval: float = PROBE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
@@ -117,7 +183,11 @@ class BrokerWatch:
         self.limit = limit
         self._step_aside = step_aside
         self._come_back = come_back
+        self._mark = mark
+        self._others_consume = others_consume
         self._on_change = on_change
+        self._failing: bool | None = None
+        self._alone_logged = False
         self.interval = interval
         self._clock = clock
         self.standing = Standing.SERVING
@@ -161,6 +231,9 @@ class BrokerWatch:
         when the limit is reached; the one place :attr:`standing` changes."""
         now = self._clock()
         self.reason = failure
+        if self._mark is not None and self._failing is not bool(failure):
+            self._mark(bool(failure))
+        self._failing = bool(failure)
         if failure:
             self.passing_since = None
         else:
@@ -168,6 +241,17 @@ class BrokerWatch:
             if self.passing_since is None:
                 self.passing_since = now
         if self.standing is Standing.SERVING and now - self.last_passed >= self.limit:
+            if self._others_consume is not None and not self._others_consume():
+                if not self._alone_logged:
+                    log.warning(
+                        "no probe passed for %g s (%s), but no other live node reaches the "
+                        "broker either: not stepping aside",
+                        self.limit,
+                        failure,
+                    )
+                    self._alone_logged = True
+                return self.standing
+            self._alone_logged = False
             self._move(Standing.STEPPED_ASIDE, lambda: self._step_aside(failure))
         elif (
             self.standing is Standing.STEPPED_ASIDE

@@ -176,3 +176,33 @@ def test_a_worker_cut_from_the_broker_steps_aside_and_comes_back(
     assert set(runs.values()) == {1}
     assert effects(cluster.engine) == dict.fromkeys(sent, 1)
     assert overlapping_owners(cluster.engine) == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_no_node_steps_aside_when_the_broker_is_cut_from_all(
+    lab: Lab, lab_cluster: LocalCluster
+) -> None:
+    # Given two workers, each in a namespace of its own
+    cluster = lab_cluster
+    redis_address = lab.addresses[1]
+    spaces = [lab.namespace(), lab.namespace()]
+    workers = [worker_in(cluster, space, f"w{i}") for i, space in enumerate(spaces, 1)]
+    cluster.wait_for(
+        lambda: len(cluster.zk()) == 2 and served_by_owners(cluster), "two serving", START
+    )
+    before = cluster.zk()
+
+    # When both lose their route to Redis for longer than the step-aside limit
+    for space in spaces:
+        space.blackhole(redis_address)
+    cluster.wait_for(
+        lambda: all("not stepping aside" in w.output() for w in workers),
+        "both workers past the limit",
+        BOUND,
+    )
+
+    # Then neither stepped aside: both are still members with the buckets they had
+    assert cluster.zk() == before
+    assert not any("steps aside" in w.output() for w in workers)
+    members = cluster.client.get_children(f"{cluster.settings.zk_root}/nodes")
+    assert set(members) == {cluster.key("w1"), cluster.key("w2")}

@@ -88,3 +88,31 @@ def test_the_consumer_probe_fails_when_the_heartbeat_was_not_stamped() -> None:
 def test_a_limit_of_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="> 0"):
         BrokerWatch([], 0.0, step_aside=print, come_back=print)
+
+
+def test_it_marks_itself_at_each_change_between_passing_and_failing_only() -> None:
+    clock, marks = Clock(), []
+    broker = BrokerWatch(
+        [], 10.0, step_aside=print, come_back=print, mark=marks.append, clock=clock
+    )
+    run(broker, clock, "..xxx..x")
+    assert marks == [False, True, False, True]
+
+
+def test_it_stays_while_no_other_node_reaches_the_broker_and_goes_once_one_does() -> None:
+    clock, calls = Clock(), []
+    others = [False]
+    broker = BrokerWatch(
+        [],
+        10.0,
+        step_aside=lambda why: calls.append("aside"),
+        come_back=lambda: calls.append("back"),
+        others_consume=lambda: others[0],
+        clock=clock,
+    )
+    run(broker, clock, "x" * 30)  # the broker is down for everyone
+    assert broker.standing is Standing.SERVING
+    assert calls == []
+    others[0] = True  # the others reach it again; this node still does not
+    assert run(broker, clock, "x") == [Standing.STEPPED_ASIDE]
+    assert calls == ["aside"]
