@@ -32,6 +32,8 @@ CONFIRM_TIMEOUT = 0.5
 """Seconds :meth:`LockGuard.confirm` waits for ZooKeeper's answer before it gives up: the
 caller holds SQL's fence row meanwhile, so this bounds how long a holder frozen past its
 session and resumed can keep the next holder's SQL waiting (a healthy round trip is a few ms).
+A ZooKeeper that takes longer to answer one ``exists`` makes that write roll back as if the
+lock were lost: the cycle aborts, and the next one writes SQL again (catch-up).
 """
 
 
