@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         description="Seconds a node giving a bucket away lets its running table tasks finish "
         "before it releases the bucket's lease (their commits are then refused).",
     )
+    broker_step_aside: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a worker that cannot consume its bucket queues (the broker does "
+        "not answer, or its consumer is wedged) keeps its buckets before it steps aside so "
+        "they move; it comes back once the broker answered for as long again. 0: never.",
+    )
     run_retries: int = Field(
         20,
         ge=0,

@@ -29,6 +29,7 @@ if [ "$mode" = test ]; then
     command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v docker-compose >/dev/null || missing+=(docker-compose)
     command -v promtool >/dev/null || missing+=(prometheus)
+    command -v ip >/dev/null || missing+=(iproute2)
 elif [ "${ALLOT_PROMETHEUS:-0}" = 1 ]; then
     command -v prometheus >/dev/null || missing+=(prometheus)
 fi

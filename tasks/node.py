@@ -26,6 +26,13 @@ In the worker's main process:
   :mod:`allot.zk.registration`): stop serving table work at once (no bucket queue, every token
   cleared, the leases released for the other process) and log an error; the worker goes on,
   not a node, until it is restarted with a key of its own;
+- cut from the broker (no broker round trip, or a wedged consumer, for
+  ``ALLOT_BROKER_STEP_ASIDE`` s; :mod:`allot.work.stepaside`): step aside. Leave the trigger
+  duty, remove the membership znode, then the node's assignment entry: the lease loop drains
+  and releases every bucket as in a planned move, and the next cycle gives them to the live
+  nodes at once (no grace: the node is gone *and* holds no entry, like a clean stop). Once the
+  broker has answered for as long again, register again and queue for the duty: the normal
+  cycle gives it buckets (docs/table-work.md, case 17);
 - ``worker_shutdown``: on a clean stop, release the leases (the pool has finished its
   tasks), remove the membership znode and the node's assignment
   entry, so its buckets move at once (a crash is detected through the session instead, and
@@ -67,6 +74,7 @@ from allot.work.consumer import BucketQueues, busy_buckets
 from allot.work.leases import BucketWork
 from allot.work.periodic import Ticker
 from allot.work.redelivery import bucket_restorer
+from allot.work.stepaside import BrokerWatch, CutMarks, broker_probe, consumer_probe
 from allot.work.tokens import require_node_tokens, share_node_tokens
 from allot.zk.client import connect
 from allot.zk.paths import ZkPaths
@@ -98,6 +106,7 @@ class WorkerNode:
         self.duty: TriggerDuty | None = None
         self.work: BucketWork | None = None
         self.metrics: MetricsServer | None = None
+        self.broker_watch: BrokerWatch | None = None
         self.checked = False
         self.database_warning: str | None = None
         """Why the database could not be checked (it was unreachable), or None."""
@@ -181,6 +190,73 @@ class WorkerNode:
             client.close()
             raise
         self.client, self.registration = client, registration
+        self.broker_watch = self._watch_broker()
+
+    def _watch_broker(self) -> BrokerWatch | None:
+        """Step aside when the bucket queues cannot be consumed (:mod:`allot.work.stepaside`);
+        None outside a worker's consumer, or with ``ALLOT_BROKER_STEP_ASIDE=0``."""
+        queues = BucketQueues.current
+        limit = self.settings.broker_step_aside
+        if queues is None or self.work is None or self.client is None or limit <= 0:
+            return None
+        marks = CutMarks(self.client, self.paths, self.key)
+        probes = [consumer_probe(queues.heartbeat)]
+        broker = broker_probe(self.settings.broker_url)
+        if broker is not None:
+            probes.insert(0, broker)
+        watch = BrokerWatch(
+            probes,
+            limit,
+            step_aside=self._step_aside,
+            come_back=self._come_back,
+            mark=marks.mark,
+            others_consume=marks.others_consume,
+        )
+        watch.start()
+        return watch
+
+    def _step_aside(self, why: str) -> None:
+        """Give every bucket up while the broker cannot be consumed from: leave the trigger
+        duty (its sends go through the broker), remove the membership znode, then the
+        assignment entry (in that order: a live node without an entry would be given buckets
+        again). The lease loop drains and releases each bucket as in a planned move; no other
+        node can serve one before its lease is released or this session ends.
+
+        Raises:
+            KazooException, StaleAssignment: ZooKeeper refused; the watch tries again.
+        """
+        log.warning(
+            "node %s steps aside: it could not consume its bucket queues for %g s (%s); "
+            "its buckets move to the other nodes",
+            self.key,
+            self.settings.broker_step_aside,
+            why,
+        )
+        duty, self.duty = self.duty, None
+        if duty is not None:
+            duty.stop()
+        if self.registration is not None:
+            self.registration.unregister()
+        if self.client is not None:
+            AssignmentStore(self.client, self.paths).delete(self.key)
+
+    def _come_back(self) -> None:
+        """The broker answered for ``ALLOT_BROKER_STEP_ASIDE`` s: register again and queue for
+        the trigger duty; the next cycle gives this node buckets.
+
+        Raises:
+            NodeKeyTaken: another process took the key meanwhile (the watch tries again).
+        """
+        if self.registration is None or self.client is None:
+            return
+        self.registration.register()
+        if self.duty is None:
+            self.duty = TriggerDuty(self.client, self.paths, self.key, self._request_cycle)
+        log.warning(
+            "node %s is back: the broker answered for %g s; it gets buckets at the next cycle",
+            self.key,
+            self.settings.broker_step_aside,
+        )
 
     def _start_work(self, client: KazooClient) -> BucketWork | None:
         """Serve the bucket queues of this node's buckets, through leases
@@ -222,6 +298,9 @@ class WorkerNode:
             self.key,
             why,
         )
+        watch, self.broker_watch = self.broker_watch, None
+        if watch is not None:
+            watch.stop()
         work, self.work = self.work, None
         if work is not None:
             work.stop()
@@ -241,6 +320,9 @@ class WorkerNode:
         worker shuts down), the node leaves when its session expires instead, and the stop
         still finishes.
         """
+        watch, self.broker_watch = self.broker_watch, None
+        if watch is not None:
+            watch.stop()
         if self.duty is not None:
             self.duty.stop()
         metrics, self.metrics = self.metrics, None

@@ -8,6 +8,8 @@
 - :mod:`allot.testing.processes` and :mod:`allot.testing.cluster`: real ``celery`` processes
   started, waited for and stopped, and a local cluster of them with observers, shared by the
   end-to-end tests and the benchmarks.
+- :mod:`allot.testing.netns`: real network partitions (network namespaces on a bridge, cut
+  by blackhole routes; root and iproute2).
 
 The production image leaves this package out (``.dockerignore``): it needs Java and the
 ZooKeeper jars, which the image does not have.

@@ -279,6 +279,9 @@ def start_redis(
         str(workdir),
         "--logfile",
         str(log_path),
+        # a test's own address (allot.testing.netns) serves clients of other addresses
+        "--protected-mode",
+        "yes" if host in ("127.0.0.1", "localhost", "::1") else "no",
     ]
     process = subprocess.Popen(
         command,

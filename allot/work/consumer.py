@@ -14,12 +14,16 @@ behind each choice.
 :attr:`BucketQueues.applied` counts reconciles done; :meth:`serve` returns the count its own
 reconcile will reach. Once :attr:`applied` reaches it, no new message of a dropped queue is
 started: a message a blocking read had already taken goes back to its queue.
+
+:meth:`BucketQueues.heartbeat` tells whether the worker's event loop still runs with a broker
+connection (a wedged consumer does not): :mod:`allot.work.stepaside` asks it once a probe.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, ClassVar
 
 from celery import bootsteps
@@ -45,6 +49,10 @@ class BucketQueues(bootsteps.StartStopStep):  # type: ignore[misc]
         self.requested = 0
         self.applied = 0
         self._lock = threading.Lock()
+        self.loop_seen = 0.0
+        """``time.monotonic()`` when the worker's event loop last ran a :meth:`heartbeat`
+        stamp while connected to the broker (0: never)."""
+        self._stamp_asked = 0.0
         BucketQueues.current = self
 
     def start(self, parent: Any) -> None:
@@ -61,6 +69,22 @@ class BucketQueues(bootsteps.StartStopStep):  # type: ignore[misc]
             generation = self.requested
         self.consumer.call_soon(self._apply, generation)
         return generation
+
+    def heartbeat(self) -> bool:
+        """True when the event loop ran the stamp asked at the previous call while connected
+        to the broker (a consumer that is connected and not wedged); then asks for a new one.
+        Safe from any thread; at most one stamp is waiting at a time."""
+        alive = self.loop_seen >= self._stamp_asked > 0.0
+        if alive or self._stamp_asked == 0.0:
+            self._stamp_asked = time.monotonic()
+            self.consumer.call_soon(self._stamp)
+        return alive
+
+    def _stamp(self) -> None:
+        if getattr(self.consumer, "task_consumer", None) is not None:
+            self.loop_seen = time.monotonic()
+        else:  # not connected: ask again at the next heartbeat
+            self._stamp_asked = 0.0
 
     def _apply(self, generation: int) -> None:
         consumer = self.consumer

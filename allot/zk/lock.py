@@ -28,6 +28,14 @@ from allot.zk.paths import ZkPaths
 
 log = logging.getLogger(__name__)
 
+CONFIRM_TIMEOUT = 0.5
+"""Seconds :meth:`LockGuard.confirm` waits for ZooKeeper's answer before it gives up: the
+caller holds SQL's fence row meanwhile, so this bounds how long a holder frozen past its
+session and resumed can keep the next holder's SQL waiting (a healthy round trip is a few ms).
+A ZooKeeper that takes longer to answer one ``exists`` makes that write roll back as if the
+lock were lost: the cycle aborts, and the next one writes SQL again (catch-up).
+"""
+
 
 class _Interruptions:
     """Counts SUSPENDED and LOST transitions of a client while installed (a kazoo listener:
@@ -118,16 +126,24 @@ class LockGuard:
         if problem is not None:
             raise LockLost(f"{problem}: stopping without writing")
 
-    def confirm(self) -> None:
+    def confirm(self, timeout: float = CONFIRM_TIMEOUT) -> None:
         """:meth:`check`, then ask ZooKeeper (one round trip) that the lock znode still exists
         and belongs to this session: what a write outside ZooKeeper (SQL) is committed on.
+        An answer that takes longer than ``timeout`` s counts as no: a resumed holder whose
+        session ended may wait that long for a connection its client does not know is dead.
 
         Raises:
-            LockLost: the guard tripped, or the lock znode is gone or not this session's.
+            LockLost: the guard tripped, the lock znode is gone or not this session's, or
+                ZooKeeper did not answer within ``timeout``.
         """
         self.check()
         try:
-            stat = self.client.exists(self.lock_node)
+            stat = self.client.exists_async(self.lock_node).get(timeout=timeout)
+        except self.client.handler.timeout_exception:
+            raise LockLost(
+                f"ZooKeeper did not confirm the assignment lock within {timeout:g} s: "
+                "stopping without writing"
+            ) from None
         except KazooException as exc:
             raise LockLost(f"the assignment lock could not be confirmed ({exc!r})") from None
         if stat is None or stat.ephemeralOwner != self.session_id:
