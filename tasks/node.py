@@ -19,7 +19,8 @@ In the worker's main process:
   instead of at the next beat tick, and 1,000 workers cost one watch, not 1,000;
 - then serve table work: :class:`~allot.work.leases.BucketWork` watches the node's own
   assignment, takes the buckets' leases, writes their tokens into the shared table and
-  switches the worker's bucket queues (:mod:`allot.work`), and, with ``ALLOT_METRICS_PORT``,
+  switches the worker's bucket queues (:mod:`allot.work`), publishes the seconds its work
+  takes per bucket for strategy ``load`` (:mod:`allot.work.load`), and, with ``ALLOT_METRICS_PORT``,
   serve Prometheus metrics (:mod:`allot.metrics`);
 - displaced (another live process took the node key after this one registered,
   :mod:`allot.zk.registration`): stop serving table work at once (no bucket queue, every token
@@ -64,10 +65,12 @@ from allot.names import validate_node_key
 from allot.settings import Settings, get_settings
 from allot.work.consumer import BucketQueues, busy_buckets
 from allot.work.leases import BucketWork
+from allot.work.load import LoadReporter, share_node_load
 from allot.work.periodic import Ticker
 from allot.work.redelivery import bucket_restorer
 from allot.work.tokens import require_node_tokens, share_node_tokens
 from allot.zk.client import connect
+from allot.zk.load import LoadPublisher
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration, this_process
 from allot.zk.store import AssignmentStore
@@ -96,6 +99,7 @@ class WorkerNode:
         self.registration: NodeRegistration | None = None
         self.duty: TriggerDuty | None = None
         self.work: BucketWork | None = None
+        self.load: LoadReporter | None = None
         self.metrics: MetricsServer | None = None
         self.checked = False
         self.database_warning: str | None = None
@@ -166,10 +170,14 @@ class WorkerNode:
             log.info("registered as node %s (weight %g)", self.key, self.settings.node_weight)
             self.duty = TriggerDuty(client, self.paths, self.key, self._request_cycle)
             self.work = self._start_work(client)
+            self.load = self._start_load(client) if self.work is not None else None
             if registration.displaced is not None:  # displaced before its work started
                 self._displaced(registration.displaced)
             self.metrics = start_node_metrics(client, self.settings)
         except BaseException:
+            if self.load is not None:
+                self.load.stop()
+                self.load = None
             if self.work is not None:
                 self.work.stop()
                 self.work = None
@@ -208,6 +216,19 @@ class WorkerNode:
         work.start()
         return work
 
+    def _start_load(self, client: KazooClient) -> LoadReporter:
+        """Publish the seconds this node's table work takes per bucket (:mod:`allot.work.load`)
+        every ``ALLOT_LOAD_PUBLISH_INTERVAL``, for strategy ``load``."""
+        settings = self.settings
+        reporter = LoadReporter(
+            share_node_load(settings.bucket_count),  # made at worker_init, shared
+            LoadPublisher(client, self.paths, self.key),
+            window=settings.load_window,
+            interval=settings.load_publish_interval,
+        )
+        reporter.start()
+        return reporter
+
     def _displaced(self, why: str) -> None:
         """Another live process holds this node's key (:mod:`allot.zk.registration`): stop the
         table work of this one at once. Its bucket queues are dropped and its tokens cleared
@@ -221,6 +242,9 @@ class WorkerNode:
             self.key,
             why,
         )
+        load, self.load = self.load, None
+        if load is not None:
+            load.stop()
         work, self.work = self.work, None
         if work is not None:
             work.stop()
@@ -245,6 +269,9 @@ class WorkerNode:
         metrics, self.metrics = self.metrics, None
         if metrics is not None:
             metrics.stop()
+        load, self.load = self.load, None
+        if load is not None:
+            load.stop()
         work, self.work = self.work, None
         if work is not None:
             work.stop()
@@ -311,6 +338,16 @@ def _share_tokens(**_: Any) -> None:
         share_node_tokens(get_settings().bucket_count)
     except Exception:
         require_node_tokens()  # none: this process and its pool run no table task
+
+
+@worker_init.connect
+def _share_load(**_: Any) -> None:
+    """Before the pool starts: create the node's load meter in memory every pool process
+    inherits (:mod:`allot.work.load`). Should this fail, runs are not measured (logged)."""
+    try:
+        share_node_load(get_settings().bucket_count)
+    except Exception:
+        log.exception("no load meter: this node's table work is not measured")
 
 
 @worker_process_init.connect
