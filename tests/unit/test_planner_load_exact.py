@@ -86,7 +86,9 @@ class Instance:
     def __init__(self, snapshot: dict[str, Any]) -> None:
         count = snapshot["bucket_count"]
         nodes = snapshot["nodes"]
-        self.live = sorted(key for key, info in nodes.items() if info.get("state", "live") == "live")
+        self.live = sorted(
+            key for key, info in nodes.items() if info.get("state", "live") == "live"
+        )
         weights = {key: float(nodes[key]["weight"]) for key in self.live}
         measured = {int(bucket): float(value) for bucket, value in snapshot["load"].items()}
         mean = math.fsum(measured.values()) / len(measured) if measured else 1.0
@@ -133,9 +135,7 @@ class Instance:
         solver.setOptionValue("mip_rel_gap", 0.0)
         solver.setOptionValue("mip_abs_gap", 0.0)
         scale = 1.0 / self.total  # loads and shares scaled to a total of 1
-        place = {
-            (bucket, key): solver.addBinary() for bucket in self.movable for key in self.live
-        }
+        place = {(bucket, key): solver.addBinary() for bucket in self.movable for key in self.live}
         ratio = solver.addVariable(lb=0.0)
         for bucket in self.movable:
             solver.addConstr(sum(place[bucket, key] for key in self.live) == 1)

@@ -100,7 +100,9 @@ def test_pins_to_live_nodes_are_kept_the_others_reported_and_every_bucket_owned_
     mode=st.sampled_from(["absent", "null", "empty", "some", "all"]),
     seconds=st.sampled_from([0.0, 0.5, 7.0]),
 )
-def test_equal_loads_give_balanceds_plan(snapshot: dict[str, Any], mode: str, seconds: float) -> None:
+def test_equal_loads_give_balanceds_plan(
+    snapshot: dict[str, Any], mode: str, seconds: float
+) -> None:
     """No measurement, or every bucket measured (or counted as the mean) at the same value."""
     count = snapshot["bucket_count"]
     if mode == "null":
