@@ -94,8 +94,9 @@ def test_a_pin_to_a_node_that_is_not_live_is_ignored_and_reported(
 
     assert result["assignments"] == unpinned["assignments"]
     assert result["stats"]["pins_ignored"] == [{"bucket": 2, "node": node, "reason": reason}]
-    assert f"1 pin(s) ignored until they can be kept: bucket 2 -> {node} ({reason})" in (
-        result["stats"]["warnings"]
+    assert (
+        f"1 pin(s) ignored until they can be kept: bucket 2 -> {node} ({reason})"
+        in (result["stats"]["warnings"])
     )
 
 
