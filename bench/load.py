@@ -67,6 +67,8 @@ SCENARIOS = (  # (buckets, nodes, Zipf exponent, hot)
     (16_384, 20, 0.8, False),
     (16_384, 50, 0.6, False),
     (16_384, 50, 0.6, True),
+    (16_384, 1_000, 0.6, False),
+    (16_384, 1_000, 0.6, True),
 )
 
 
@@ -192,7 +194,7 @@ def run(scenario: Scenario, args: argparse.Namespace) -> list[str]:
         best, exact = lower_bound(scenario), False
         strict = ""
     return [
-        f"{scenario.buckets:,} x {len(scenario.weights)}",
+        f"{scenario.buckets:,} x {len(scenario.weights):,}",
         f"{scenario.exponent}{' hot' if scenario.hot else ''}",
         f"{by_count.stats.load_ratio_after:.3f}",
         f"{by_count.stats.moves}",
@@ -220,7 +222,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rnd = random.Random(args.seed)
-    console = Console(width=160, record=True)
+    console = Console(width=190, record=True)
     console.print(machine())
     table = make_table(
         f"Load ratio: balanced vs load vs the optimum (tolerance {args.tolerance}, "
@@ -242,6 +244,7 @@ def main() -> None:
         ],
         left=["buckets x nodes", "Zipf s"],
     )
+    table.columns[0].no_wrap = True
     for buckets, nodes, exponent, hot in SCENARIOS:
         table.add_row(*run(make_scenario(buckets, nodes, exponent, hot, rnd), args))
     console.print(table)

@@ -30,7 +30,7 @@ def node_loads(result: dict[str, Any], load: dict[str, float]) -> dict[str, floa
 
 
 # Three equal nodes; a holds two buckets of 4 s, b and c two of 1 s each: total 12, share 4.
-HOT = {
+HOT: dict[str, Any] = {
     "bucket_count": 6,
     "nodes": {"a": {}, "b": {}, "c": {}},
     "assignments": {"a": [1, 2], "b": [3, 4], "c": [5, 6]},

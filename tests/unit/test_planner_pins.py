@@ -14,7 +14,7 @@ from allot.planner import plan_from_json, strategy_names
 
 
 def owner(result: dict[str, Any], bucket: int) -> str:
-    return next(key for key, buckets in result["assignments"].items() if bucket in buckets)
+    return str(next(key for key, buckets in result["assignments"].items() if bucket in buckets))
 
 
 @pytest.mark.parametrize("strategy", strategy_names())
