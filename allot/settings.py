@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     node_weight: float = Field(
         1.0, gt=0, description="This worker's capacity weight; buckets are shared in proportion."
     )
-    strategy: str = Field("balanced", description="Planner strategy: `balanced`, `amoro` or `hrw`.")
+    strategy: str = Field(
+        "balanced", description="Planner strategy: `balanced`, `amoro`, `hrw` or `load`."
+    )
     task_modules: str = Field(
         "",
         description="Comma-separated modules with table tasks, imported by every worker.",
@@ -134,6 +136,31 @@ class Settings(BaseSettings):
         gt=0,
         description="Days plans and their moves are kept; the newest plan, the newest applied "
         "one and any `applying` plan are kept whatever their age.",
+    )
+
+    # -- assignment by measured work (strategy `load`, allot.work.load, allot.zk.load) ------
+    load_window: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds of table work a bucket's load sums (a sliding window, kept by "
+        "each node in memory: a restarted node starts with an empty one).",
+    )
+    load_publish_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between a node's publications of its buckets' load to ZooKeeper "
+        "(a cycle reads load up to this stale).",
+    )
+    load_tolerance: float = Field(
+        1.15,
+        ge=1,
+        description="Load ratio (largest node load over its fair share) above which strategy "
+        "`load` moves buckets for load alone.",
+    )
+    max_load_moves: int = Field(
+        10,
+        ge=0,
+        description="At most this many buckets moved for load alone per cycle (strategy `load`).",
     )
 
     @field_validator("node_key")

@@ -19,9 +19,10 @@ In the worker's main process:
   instead of at the next beat tick, and 1,000 workers cost one watch, not 1,000;
 - then serve table work: :class:`~allot.work.leases.BucketWork` watches the node's own
   assignment, takes the buckets' leases, writes their tokens into the shared table and
-  switches the worker's bucket queues (:mod:`allot.work`), and, with ``ALLOT_METRICS_PORT``,
-  serve Prometheus metrics (:mod:`allot.metrics`): the node's own counters, and the
-  cluster-wide gauges while it holds the trigger duty;
+  switches the worker's bucket queues (:mod:`allot.work`), publishes the seconds its work
+  takes per bucket for strategy ``load`` (:mod:`allot.work.load`), and, with
+  ``ALLOT_METRICS_PORT``, serve Prometheus metrics (:mod:`allot.metrics`): the node's own
+  counters, and the cluster-wide gauges while it holds the trigger duty;
 - displaced (another live process took the node key after this one registered,
   :mod:`allot.zk.registration`): stop serving table work at once (no bucket queue, every token
   cleared, the leases released for the other process) and log an error; the worker goes on,
@@ -72,11 +73,13 @@ from allot.names import validate_node_key
 from allot.settings import Settings, get_settings
 from allot.work.consumer import BucketQueues, busy_buckets
 from allot.work.leases import BucketWork
+from allot.work.load import LoadReporter, share_node_load
 from allot.work.periodic import Ticker
 from allot.work.redelivery import bucket_restorer
 from allot.work.stepaside import BrokerWatch, CutMarks, broker_probe, consumer_probe
 from allot.work.tokens import require_node_tokens, share_node_tokens
 from allot.zk.client import connect
+from allot.zk.load import LoadPublisher
 from allot.zk.paths import ZkPaths
 from allot.zk.registration import NodeRegistration, this_process
 from allot.zk.store import AssignmentStore
@@ -105,6 +108,7 @@ class WorkerNode:
         self.registration: NodeRegistration | None = None
         self.duty: TriggerDuty | None = None
         self.work: BucketWork | None = None
+        self.load: LoadReporter | None = None
         self.metrics: MetricsServer | None = None
         self.broker_watch: BrokerWatch | None = None
         self.checked = False
@@ -176,10 +180,14 @@ class WorkerNode:
             log.info("registered as node %s (weight %g)", self.key, self.settings.node_weight)
             self.duty = TriggerDuty(client, self.paths, self.key, self._request_cycle)
             self.work = self._start_work(client)
+            self.load = self._start_load(client) if self.work is not None else None
             if registration.displaced is not None:  # displaced before its work started
                 self._displaced(registration.displaced)
             self.metrics = start_node_metrics(client, self.settings, self.duty.holding.is_set)
         except BaseException:
+            if self.load is not None:
+                self.load.stop()
+                self.load = None
             if self.work is not None:
                 self.work.stop()
                 self.work = None
@@ -285,6 +293,24 @@ class WorkerNode:
         work.start()
         return work
 
+    def _start_load(self, client: KazooClient) -> LoadReporter | None:
+        """Publish the seconds this node's table work takes per bucket (:mod:`allot.work.load`)
+        every ``ALLOT_LOAD_PUBLISH_INTERVAL``, for strategy ``load``. A failure here is logged
+        and the node serves on, unmeasured (its buckets count as the mean)."""
+        settings = self.settings
+        try:
+            reporter = LoadReporter(
+                share_node_load(settings.bucket_count),  # made at worker_init, shared
+                LoadPublisher(client, self.paths, self.key),
+                window=settings.load_window,
+                interval=settings.load_publish_interval,
+            )
+            reporter.start()
+        except Exception:
+            log.exception("node %s does not publish its load", self.key)
+            return None
+        return reporter
+
     def _displaced(self, why: str) -> None:
         """Another live process holds this node's key (:mod:`allot.zk.registration`): stop the
         table work of this one at once. Its bucket queues are dropped and its tokens cleared
@@ -301,6 +327,9 @@ class WorkerNode:
         watch, self.broker_watch = self.broker_watch, None
         if watch is not None:
             watch.stop()
+        load, self.load = self.load, None
+        if load is not None:
+            load.stop()
         work, self.work = self.work, None
         if work is not None:
             work.stop()
@@ -328,6 +357,9 @@ class WorkerNode:
         metrics, self.metrics = self.metrics, None
         if metrics is not None:
             metrics.stop()
+        load, self.load = self.load, None
+        if load is not None:
+            load.stop()
         work, self.work = self.work, None
         if work is not None:
             work.stop()
@@ -394,6 +426,16 @@ def _share_tokens(**_: Any) -> None:
         share_node_tokens(get_settings().bucket_count)
     except Exception:
         require_node_tokens()  # none: this process and its pool run no table task
+
+
+@worker_init.connect
+def _share_load(**_: Any) -> None:
+    """Before the pool starts: create the node's load meter in memory every pool process
+    inherits (:mod:`allot.work.load`). Should this fail, runs are not measured (logged)."""
+    try:
+        share_node_load(get_settings().bucket_count)
+    except Exception:
+        log.exception("no load meter: this node's table work is not measured")
 
 
 @worker_process_init.connect

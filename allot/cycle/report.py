@@ -48,7 +48,10 @@ class CycleReport:
     foreign writer made unplannable, ``foreign`` which ``nodes/`` children were ignored, ``sql``
     why SQL fell behind (None while it keeps up), ``worker`` which process ran the cycle
     (``host:pid``, its lock identifier), ``membership`` the version of ``{root}/nodes`` its
-    last round read (or later).
+    last round read (or later). ``load_ratio_before``/``load_ratio_after``: the largest load
+    of a live node over its fair share, before and after the plan (None when the cycle read no
+    load: a strategy other than ``load``); ``pins_ignored``: the pins the plan could not keep,
+    ``{"bucket","node","reason"}`` (the node is not live: the bucket is placed as if unpinned).
     """
 
     outcome: CycleOutcome
@@ -65,6 +68,9 @@ class CycleReport:
     moves_by_node: dict[str, dict[str, int]] = field(default_factory=dict)
     spread_before: float = 0
     spread_after: float = 0
+    load_ratio_before: float | None = None
+    load_ratio_after: float | None = None
+    pins_ignored: list[dict[str, Any]] = field(default_factory=list)
     buckets: dict[str, int] = field(default_factory=dict)
     next_deadline: float | None = None
     recovered: list[str] = field(default_factory=list)
@@ -101,6 +107,7 @@ class CycleReport:
         """
         stats = planned.stats
         classes = seen.classes
+        measured = seen.measured.load
         return cls(
             outcome=outcome,
             trigger=trigger,
@@ -121,8 +128,11 @@ class CycleReport:
             corrupt=dict(seen.snapshot.corrupt),
             repaired=dict(seen.repairs),
             foreign=seen.members.ignored(),
-            warnings=list(stats.warnings),
+            warnings=list(stats.warnings) + list(seen.measured.problems),
             reason=reason,
+            load_ratio_before=None if measured is None else stats.load_ratio_before,
+            load_ratio_after=None if measured is None else stats.load_ratio_after,
+            pins_ignored=[pin.to_json() for pin in stats.pins_ignored],
         )
 
     def to_json(self) -> dict[str, Any]:

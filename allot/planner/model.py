@@ -23,6 +23,12 @@ from models.states import NodeState as NodeState
 MAX_BUCKET_COUNT = 1_000_000
 """The largest ``bucket_count`` a snapshot may have (the same bound as ``ALLOT_BUCKET_COUNT``)."""
 
+DEFAULT_TOLERANCE = 1.15
+"""The load ratio above which strategy ``load`` moves buckets for load alone."""
+
+DEFAULT_MAX_LOAD_MOVES = 10
+"""At most this many moves for load alone per plan (``ALLOT_MAX_LOAD_MOVES``)."""
+
 
 def check_weight(weight: object, where: str) -> float:
     """Return ``weight`` as a float if it is a finite number > 0.
@@ -90,17 +96,35 @@ class Snapshot:
     limit) caps the moves of a plan. Construction validates everything and stores the bucket
     lists as sorted tuples, so two snapshots that differ only in order are equal.
 
+    Measured work (DESIGN.md, "Assignment by measured work"), all optional:
+
+    - ``load``: seconds of work per bucket (finite, ``>= 0``). A bucket without an entry counts
+      as the mean of the measured ones; ``None`` or an empty mapping means equal loads.
+    - ``pins``: bucket -> node key. Every strategy keeps a pinned bucket on its node while that
+      node is live; a pin to a node that is not live is ignored and reported in the plan.
+    - ``tolerance``: the load ratio (``>= 1``) above which strategy ``load`` moves buckets for
+      load alone.
+    - ``max_load_moves``: at most this many such moves per plan (``>= 0``).
+
+    ``load`` and ``pins`` are stored as dicts sorted by bucket, ``load`` values as floats.
+
     Raises:
         InvalidSnapshot: on construction: ``bucket_count`` is not an integer in
             ``1..MAX_BUCKET_COUNT``; a node key is invalid; a bucket id is not an integer, is
             out of range, or is listed twice (by one node or by two); ``max_moves`` is negative
-            or not an integer.
+            or not an integer; a load is not a finite number ``>= 0`` or names a bucket out of
+            range; a pin names a bucket out of range or an invalid node key; ``tolerance`` is
+            not a finite number ``>= 1``; ``max_load_moves`` is not an integer ``>= 0``.
     """
 
     bucket_count: int
     nodes: Mapping[str, NodeInfo] = field(default_factory=dict)
     assignments: Mapping[str, Sequence[int]] = field(default_factory=dict)
     max_moves: int | None = None
+    load: Mapping[int, float] | None = None
+    pins: Mapping[int, str] = field(default_factory=dict)
+    tolerance: float = DEFAULT_TOLERANCE
+    max_load_moves: int = DEFAULT_MAX_LOAD_MOVES
 
     def __post_init__(self) -> None:
         count = self.bucket_count
@@ -129,6 +153,85 @@ class Snapshot:
         assignments = _checked_assignments(self.assignments, count, nodes)
         object.__setattr__(self, "nodes", nodes)
         object.__setattr__(self, "assignments", assignments)
+        if self.load is not None:
+            object.__setattr__(self, "load", _checked_load(self.load, count))
+        object.__setattr__(self, "pins", _checked_pins(self.pins, count))
+        object.__setattr__(self, "tolerance", _checked_tolerance(self.tolerance))
+        moves = self.max_load_moves
+        if isinstance(moves, bool) or not isinstance(moves, int) or moves < 0:
+            raise InvalidSnapshot(
+                f"invalid snapshot: max_load_moves must be an integer >= 0, got {moves!r}"
+            )
+
+
+def _checked_bucket(bucket: object, count: int, where: str) -> int:
+    """``bucket`` if it is an integer id in ``1..count``; ``where`` names the field."""
+    if isinstance(bucket, bool) or not isinstance(bucket, int):
+        raise InvalidSnapshot(
+            f"invalid snapshot: {where} names bucket {bucket!r}; bucket ids are integers"
+        )
+    if not 1 <= bucket <= count:
+        raise InvalidSnapshot(
+            f"invalid snapshot: {where} names bucket {bucket}, out of range 1..{count}"
+        )
+    return bucket
+
+
+def _checked_load(raw: Mapping[int, float], count: int) -> dict[int, float]:
+    """Validate the measured loads; return them as floats in a dict sorted by bucket."""
+    if not isinstance(raw, Mapping):
+        raise InvalidSnapshot(
+            f"invalid snapshot: load must map bucket ids to seconds, got {type(raw).__name__}"
+        )
+    result: dict[int, float] = {}
+    for bucket in sorted(raw, key=_sort_key):
+        _checked_bucket(bucket, count, "load")
+        value = raw[bucket]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidSnapshot(
+                f"invalid snapshot: load of bucket {bucket} is {value!r}; "
+                "loads must be numbers >= 0"
+            )
+        seconds = float(value)
+        if not 0 <= seconds < math.inf:  # also refuses NaN
+            raise InvalidSnapshot(
+                f"invalid snapshot: load of bucket {bucket} is {value!r}; "
+                "loads must be finite and >= 0"
+            )
+        result[bucket] = seconds
+    return result
+
+
+def _checked_pins(raw: Mapping[int, str], count: int) -> dict[int, str]:
+    """Validate the pins; return them in a dict sorted by bucket."""
+    if not isinstance(raw, Mapping):
+        raise InvalidSnapshot(
+            f"invalid snapshot: pins must map bucket ids to node keys, got {type(raw).__name__}"
+        )
+    result: dict[int, str] = {}
+    for bucket in sorted(raw, key=_sort_key):
+        _checked_bucket(bucket, count, "pins")
+        result[bucket] = check_node_key(raw[bucket], f"the pin of bucket {bucket}")
+    return result
+
+
+def _checked_tolerance(value: object) -> float:
+    """``value`` as a float if it is a finite number ``>= 1``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSnapshot(f"invalid snapshot: tolerance must be a number >= 1, got {value!r}")
+    tolerance = float(value)
+    if not 1 <= tolerance < math.inf:
+        raise InvalidSnapshot(
+            f"invalid snapshot: tolerance must be a finite number >= 1, got {value!r}"
+        )
+    return tolerance
+
+
+def _sort_key(bucket: object) -> tuple[bool, str, int]:
+    """Sort valid ids numerically and anything else after them, so errors are deterministic."""
+    if isinstance(bucket, int) and not isinstance(bucket, bool):
+        return (False, "", bucket)
+    return (True, repr(bucket), 0)
 
 
 def _checked_assignments(
@@ -220,6 +323,18 @@ class Move(NamedTuple):
         return {"bucket": self.bucket, "from": self.source, "to": self.target}
 
 
+class IgnoredPin(NamedTuple):
+    """A pin the plan could not keep: ``bucket`` pinned to ``node``, and why (one phrase)."""
+
+    bucket: int
+    node: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"bucket": 3, "node": "c@h", "reason": "node offline"}``."""
+        return {"bucket": self.bucket, "node": self.node, "reason": self.reason}
+
+
 @dataclass(frozen=True, slots=True)
 class PlanStats:
     """Numbers that describe a plan.
@@ -235,7 +350,13 @@ class PlanStats:
     - ``unplaced``: buckets nobody owns after the plan (no live node, or ``max_moves`` stopped
       the plan first), ascending.
     - ``warnings``: one sentence per thing an operator should know (no live node, a plan cut
-      short by ``max_moves``).
+      short by ``max_moves``, pins ignored).
+    - ``load_ratio_before`` / ``load_ratio_after``: the load ratio of the live nodes before and
+      after the plan (:func:`allot.planner.loads.load_ratio`: the largest ``load_n /
+      share_n``, with the snapshot's loads or equal loads when it has none; 1.0 for a zero
+      total load, 0 when no node is live). Every strategy reports them.
+    - ``pins_ignored``: the pins the plan could not keep (the node is not live, or a suspect
+      node holds the bucket), by bucket.
     """
 
     moves: int
@@ -246,9 +367,13 @@ class PlanStats:
     balanced: bool
     unplaced: tuple[int, ...] = ()
     warnings: tuple[str, ...] = ()
+    load_ratio_before: float = 1.0
+    load_ratio_after: float = 1.0
+    pins_ignored: tuple[IgnoredPin, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON form; whole-number spreads are written as integers (``1``, not ``1.0``)."""
+        """The JSON form; whole-number spreads and ratios are written as integers (``1``, not
+        ``1.0``)."""
         return {
             "moves": self.moves,
             "min_moves": self.min_moves,
@@ -258,6 +383,9 @@ class PlanStats:
             "balanced": self.balanced,
             "unplaced": list(self.unplaced),
             "warnings": list(self.warnings),
+            "load_ratio_before": _number(self.load_ratio_before),
+            "load_ratio_after": _number(self.load_ratio_after),
+            "pins_ignored": [pin.to_json() for pin in self.pins_ignored],
         }
 
 

@@ -40,6 +40,7 @@ from allot.names import TableName, parse_table_name
 from allot.settings import Settings
 from allot.work.context import TableContext
 from allot.work.database import WorkSql, work_sql
+from allot.work.load import LoadMeter, node_load
 from allot.work.queues import bucket_queue
 from allot.work.runs import AlreadyCommitted, Attempt, insert_ended, run_state
 from allot.work.spec import TableTaskSpec
@@ -70,6 +71,7 @@ def execute(
     kwargs: Mapping[str, Any],
     tokens: TokenSource | None = None,
     on_committed: Callable[[], None] | None = None,
+    load: LoadMeter | None = None,
 ) -> Any:
     """One attempt of run ``run_id`` of ``spec`` on ``table`` by ``node_key``, under the
     (generation, token) of the lease this node holds (``tokens``, default this worker's shared
@@ -77,6 +79,10 @@ def execute(
     sharing its successor's node key finds the fence naming a larger pair and is sent back.
     The attempt records that pair and its commit holds the fence under it. Only outside a
     worker (no table: a test calling this in-process) is the fence's own pair used.
+
+    When the body ran, whatever its end, its seconds (the body and its commit) are added to
+    the bucket's load (``load``, default this worker's shared meter, :mod:`allot.work.load`;
+    none outside a worker): in memory, never in SQL.
 
     A successful run costs one read-only statement before the body (:func:`run_state`: the
     fence, whether the run committed, how often it was abandoned) and one write transaction
@@ -137,11 +143,17 @@ def execute(
             f"dying process (ALLOT_MAX_ABANDONED={limit}): not run again"
         )
     ctx = TableContext(table, table_id, attempt, sql.sessions)
+    meter = load if load is not None else node_load()
     try:
-        result = spec.body(ctx, **kwargs)
-        if not ctx.committed:
-            with ctx.commit():
-                pass
+        began = time.monotonic()
+        try:
+            result = spec.body(ctx, **kwargs)
+            if not ctx.committed:
+                with ctx.commit():
+                    pass
+        finally:  # the body ran, whatever its end: its seconds are the bucket's load
+            if meter is not None:
+                meter.add(bucket_id, time.monotonic() - began)
     except Fenced as exc:
         _record(sql, attempt, RunStatus.FENCED, str(exc))
         raise

@@ -21,6 +21,10 @@ One module per idea:
 - :mod:`allot.zk.last_cycle`: the last cycle's report, for ``allot status``;
 - :mod:`allot.zk.leases`: the one reader of the bucket leases ``{root}/leases`` (their bytes are
   :func:`~allot.zk.codec.encode_lease`'s), for table work, ``allot status``/``verify`` and metrics;
+- :mod:`allot.zk.load`: each node's measured seconds of table work per bucket
+  (``{root}/load/{nodeKey}``), published and summed (:func:`~allot.zk.load.read_load`);
+- :mod:`allot.zk.pins`: the pins ``{root}/pins`` (:func:`~allot.zk.pins.read_pins`, version-checked
+  :func:`~allot.zk.pins.set_pin` and :func:`~allot.zk.pins.remove_pin`);
 - :mod:`allot.zk.registration`: registering this node, taking over a crashed predecessor's
   znode (:class:`NodeRegistration`);
 - :mod:`allot.zk.members`: reading and watching the member list (:func:`read_members`);

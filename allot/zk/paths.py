@@ -9,6 +9,8 @@ The layout under the root (``ALLOT_ZK_ROOT``, default ``/{cluster}/allot``)::
     {root}/assignment-version                             JSON {"epoch","plan_id","applied_at"}
     {root}/leases/{bucketId}                              ephemeral, JSON {"node_key","epoch"}
     {root}/generation                                     persistent, decimal ASCII
+    {root}/load/{nodeKey}                                 ephemeral, JSON {"window","at","buckets"}
+    {root}/pins                                           persistent, JSON {"<bucket>": "<node>"}
 
 The ``bucket-assignments`` subtree is exactly Amoro's, so a root of ``/default/amoro/ams`` reads
 and writes an Amoro cluster's assignments. Nothing here does I/O.
@@ -112,6 +114,20 @@ class ZkPaths:
     def last_cycle(self) -> str:
         """The znode holding the JSON summary of the last cycle (read by ``allot status``)."""
         return self._under("last-cycle")
+
+    @property
+    def load(self) -> str:
+        """Parent of the nodes' load znodes (:mod:`allot.zk.load`)."""
+        return self._under("load")
+
+    def load_of(self, node_key: str) -> str:
+        """A node's load: ephemeral, JSON ``{"window","at","buckets"}`` (seconds per bucket)."""
+        return self._under("load", validate_node_key(node_key))
+
+    @property
+    def pins(self) -> str:
+        """The pins: persistent, JSON ``{"<bucket>": "<node key>"}`` (:mod:`allot.zk.pins`)."""
+        return self._under("pins")
 
     @property
     def membership_trigger(self) -> str:

@@ -126,6 +126,56 @@ BAD_SNAPSHOTS: list[tuple[str, Any, str]] = [
         {"bucket_count": 3, "max_moves": False},
         "max_moves must be null or an integer",
     ),
+    ("load not an object", {"bucket_count": 3, "load": [1.0]}, "load must be a JSON object"),
+    (
+        "load negative",
+        {"bucket_count": 3, "load": {"2": -0.5}},
+        "load of bucket 2 is -0.5; loads must be finite and >= 0",
+    ),
+    ("load NaN", {"bucket_count": 3, "load": {"2": math.nan}}, "load of bucket 2 is nan"),
+    ("load infinite", {"bucket_count": 3, "load": {"2": math.inf}}, "load of bucket 2 is inf"),
+    ("load string", {"bucket_count": 3, "load": {"2": "5"}}, "load of bucket 2 is '5'"),
+    ("load boolean", {"bucket_count": 3, "load": {"2": True}}, "load of bucket 2 is True"),
+    (
+        "load bucket out of range",
+        {"bucket_count": 3, "load": {"4": 1.0}},
+        "load names bucket 4, out of range 1..3",
+    ),
+    ("load bucket zero", {"bucket_count": 3, "load": {"0": 1.0}}, "load names bucket 0"),
+    ("load key not decimal", {"bucket_count": 3, "load": {"b1": 1.0}}, "load has key 'b1'"),
+    ("load key padded", {"bucket_count": 3, "load": {"01": 1.0}}, "load has key '01'"),
+    ("load key signed", {"bucket_count": 3, "load": {"+1": 1.0}}, "load has key '+1'"),
+    ("pins not an object", {"bucket_count": 3, "pins": ["a"]}, "pins must be a JSON object"),
+    (
+        "pin bucket out of range",
+        {"bucket_count": 3, "pins": {"7": "a"}},
+        "pins names bucket 7, out of range 1..3",
+    ),
+    ("pin key not decimal", {"bucket_count": 3, "pins": {"one": "a"}}, "pins has key 'one'"),
+    (
+        "pin to an invalid node key",
+        {"bucket_count": 3, "pins": {"1": "a/b"}},
+        "invalid node key 'a/b'",
+    ),
+    ("pin to a number", {"bucket_count": 3, "pins": {"1": 5}}, "(in the pin of bucket 1)"),
+    (
+        "tolerance below one",
+        {"bucket_count": 3, "tolerance": 0.99},
+        "tolerance must be a finite number >= 1, got 0.99",
+    ),
+    ("tolerance NaN", {"bucket_count": 3, "tolerance": math.nan}, "tolerance must be a finite"),
+    ("tolerance string", {"bucket_count": 3, "tolerance": "1.2"}, "tolerance must be a number"),
+    ("tolerance null", {"bucket_count": 3, "tolerance": None}, "tolerance must be a number"),
+    (
+        "max_load_moves negative",
+        {"bucket_count": 3, "max_load_moves": -1},
+        "max_load_moves must be an integer >= 0, got -1",
+    ),
+    (
+        "max_load_moves float",
+        {"bucket_count": 3, "max_load_moves": 2.0},
+        "max_load_moves must be an integer >= 0",
+    ),
 ]
 
 
