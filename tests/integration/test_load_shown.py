@@ -1,0 +1,255 @@
+"""What operators see of the measured load and the pins, on real ZooKeeper, SQL and Redis:
+``allot status`` and ``allot nodes`` (tables in 80 columns and JSON, run as real processes),
+the bucket map's data and the metrics. The nodes publish their load as workers do
+(:func:`allot.zk.load.publish_load`, from their own sessions) and the pins are set as
+``allot pin`` sets them (:func:`allot.zk.pins.set_pin`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from allot.metrics import ClusterCollector, metrics_registry, serve_metrics
+from allot.metrics.bucket_map import bucket_map
+from allot.metrics.cluster import LOADED_BUCKETS
+from allot.testing.processes import allot_env
+from allot.testing.servers import ServerProcess, free_port
+from allot.zk.load import publish_load
+from allot.zk.paths import ZkPaths
+from allot.zk.pins import set_pin
+from models.engine import session_factory
+from tests.cli import allot
+from tests.integration.conftest import Cluster
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+WINDOW = 600.0
+TOLERANCE = 1.3
+
+
+@dataclass
+class Loaded:
+    """Two live nodes of weight 1 after a cycle: every bucket measured, a@h's buckets at 2 s
+    but its first, ``heavy``, at 52 s (a@h: 150 s), b@h's at 1 s (b@h: 50 s); ``heavy`` pinned
+    to a@h, b@h's first bucket ``stray`` pinned to gone@h (not live)."""
+
+    cluster: Cluster
+    env: dict[str, str]
+    held: dict[str, list[int]]
+    heavy: int
+    stray: int
+
+
+@pytest.fixture
+def loaded(cluster: Cluster, zookeeper: ServerProcess, redis_server: ServerProcess) -> Loaded:
+    cluster.join("a@h")
+    cluster.join("b@h")
+    cluster.cycle().run()
+    held = cluster.zk_assignment()
+    assert sorted(map(len, held.values())) == [50, 50]
+    paths = ZkPaths(cluster.settings.zk_root)
+    heavy, stray = held["a@h"][0], held["b@h"][0]
+    a_load = dict.fromkeys(held["a@h"], 2.0) | {heavy: 52.0}
+    publish_load(cluster.nodes["a@h"], paths, "a@h", WINDOW, a_load)
+    publish_load(cluster.nodes["b@h"], paths, "b@h", WINDOW, dict.fromkeys(held["b@h"], 1.0))
+    set_pin(cluster.client, paths, heavy, "a@h")
+    set_pin(cluster.client, paths, stray, "gone@h")
+    env = allot_env(
+        zookeeper,
+        redis_server,
+        zk_root=cluster.settings.zk_root,
+        database_url=cluster.settings.database_url,
+        cluster=f"loadtest-{uuid.uuid4().hex[:8]}",
+        load_window=str(WINDOW),
+        load_tolerance=str(TOLERANCE),
+    )
+    return Loaded(cluster, env, held, heavy, stray)
+
+
+def run(loaded: Loaded, *args: str, columns: int = 80) -> str:
+    result = allot(*args, env=loaded.env | {"COLUMNS": str(columns)})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def fits_80_columns(text: str) -> list[str]:
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in text
+    return lines
+
+
+def row(lines: list[str], first: str) -> list[str]:
+    """The cells of the first table row whose first cell is ``first``."""
+    for line in lines:
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in:\n" + "\n".join(lines))
+
+
+def test_status_json_has_each_nodes_load_share_and_ratio_the_heaviest_buckets_and_pins(
+    loaded: Loaded,
+) -> None:
+    state = json.loads(run(loaded, "status", "--format", "json"))
+
+    nodes = {node["node_key"]: node for node in state["nodes"]}
+    assert {key: (n["load"], n["share"], n["ratio"]) for key, n in nodes.items()} == {
+        "a@h": (150.0, 100.0, 1.5),
+        "b@h": (50.0, 100.0, 0.5),
+    }
+    load = state["load"]
+    assert {key: load[key] for key in ("window", "strategy", "tolerance", "ratio")} == {
+        "window": WINDOW,
+        "strategy": "balanced",
+        "tolerance": TOLERANCE,
+        "ratio": 1.5,
+    }
+    assert (load["total"], load["measured"], load["problems"]) == (200.0, 100, [])
+    others = [bucket for bucket in loaded.held["a@h"] if bucket != loaded.heavy][:4]
+    assert load["heaviest"] == [
+        {"bucket": loaded.heavy, "load": 52.0, "owner": "a@h", "pinned_to": "a@h"},
+        *({"bucket": b, "load": 2.0, "owner": "a@h", "pinned_to": None} for b in others),
+    ]
+    assert state["pins"] == sorted(
+        [
+            {"bucket": loaded.heavy, "node": "a@h", "live": True, "owner": "a@h"},
+            {"bucket": loaded.stray, "node": "gone@h", "live": False, "owner": "b@h"},
+        ],
+        key=lambda pin: loaded.heavy if pin["node"] == "a@h" else loaded.stray,
+    )  # in bucket order
+    assert state["pins_problem"] is None
+
+
+def test_status_in_80_columns_shows_the_ratio_against_the_tolerance_the_heaviest_and_pins(
+    loaded: Loaded,
+) -> None:
+    lines = fits_80_columns(run(loaded, "status"))
+
+    text = "\n".join(lines)
+    assert "ratio 1.50 (tolerance 1.3, strategy balanced)" in " ".join(text.split())
+    assert "load over the last 600 s" in text
+    assert row(lines, "a@h") == ["a@h", "live", "1", "50", "0", "0"]  # the nodes table first
+    loads = [line for line in lines if "a@h" in line or "b@h" in line]
+    assert any(line.split() == ["│", "a@h", "│", "50", "│", "150.0", "│", "100.0", "│", "1.50", "│"]
+               for line in loads)  # fmt: skip
+    assert row(lines, str(loaded.heavy)) == [str(loaded.heavy), "52.0", "a@h", "a@h"]
+    assert row(lines, str(loaded.stray)) == [str(loaded.stray), "gone@h (not live)", "b@h"]
+
+
+def test_nodes_show_load_share_and_ratio_in_80_columns_and_in_json(loaded: Loaded) -> None:
+    lines = fits_80_columns(run(loaded, "nodes"))
+
+    b_rows = [line.split() for line in lines if " b@h " in line]
+    assert ["│", "b@h", "│", "50", "│", "50.0", "│", "100.0", "│", "0.50", "│"] in b_rows
+    assert any("ratio 1.50" in line for line in lines)
+    nodes = json.loads(run(loaded, "nodes", "--format", "json"))
+    assert [(n["node_key"], n["load"], n["share"], n["ratio"]) for n in nodes] == [
+        ("a@h", 150.0, 100.0, 1.5),
+        ("b@h", 50.0, 100.0, 0.5),
+    ]
+
+
+def test_without_measured_load_status_says_so_and_has_no_ratio(cluster: Cluster) -> None:
+    cluster.join("a@h")
+    cluster.cycle().run()
+    env = {
+        "ALLOT_ZK_HOSTS": cluster.settings.zk_hosts,
+        "ALLOT_ZK_ROOT": cluster.settings.zk_root,
+        "ALLOT_DATABASE_URL": cluster.settings.database_url,
+    }
+
+    people = allot("status", env=env | {"COLUMNS": "80"})
+    state = json.loads(allot("status", "--format", "json", env=env).stdout)
+
+    assert people.returncode == 0, people.stderr
+    assert "none measured yet (tolerance 1.15, strategy balanced)" in people.stdout
+    assert "pins: none" in people.stdout
+    assert (state["load"]["ratio"], state["load"]["heaviest"], state["pins"]) == (None, [], [])
+    assert [(n["load"], n["share"], n["ratio"]) for n in state["nodes"]] == [(0.0, 0.0, None)]
+
+
+def test_the_bucket_map_has_each_buckets_load_and_pin(loaded: Loaded) -> None:
+    cluster = loaded.cluster
+    settings = cluster.settings.model_copy(update={"load_tolerance": TOLERANCE})
+
+    picture = bucket_map(cluster.client, session_factory(cluster.engine), settings)
+
+    buckets = {bucket["id"]: bucket for bucket in picture["buckets"]}
+    assert (buckets[loaded.heavy]["load"], buckets[loaded.heavy]["pinned"]) == (52.0, "a@h")
+    assert (buckets[loaded.stray]["load"], buckets[loaded.stray]["pinned"]) == (1.0, "gone@h")
+    assert sum(bucket["pinned"] is not None for bucket in buckets.values()) == 2
+    assert {n["node_key"]: (n["load"], n["load_share"], n["ratio"]) for n in picture["nodes"]} == {
+        "a@h": (150.0, 100.0, 1.5),
+        "b@h": (50.0, 100.0, 0.5),
+    }
+    assert picture["load"] == {
+        "ratio": 1.5,
+        "tolerance": TOLERANCE,
+        "strategy": "balanced",
+        "window": cluster.settings.load_window,
+        "measured": 100,
+        "mean": 2.0,
+        "max": 52.0,
+    }
+
+
+def test_the_bucket_map_works_without_load_data(cluster: Cluster) -> None:
+    cluster.join("a@h")
+    cluster.cycle().run()
+
+    picture = bucket_map(cluster.client, session_factory(cluster.engine), cluster.settings)
+
+    assert {bucket["load"] for bucket in picture["buckets"]} == {None}
+    assert {bucket["pinned"] for bucket in picture["buckets"]} == {None}
+    assert (picture["load"]["measured"], picture["load"]["max"], picture["load"]["ratio"]) == (
+        0,
+        0.0,
+        None,
+    )
+    assert [n["ratio"] for n in picture["nodes"]] == [None]
+
+
+@contextlib.contextmanager
+def scraped_text(collector: ClusterCollector) -> Iterator[str]:
+    server = serve_metrics(free_port(), metrics_registry(collector), address="127.0.0.1")
+    assert server is not None
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            yield response.read().decode()
+    finally:
+        server.stop()
+
+
+def samples(text: str, name: str, label: str) -> dict[str, float]:
+    found: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[sample.labels[label]] = sample.value
+    return found
+
+
+def test_the_metrics_give_each_live_nodes_load_and_the_heaviest_buckets_only(
+    loaded: Loaded,
+) -> None:
+    cluster = loaded.cluster
+    collector = ClusterCollector(cluster.client, session_factory(cluster.engine), cluster.settings)
+
+    with scraped_text(collector) as text:
+        node_load = samples(text, "allot_node_load", "node")
+        bucket_load = samples(text, "allot_bucket_load", "bucket")
+
+    assert node_load == {"a@h": 150.0, "b@h": 50.0}
+    assert len(bucket_load) == LOADED_BUCKETS < 100
+    assert bucket_load[str(loaded.heavy)] == 52.0
+    assert set(bucket_load.values()) == {52.0, 2.0}  # the heaviest: a@h's, never b@h's 1 s
