@@ -7,18 +7,21 @@ the bucket map's data and the metrics. The nodes publish their load as workers d
 from __future__ import annotations
 
 import contextlib
+import html
 import json
+import re
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from allot.metrics import ClusterCollector, metrics_registry, serve_metrics
-from allot.metrics.bucket_map import bucket_map
+from allot.metrics.bucket_map import bucket_map, map_app
 from allot.metrics.cluster import LOADED_BUCKETS
 from allot.testing.processes import allot_env
 from allot.testing.servers import ServerProcess, free_port
@@ -27,6 +30,7 @@ from allot.zk.paths import ZkPaths
 from allot.zk.pins import set_pin
 from models.engine import session_factory
 from tests.cli import allot
+from tests.e2e.browser import chromium
 from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -253,3 +257,51 @@ def test_the_metrics_give_each_live_nodes_load_and_the_heaviest_buckets_only(
     assert len(bucket_load) == LOADED_BUCKETS < 100
     assert bucket_load[str(loaded.heavy)] == 52.0
     assert set(bucket_load.values()) == {52.0, 2.0}  # the heaviest: a@h's, never b@h's 1 s
+
+
+CELL = re.compile(r'<div class="bucket [^"]*"(?P<attrs>[^>]*)>(?P<id>\d+)</div>')
+
+
+def test_the_bucket_map_page_shades_buckets_by_load_and_marks_pins(
+    loaded: Loaded, tmp_path: Path
+) -> None:
+    # Given the bucket map served as a worker serves it, behind Flower's credentials
+    cluster = loaded.cluster
+    sessions = session_factory(cluster.engine)
+    pages = map_app(lambda: bucket_map(cluster.client, sessions, cluster.settings), "op:pw")
+    server = serve_metrics(free_port(), metrics_registry(None), "127.0.0.1", pages=pages)
+    assert server is not None
+    try:
+        # When a browser renders it
+        url = f"http://op:pw@127.0.0.1:{server.port}/map"
+        dom = chromium(url, tmp_path, "--dump-dom").stdout
+        chromium(url, tmp_path, f"--screenshot={tmp_path / 'bucket-map-load.png'}")
+    finally:
+        server.stop()
+
+    # Then the heaviest bucket has its owner's full colour, a light one a pale shade of it,
+    # and the tooltips give each bucket's load and pin
+    cells = {int(m["id"]): html.unescape(m["attrs"]) for m in CELL.finditer(dom)}
+    assert len(cells) == 100
+    heavy, stray, light = cells[loaded.heavy], cells[loaded.stray], cells[loaded.held["a@h"][1]]
+    assert alpha(heavy) == 1.0
+    assert alpha(light) == pytest.approx(0.15 + 0.85 * 2 / 52, abs=0.005)  # 8-bit alpha
+    assert colour(light) == colour(heavy)  # a@h's colour, paler
+    assert 'data-pinned="a@h"' in heavy and 'data-pinned="gone@h"' in stray
+    assert "data-pinned" not in light
+    assert f"bucket {loaded.heavy}: a@h (live)\nload: 52 s of work over the last" in heavy
+    assert "\npinned to gone@h" in stray
+    assert '<td class="over">1.50</td>' in dom  # a@h's ratio: above the tolerance
+    assert "load ratio 1.50 (tolerance 1.15, strategy balanced)" in dom
+
+
+def colour(attrs: str) -> tuple[int, ...]:
+    found = re.search(r"background-color: rgba?\((\d+), (\d+), (\d+)", attrs)
+    assert found, attrs
+    return tuple(int(part) for part in found.groups())
+
+
+def alpha(attrs: str) -> float:
+    """The alpha of a cell's background colour (1 when it is plain ``rgb``)."""
+    found = re.search(r"background-color: rgba\([^)]*, ([0-9.]+)\)", attrs)
+    return float(found[1]) if found else 1.0
