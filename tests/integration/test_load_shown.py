@@ -287,7 +287,8 @@ def test_the_bucket_map_page_shades_buckets_by_load_and_marks_pins(
     assert alpha(heavy) == 1.0
     assert alpha(light) == pytest.approx(0.15 + 0.85 * 2 / 52, abs=0.005)  # 8-bit alpha
     assert colour(light) == colour(heavy)  # a@h's colour, paler
-    assert 'data-pinned="a@h"' in heavy and 'data-pinned="gone@h"' in stray
+    assert 'data-pinned="a@h"' in heavy
+    assert 'data-pinned="gone@h"' in stray
     assert "data-pinned" not in light
     assert f"bucket {loaded.heavy}: a@h (live)\nload: 52 s of work over the last" in heavy
     assert "\npinned to gone@h" in stray
