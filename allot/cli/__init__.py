@@ -13,7 +13,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from allot.cli import cluster, db, plan, plans, tables, verify, work
+from allot.cli import cluster, db, pins, plan, plans, tables, verify, work
 from allot.cli._common import err_console
 from allot.cli._context import CliConfig
 from allot.errors import AllotError
@@ -43,6 +43,8 @@ app.command("nodes")(cluster.nodes)
 app.command("rebalance")(cluster.rebalance)
 app.command("verify")(verify.verify)
 app.add_typer(work.app, name="work")
+app.command("pin")(pins.pin)
+app.command("unpin")(pins.unpin)
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from kazoo.client import KazooClient
@@ -62,6 +62,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from allot.cycle import plans
 from allot.cycle.classify import planner_snapshot
 from allot.cycle.fence import FencedSql
+from allot.cycle.measured import read_measured
 from allot.cycle.observe import Observation, observe
 from allot.cycle.report import CycleOutcome, CycleReport
 from allot.errors import (
@@ -310,9 +311,10 @@ class AssignmentCycle:
         return self._apply(section, seen, planned, plan_id, max_moves)
 
     def _view(self, max_moves: int | None, strategy: str | None = None) -> tuple[Observation, Plan]:
-        """Steps 3 and 4: read and classify the cluster at the cycle's clock, then plan (with
-        ``strategy``, default the configured one)."""
-        settings = self.settings
+        """Steps 3 and 4: read and classify the cluster at the cycle's clock, read the pins
+        (and the load for strategy ``load``), then plan (with ``strategy``, default the
+        configured one)."""
+        settings, strategy = self.settings, strategy or self.settings.strategy
         seen = observe(
             self.client,
             self.paths,
@@ -321,8 +323,21 @@ class AssignmentCycle:
             offline_timeout=settings.node_offline_timeout,
             bucket_count=settings.bucket_count,
         )
-        snapshot = planner_snapshot(seen.classes, seen.held, settings.bucket_count, max_moves)
-        return seen, plan(snapshot, strategy or settings.strategy)
+        measured = read_measured(
+            self.client, self.paths, bucket_count=settings.bucket_count, strategy=strategy
+        )
+        seen = replace(seen, measured=measured)
+        snapshot = planner_snapshot(
+            seen.classes,
+            seen.held,
+            settings.bucket_count,
+            max_moves,
+            load=measured.load,
+            pins=measured.pins,
+            tolerance=settings.load_tolerance,
+            max_load_moves=settings.max_load_moves,
+        )
+        return seen, plan(snapshot, strategy)
 
     def _keep_records(self, seen: Observation, guard: LockGuard) -> None:
         """Store in ZooKeeper what later cycles decide from: when gone nodes were first seen

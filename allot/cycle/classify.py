@@ -19,6 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from allot.planner import NodeInfo, NodeState, Snapshot
+from allot.planner.model import DEFAULT_MAX_LOAD_MOVES, DEFAULT_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,14 @@ def planner_snapshot(
     held: Mapping[str, Sequence[int]],
     bucket_count: int,
     max_moves: int | None = None,
+    *,
+    load: Mapping[int, float] | None = None,
+    pins: Mapping[int, str] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_load_moves: int = DEFAULT_MAX_LOAD_MOVES,
 ) -> Snapshot:
-    """The planner's snapshot for ``classification`` (offline nodes' buckets become orphans)."""
+    """The planner's snapshot for ``classification`` (offline nodes' buckets become orphans),
+    with the measured ``load`` and the ``pins`` (:mod:`allot.cycle.measured`)."""
     nodes = {key: NodeInfo(weight, NodeState.LIVE) for key, weight in classification.live.items()}
     nodes |= {key: NodeInfo(state=NodeState.SUSPECT) for key in classification.suspect}
     nodes |= {key: NodeInfo(state=NodeState.OFFLINE) for key in classification.offline}
@@ -117,4 +124,8 @@ def planner_snapshot(
         nodes=nodes,
         assignments={key: tuple(buckets) for key, buckets in held.items() if buckets},
         max_moves=max_moves,
+        load=load,
+        pins=pins or {},
+        tolerance=tolerance,
+        max_load_moves=max_load_moves,
     )

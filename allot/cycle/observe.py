@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.cycle import mirror
 from allot.cycle.classify import Classification, classify
+from allot.cycle.measured import Measured
 from allot.cycle.mirror import SQL_UNAVAILABLE, NodeObservation
 from allot.cycle.repair import repair_holdings
 from allot.zk.departures import Departures, read_departures
@@ -55,7 +56,8 @@ class Observation:
     recorded live or suspect (a node that stopped cleanly leaves no other trace);
     ``epoch_floor``: the highest epoch known anywhere (``assignment-version``, the last
     published cycle, SQL's mirror), below which no epoch may be published; ``sql_problem``:
-    why SQL could not be read (None when it could).
+    why SQL could not be read (None when it could); ``measured``: the pins and load the cycle
+    planned with (:mod:`allot.cycle.measured`; none until it read them).
     """
 
     snapshot: AllAssignments
@@ -68,6 +70,7 @@ class Observation:
     departures: Departures
     epoch_floor: int
     sql_problem: str | None = None
+    measured: Measured = field(default_factory=Measured)
 
     def departure_times(self) -> dict[str, int]:
         """The departures map this observation implies (epoch ms): every node gone but still

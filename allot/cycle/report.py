@@ -38,6 +38,12 @@ def moves_by_node(plan: Plan) -> dict[str, dict[str, int]]:
     return dict(sorted(counts.items()))
 
 
+def pins_ignored(plan: Plan) -> dict[str, str]:
+    """``{bucket: node}`` for every pin the plan could not keep (its node is not live)."""
+    ignored = getattr(plan.stats, "pins_ignored", None) or {}
+    return {str(bucket): str(node) for bucket, node in dict(ignored).items()}
+
+
 @dataclass
 class CycleReport:
     """What one cycle did, JSON-able (the Celery task returns :meth:`to_json`).
@@ -48,7 +54,9 @@ class CycleReport:
     foreign writer made unplannable, ``foreign`` which ``nodes/`` children were ignored, ``sql``
     why SQL fell behind (None while it keeps up), ``worker`` which process ran the cycle
     (``host:pid``, its lock identifier), ``membership`` the version of ``{root}/nodes`` its
-    last round read (or later).
+    last round read (or later). ``load_ratio_before``/``load_ratio_after``: the largest load
+    of a live node over its fair share, before and after the plan (None when the strategy
+    measured no load); ``pins_ignored``: pins to nodes that are not live (placed as if unpinned).
     """
 
     outcome: CycleOutcome
@@ -65,6 +73,9 @@ class CycleReport:
     moves_by_node: dict[str, dict[str, int]] = field(default_factory=dict)
     spread_before: float = 0
     spread_after: float = 0
+    load_ratio_before: float | None = None
+    load_ratio_after: float | None = None
+    pins_ignored: dict[str, str] = field(default_factory=dict)
     buckets: dict[str, int] = field(default_factory=dict)
     next_deadline: float | None = None
     recovered: list[str] = field(default_factory=list)
@@ -121,8 +132,11 @@ class CycleReport:
             corrupt=dict(seen.snapshot.corrupt),
             repaired=dict(seen.repairs),
             foreign=seen.members.ignored(),
-            warnings=list(stats.warnings),
+            warnings=list(stats.warnings) + list(seen.measured.problems),
             reason=reason,
+            load_ratio_before=getattr(stats, "load_ratio_before", None),
+            load_ratio_after=getattr(stats, "load_ratio_after", None),
+            pins_ignored=pins_ignored(planned),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def encode_load(window: float, at: int, buckets: Mapping[int, float]) -> bytes:
     value = {
         "window": window,
         "at": at,
-        "buckets": {str(bucket): round(buckets[bucket], 6) for bucket in sorted(buckets)},
+        "buckets": {str(bucket): round(buckets[bucket], 3) for bucket in sorted(buckets)},
     }
     return json.dumps(value, separators=(",", ":")).encode("ascii")
 
@@ -214,7 +214,7 @@ class LoadPublisher:
         published; True when it wrote."""
         if self.client.state != KazooState.CONNECTED:
             return False
-        rounded = {bucket: round(seconds, 6) for bucket, seconds in buckets.items()}
+        rounded = {bucket: round(seconds, 3) for bucket, seconds in buckets.items()}
         current = (self.client.client_id, float(window), rounded)
         if current == self._last:
             return False
