@@ -216,12 +216,21 @@ def status(output: FormatOption = OutputFormat.table) -> None:
         console.print("last cycle: none yet")
     else:
         reason = f": {last['reason']}" if last.get("reason") else ""
+        ratio = _load_ratios(last)
         console.print(
             f"last cycle: {last.get('outcome', '?')} ({last.get('trigger', '?')}) at "
             f"{last.get('finished_at', '?')}, {last.get('moves', 0)} move(s), "
-            f"{last.get('duration_ms', 0):g} ms{reason}",
+            f"{last.get('duration_ms', 0):g} ms{f', load ratio {ratio}' if ratio else ''}{reason}",
             highlight=False,
         )
+
+
+def _load_ratios(report: dict[str, Any]) -> str | None:
+    """``before -> after`` of a cycle report's load ratio, None when it measured none."""
+    before, after = report.get("load_ratio_before"), report.get("load_ratio_after")
+    if before is None or after is None:
+        return None
+    return f"{before:.2f} -> {after:.2f}"
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -235,6 +244,9 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(
         f"spread    {report['spread_before']:g} -> {report['spread_after']:g}", highlight=False
     )
+    ratio = _load_ratios(report)
+    if ratio:
+        console.print(f"load      ratio {ratio}", highlight=False)
     for warning in report.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if report["moves_by_node"]:

@@ -25,6 +25,7 @@ from allot.metrics.bucket_map import bucket_map, map_app
 from allot.metrics.cluster import LOADED_BUCKETS
 from allot.testing.processes import allot_env
 from allot.testing.servers import ServerProcess, free_port
+from allot.zk.last_cycle import publish_last_cycle, read_last_cycle
 from allot.zk.load import publish_load
 from allot.zk.paths import ZkPaths
 from allot.zk.pins import set_pin
@@ -147,6 +148,21 @@ def test_status_in_80_columns_shows_the_ratio_against_the_tolerance_the_heaviest
                for line in loads)  # fmt: skip
     assert row(lines, str(loaded.heavy)) == [str(loaded.heavy), "52.0", "a@h", "a@h"]
     assert row(lines, str(loaded.stray)) == [str(loaded.stray), "gone@h (not live)", "b@h"]
+
+
+def test_status_gives_the_last_cycles_load_ratio_before_and_after(loaded: Loaded) -> None:
+    # Given a last cycle that planned with load (its report as a cycle publishes it)
+    paths = ZkPaths(loaded.cluster.settings.zk_root)
+    last = read_last_cycle(loaded.cluster.client, paths)
+    assert last is not None
+    last |= {"load_ratio_before": 1.5, "load_ratio_after": 1.04}
+    publish_last_cycle(loaded.cluster.client, paths, last)
+
+    lines = fits_80_columns(run(loaded, "status"))
+
+    text = " ".join(" ".join(lines).split())
+    assert "100 move(s)" in text
+    assert "load ratio 1.50 -> 1.04" in text
 
 
 def test_nodes_show_load_share_and_ratio_in_80_columns_and_in_json(loaded: Loaded) -> None:

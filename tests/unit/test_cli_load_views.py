@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from rich.console import Console, RenderableType
 
-from allot.cli.cluster import heaviest_view, load_view, nodes_view, pins_view
+from allot.cli.cluster import heaviest_view, load_view, nodes_view, pins_view, print_report
 
 LONG = "node12@worker-host-12.eu-west-1.compute.internal"
 
@@ -125,3 +126,19 @@ def test_the_pins_say_which_node_is_not_live_in_80_columns() -> None:
     assert column(lines, 0) == "160019"
     assert column(lines, 1) == f"{LONG}node9@gone-host (not live)"
     assert column(lines, 2) == f"{LONG}node2@h2"
+
+
+def test_a_cycle_report_gives_the_load_ratio_before_and_after_when_measured(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report: dict[str, Any] = {
+        "outcome": "applied", "plan_id": "p1", "epoch": 4, "moves": 3, "min_moves": 0,
+        "spread_before": 0, "spread_after": 0, "moves_by_node": {}, "buckets": {},
+        "load_ratio_before": 1.5, "load_ratio_after": 1.0833,
+    }  # fmt: skip
+
+    print_report(report)
+    print_report(report | {"load_ratio_before": None, "load_ratio_after": None})
+
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("load")] == ["load      ratio 1.50 -> 1.08"]
