@@ -67,6 +67,31 @@ def shares(weights: Mapping[str, float], free: int) -> Shares:
     return Shares(free, scaled, floors, remainders, total)
 
 
+def pinned_shares(weights: Mapping[str, float], free: int, pinned: Mapping[str, int]) -> Shares:
+    """The shares of ``free`` buckets when node ``n`` must keep ``pinned[n]`` of them.
+
+    Water-filling: a node whose pins exceed its share is *saturated*: it holds exactly its pins
+    and drops out, and the others share what is left (``free`` minus the saturated nodes' pins)
+    by weight; repeated until no node's pins exceed its share (each round only lowers the
+    others' shares, so at most one round per node). The result covers the unsaturated nodes
+    only; each of them has ``pinned[n] <= floor(s_n)``, so its floor/ceil quota can hold its
+    pins. At least one node stays (the pins add up to at most ``free``). Without pins this is
+    :func:`shares`.
+    """
+    rest = dict(weights)
+    left = free
+    while True:
+        share = shares(rest, left)
+        full = [
+            key for key in rest if pinned.get(key, 0) * share.denominator > left * share.scaled[key]
+        ]
+        if not full:
+            return share
+        for key in full:
+            left -= pinned[key]
+            del rest[key]
+
+
 def quotas(share: Shares, counts: Mapping[str, int]) -> dict[str, int]:
     """The balanced quota of each node that keeps the most buckets in place.
 

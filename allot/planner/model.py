@@ -323,6 +323,18 @@ class Move(NamedTuple):
         return {"bucket": self.bucket, "from": self.source, "to": self.target}
 
 
+class IgnoredPin(NamedTuple):
+    """A pin the plan could not keep: ``bucket`` pinned to ``node``, and why (one phrase)."""
+
+    bucket: int
+    node: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"bucket": 3, "node": "c@h", "reason": "node offline"}``."""
+        return {"bucket": self.bucket, "node": self.node, "reason": self.reason}
+
+
 @dataclass(frozen=True, slots=True)
 class PlanStats:
     """Numbers that describe a plan.
@@ -338,7 +350,13 @@ class PlanStats:
     - ``unplaced``: buckets nobody owns after the plan (no live node, or ``max_moves`` stopped
       the plan first), ascending.
     - ``warnings``: one sentence per thing an operator should know (no live node, a plan cut
-      short by ``max_moves``).
+      short by ``max_moves``, pins ignored).
+    - ``load_ratio_before`` / ``load_ratio_after``: the load ratio of the live nodes before and
+      after the plan (:func:`allot.planner.loads.load_ratio`: the largest ``load_n /
+      share_n``, with the snapshot's loads or equal loads when it has none; 1.0 for a zero
+      total load, 0 when no node is live). Every strategy reports them.
+    - ``pins_ignored``: the pins the plan could not keep (the node is not live, or a suspect
+      node holds the bucket), by bucket.
     """
 
     moves: int
@@ -349,9 +367,13 @@ class PlanStats:
     balanced: bool
     unplaced: tuple[int, ...] = ()
     warnings: tuple[str, ...] = ()
+    load_ratio_before: float = 1.0
+    load_ratio_after: float = 1.0
+    pins_ignored: tuple[IgnoredPin, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON form; whole-number spreads are written as integers (``1``, not ``1.0``)."""
+        """The JSON form; whole-number spreads and ratios are written as integers (``1``, not
+        ``1.0``)."""
         return {
             "moves": self.moves,
             "min_moves": self.min_moves,
@@ -361,6 +383,9 @@ class PlanStats:
             "balanced": self.balanced,
             "unplaced": list(self.unplaced),
             "warnings": list(self.warnings),
+            "load_ratio_before": _number(self.load_ratio_before),
+            "load_ratio_after": _number(self.load_ratio_after),
+            "pins_ignored": [pin.to_json() for pin in self.pins_ignored],
         }
 
 

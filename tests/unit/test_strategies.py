@@ -194,13 +194,13 @@ def test_hrw_weights_shift_the_share() -> None:
 
 
 def test_the_registry_lists_the_default_first() -> None:
-    assert strategy_names() == ("balanced", "amoro", "hrw")
+    assert strategy_names() == ("balanced", "amoro", "hrw", "load")
     assert DEFAULT_STRATEGY == "balanced"
     assert all(get_strategy(name).name == name for name in strategy_names())
 
 
 def test_an_unknown_strategy_is_a_configuration_error_listing_the_names() -> None:
-    with pytest.raises(ConfigurationError, match="choose one of balanced, amoro, hrw"):
+    with pytest.raises(ConfigurationError, match="choose one of balanced, amoro, hrw, load"):
         get_strategy("round-robin")
 
 

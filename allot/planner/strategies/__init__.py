@@ -3,9 +3,11 @@
 - ``balanced`` (:mod:`.balanced`, the default): exactly balanced with weights, fewest moves.
 - ``amoro`` (:mod:`.amoro`): Apache Amoro's assignment, reproduced for comparison.
 - ``hrw`` (:mod:`.hrw`): weighted rendezvous hashing, for comparison.
+- ``load`` (:mod:`.load`): balances measured load rather than bucket counts (DESIGN.md,
+  "Assignment by measured work"); with equal loads it is ``balanced``.
 
 ``bench/planner.py`` compares them; only ``balanced`` meets allot's contract of a balanced plan
-with the fewest moves.
+with the fewest moves. ``bench/load.py`` compares ``balanced`` and ``load`` on measured loads.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from allot.planner.strategies.amoro import AmoroStrategy
 from allot.planner.strategies.balanced import BalancedStrategy
 from allot.planner.strategies.base import Strategy
 from allot.planner.strategies.hrw import HrwStrategy
+from allot.planner.strategies.load import LoadStrategy
 
 DEFAULT_STRATEGY = "balanced"
 
 _REGISTRY: dict[str, Strategy] = {
-    strategy.name: strategy for strategy in (BalancedStrategy(), AmoroStrategy(), HrwStrategy())
+    strategy.name: strategy
+    for strategy in (BalancedStrategy(), AmoroStrategy(), HrwStrategy(), LoadStrategy())
 }
 
 __all__ = ["DEFAULT_STRATEGY", "Strategy", "get_strategy", "strategy_names"]

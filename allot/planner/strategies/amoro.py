@@ -31,7 +31,9 @@ Differences from Amoro, so that all strategies are compared on the same rules:
 - ties (equal counts) go to the smaller node key, where Amoro uses ZooKeeper's child order;
   bucket lists are in ascending id order (Amoro appends to the stored list), so "first
   bucket" means the lowest id and "end of the list" the highest;
-- offline buckets are placed in ascending id order (Amoro: node by node).
+- offline buckets are placed in ascending id order (Amoro: node by node);
+- pins (Amoro has none): a node's pinned buckets count toward its bucket count in every step
+  above, but are never taken from it (they are not in its list).
 """
 
 from __future__ import annotations
@@ -52,22 +54,23 @@ class AmoroStrategy(Strategy):
     def propose(self, problem: Problem) -> list[Move]:
         """Run Amoro's steps on ``problem`` and return the resulting moves, orphans first."""
         lists = {key: list(problem.held[key]) for key in problem.live}
+        pins = {key: len(problem.pinned.get(key, ())) for key in problem.live}
         target, remainder = divmod(problem.free_count, len(problem.live))
         unowned = [bucket for bucket in problem.orphans if bucket not in problem.origin]
         if problem.new or problem.departed:
-            _place(lists, [bucket for bucket in problem.orphans if bucket in problem.origin])
-            _serve_new_nodes(lists, problem.new, target, remainder)
-        elif _unbalanced(lists):
-            _place(lists, _excess(lists, target, remainder))
-        _place(lists, unowned)
+            _place(lists, pins, [bucket for bucket in problem.orphans if bucket in problem.origin])
+            _serve_new_nodes(lists, pins, problem.new, target, remainder)
+        elif _unbalanced(lists, pins):
+            _place(lists, pins, _excess(lists, pins, target, remainder))
+        _place(lists, pins, unowned)
         return _diff(problem, lists)
 
 
-def _place(lists: dict[str, list[int]], buckets: list[int]) -> None:
+def _place(lists: dict[str, list[int]], pins: dict[str, int], buckets: list[int]) -> None:
     """Give each bucket, in order, to the node holding the fewest (ties: smaller key)."""
     if not buckets:
         return
-    loads = [(len(bucket_list), key) for key, bucket_list in lists.items()]
+    loads = [(len(bucket_list) + pins[key], key) for key, bucket_list in lists.items()]
     heapq.heapify(loads)
     for bucket in buckets:
         count, key = loads[0]
@@ -76,21 +79,27 @@ def _place(lists: dict[str, list[int]], buckets: list[int]) -> None:
 
 
 def _serve_new_nodes(
-    lists: dict[str, list[int]], new: tuple[str, ...], target: int, remainder: int
+    lists: dict[str, list[int]],
+    pins: dict[str, int],
+    new: tuple[str, ...],
+    target: int,
+    remainder: int,
 ) -> None:
     """Amoro's ``balanceBucketsForNewNodes``: new nodes take from existing ones round-robin."""
     existing = [key for key in lists if key not in new]
-    extra_taken = sum(1 for key in existing if len(lists[key]) > target)
+    extra_taken = sum(1 for key in existing if len(lists[key]) + pins[key] > target)
     for index, key in enumerate(new):
         wanted = target + (1 if extra_taken + index < remainder else 0)
-        needed = wanted - len(lists[key])
+        needed = wanted - len(lists[key]) - pins[key]
         if needed > 0:
-            lists[key].extend(_collect(lists, existing, needed))
+            lists[key].extend(_collect(lists, pins, existing, needed))
 
 
-def _collect(lists: dict[str, list[int]], existing: list[str], needed: int) -> list[int]:
+def _collect(
+    lists: dict[str, list[int]], pins: dict[str, int], existing: list[str], needed: int
+) -> list[int]:
     """Amoro's ``collectBucketsFromExistingNodes``: one first bucket per node per turn."""
-    ring = sorted(existing, key=lambda key: -len(lists[key]))  # stable: ties by key
+    ring = sorted(existing, key=lambda key: -len(lists[key]) - pins[key])  # stable: ties by key
     taken: list[int] = []
     index = 0
     while len(taken) < needed and ring:
@@ -105,18 +114,20 @@ def _collect(lists: dict[str, list[int]], existing: list[str], needed: int) -> l
     return taken
 
 
-def _unbalanced(lists: dict[str, list[int]]) -> bool:
+def _unbalanced(lists: dict[str, list[int]], pins: dict[str, int]) -> bool:
     """Amoro's ``isUnbalanced``: more than one node and ``max - min > 1``."""
-    counts = [len(bucket_list) for bucket_list in lists.values()]
+    counts = [len(bucket_list) + pins[key] for key, bucket_list in lists.items()]
     return len(counts) > 1 and max(counts) - min(counts) > 1
 
 
-def _excess(lists: dict[str, list[int]], target: int, remainder: int) -> list[int]:
+def _excess(
+    lists: dict[str, list[int]], pins: dict[str, int], target: int, remainder: int
+) -> list[int]:
     """Amoro's ``rebalanceExistingAssignments``, first pass: strip each node to its target."""
     excess: list[int] = []
-    for rank, key in enumerate(sorted(lists, key=lambda key: -len(lists[key]))):
+    for rank, key in enumerate(sorted(lists, key=lambda key: -len(lists[key]) - pins[key])):
         keep = target + (1 if rank < remainder else 0)
-        while len(lists[key]) > keep:
+        while lists[key] and len(lists[key]) + pins[key] > keep:
             excess.append(lists[key].pop())
     return excess
 

@@ -11,6 +11,10 @@
    short by ``max_moves`` spreads its moves over the neediest nodes instead of filling one node
    at a time.
 
+With pins, ``problem.quota`` and ``problem.held`` leave the pinned buckets out and the quotas
+count them at their nodes (water-filling, :func:`allot.planner.balance.pinned_shares`), so the
+same steps balance the unpinned buckets around the pins with the fewest moves.
+
 Deterministic: every choice above breaks ties by node key or bucket id. Cost:
 ``O(B + N log N + L)`` for ``B`` buckets, ``N`` live nodes and ``L`` the largest number of
 buckets one node gains or gives up: the "most left first" orders are built level by level

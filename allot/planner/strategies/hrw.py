@@ -10,6 +10,9 @@ HRW ignores the current assignment: when the live set changes, only the buckets 
 changed move, which is close to minimal in expectation, but the counts are only balanced on
 average (a binomial spread), and after any other strategy's assignment nearly everything moves.
 It costs ``O(B' * N)`` hash evaluations, about a microsecond each in CPython.
+
+Pins: a pinned bucket stays on its node and is not hashed; HRW does not count holdings, so pins
+change nothing else.
 """
 
 from __future__ import annotations
