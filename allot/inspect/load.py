@@ -3,8 +3,9 @@ seconds of table work its buckets took over ``ALLOT_LOAD_WINDOW``), each live no
 of the total and the ratio of the two, the cluster's load ratio and the heaviest buckets.
 
 Pure: it takes what :func:`allot.zk.load.read_load` read and the assignment; ``allot status``,
-``allot nodes``, the bucket map and the metrics show what it computes. The rules are the
-planner's (DESIGN.md, "Assignment by measured work"):
+``allot nodes``, the bucket map and the metrics show what it computes. The rules and the
+arithmetic are the planner's (:mod:`allot.planner.loads`; DESIGN.md, "Assignment by measured
+work"):
 
 - a bucket nobody measured counts as the mean of the measured buckets;
 - the total is the load of the buckets the live nodes share: every bucket but those a suspect
@@ -12,13 +13,18 @@ planner's (DESIGN.md, "Assignment by measured work"):
 - a live node's fair share is ``w_n / sum(w)`` of that total, its ratio ``load_n / share_n``;
 - the load ratio is the largest ratio over the live nodes.
 
-With nothing measured, or only zeros, there is no ratio (None): no load tells nothing.
+With nothing measured, or only zeros, there is no ratio (None) and every load is 0: no load
+tells nothing (the planner then counts every bucket as 1, so its ``load_ratio_before`` is the
+ratio of the bucket counts).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+
+from allot.planner.loads import bucket_loads, load_of, load_shares
 
 HEAVIEST = 5
 """How many of the heaviest buckets ``allot status`` lists."""
@@ -89,23 +95,24 @@ def load_spread(
         for bucket, seconds in measured.items()
         if 1 <= bucket <= bucket_count
     }
-    mean = sum(kept.values()) / len(kept) if kept else 0.0
-    unmeasured = bucket_count - len(kept)
-    everything = sum(kept.values()) + mean * unmeasured
-    loads = {
-        key: sum(kept.get(bucket, mean) for bucket in held.get(key, ()))
+    # the planner's own arithmetic (mean for the unmeasured, correctly rounded sums), except
+    # that nothing measured is no load here, where the planner counts every bucket as 1
+    loads = bucket_loads(bucket_count, kept) if kept else (0.0,) * (bucket_count + 1)
+    mean = math.fsum(kept.values()) / len(kept) if kept else 0.0
+    node_loads = {
+        key: load_of(loads, (b for b in held.get(key, ()) if 1 <= b <= bucket_count))
         for key in sorted(set(held) | set(weights))
     }
-    total = everything - sum(loads[key] for key in suspects if key in loads)
+    total = math.fsum(loads) - math.fsum(node_loads[key] for key in suspects if key in node_loads)
     total = max(total, 0.0)  # float rounding never makes it negative
-    weight_sum = sum(weights.values())
+    shares = load_shares(weights, total) if weights else {}
     nodes: dict[str, NodeLoad] = {}
-    for key, load in loads.items():
-        if key not in weights:
+    for key, load in node_loads.items():
+        share = shares.get(key)
+        if share is None:
             nodes[key] = NodeLoad(load)
-            continue
-        share = total * weights[key] / weight_sum
-        nodes[key] = NodeLoad(load, share, load / share if share > 0 else None)
+        else:
+            nodes[key] = NodeLoad(load, share, load / share if share > 0 else None)
     ratios = [node.ratio for node in nodes.values() if node.ratio is not None]
     return LoadSpread(
         bucket_count=bucket_count,

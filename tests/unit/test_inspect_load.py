@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from allot.inspect.load import NodeLoad, load_spread
+from allot.planner import NodeInfo, NodeState, Snapshot, plan
 
 
 def test_each_live_node_gets_its_load_its_weighted_share_and_their_ratio() -> None:
@@ -119,3 +120,24 @@ def test_when_live_nodes_hold_every_bucket_shares_add_up_and_the_ratio_is_at_lea
         assert spread.ratio >= 1 - 1e-9
     else:
         assert spread.ratio is None
+
+
+@given(clusters(), st.booleans())
+def test_the_ratio_shown_is_the_planners_load_ratio_before_its_plan(
+    cluster: Cluster, with_suspect: bool
+) -> None:
+    # Given a cluster with measured load (and maybe a suspect holding the first node's buckets)
+    count, measured, held, weights = cluster
+    nodes = {key: NodeInfo(weight) for key, weight in weights.items()}
+    suspects = []
+    if with_suspect and len(weights) > 1:
+        first = sorted(weights)[0]
+        nodes[first] = NodeInfo(state=NodeState.SUSPECT)
+        suspects.append(first)
+    live = {key: w for key, w in weights.items() if key not in suspects}
+
+    spread = load_spread(count, measured, held, live, suspects)
+    planned = plan(Snapshot(count, nodes, held, load=measured or None)).stats
+
+    if spread.ratio is not None:
+        assert spread.ratio == pytest.approx(planned.load_ratio_before, rel=1e-9)
