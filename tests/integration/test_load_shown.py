@@ -25,10 +25,9 @@ from allot.metrics.bucket_map import bucket_map, map_app
 from allot.metrics.cluster import LOADED_BUCKETS
 from allot.testing.processes import allot_env
 from allot.testing.servers import ServerProcess, free_port
-from allot.zk.last_cycle import publish_last_cycle, read_last_cycle
 from allot.zk.load import publish_load
 from allot.zk.paths import ZkPaths
-from allot.zk.pins import set_pin
+from allot.zk.pins import remove_pin, set_pin
 from models.engine import session_factory
 from tests.cli import allot
 from tests.e2e.browser import chromium
@@ -150,19 +149,37 @@ def test_status_in_80_columns_shows_the_ratio_against_the_tolerance_the_heaviest
     assert row(lines, str(loaded.stray)) == [str(loaded.stray), "gone@h (not live)", "b@h"]
 
 
-def test_status_gives_the_last_cycles_load_ratio_before_and_after(loaded: Loaded) -> None:
-    # Given a last cycle that planned with load (its report as a cycle publishes it)
-    paths = ZkPaths(loaded.cluster.settings.zk_root)
-    last = read_last_cycle(loaded.cluster.client, paths)
-    assert last is not None
-    last |= {"load_ratio_before": 1.5, "load_ratio_after": 1.04}
-    publish_last_cycle(loaded.cluster.client, paths, last)
+def test_after_a_cycle_under_strategy_load_status_shows_its_ratios_and_the_new_spread(
+    loaded: Loaded,
+) -> None:
+    # Given the cycle planning with strategy load and the tolerance the commands are given
+    cluster = loaded.cluster
+    cluster.settings = cluster.settings.model_copy(
+        update={"strategy": "load", "load_tolerance": TOLERANCE}
+    )
+    remove_pin(cluster.client, ZkPaths(cluster.settings.zk_root), loaded.stray)  # heavy's only
 
-    lines = fits_80_columns(run(loaded, "status"))
+    # When a cycle moves buckets for load
+    report = cluster.cycle().run()
+    assert report.moves > 0
+    assert report.load_ratio_before == pytest.approx(1.5)
+    assert report.load_ratio_after is not None
+    assert report.load_ratio_after <= TOLERANCE
 
-    text = " ".join(" ".join(lines).split())
-    assert "100 move(s)" in text
-    assert "load ratio 1.50 -> 1.04" in text
+    # Then status shows the last cycle's ratios, and now that ratio for the cluster
+    env = loaded.env | {"ALLOT_STRATEGY": "load"}
+    result = allot("status", "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    assert state["load"]["ratio"] == pytest.approx(report.load_ratio_after, abs=1e-3)
+    assert state["load"]["strategy"] == "load"
+    people = allot("status", env=env | {"COLUMNS": "80"})
+    assert people.returncode == 0, people.stderr
+    text = " ".join(" ".join(fits_80_columns(people.stdout)).split())
+    after = f"{report.load_ratio_after:.2f}"
+    assert f"{report.moves} move(s)" in text
+    assert f"load ratio 1.50 -> {after}" in text
+    assert f"ratio {after} (tolerance 1.3, strategy load)" in text
 
 
 def test_nodes_show_load_share_and_ratio_in_80_columns_and_in_json(loaded: Loaded) -> None:
