@@ -70,7 +70,10 @@ class Settings(BaseSettings):
     node_weight: float = Field(
         1.0, gt=0, description="This worker's capacity weight; buckets are shared in proportion."
     )
-    strategy: str = Field("balanced", description="Planner strategy: `balanced`, `amoro` or `hrw`.")
+    strategy: str = Field(
+        "balanced",
+        description="Planner strategy: `balanced`, `amoro`, `hrw` or `load` (measured work).",
+    )
     task_modules: str = Field(
         "",
         description="Comma-separated modules with table tasks, imported by every worker.",

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allot.cycle import AssignmentCycle
 from allot.cycle.report import CycleReport
+from allot.settings import Settings
 from allot.testing.cluster import QUICK_START, LocalCluster
 from allot.zk.load import read_load
 from allot.zk.paths import ZkPaths
@@ -173,8 +174,8 @@ def report_text(args: argparse.Namespace, phases: list[Phase], settled_at: int |
         left=["strategy"],
     )
     summary = make_table(
-        f"after the window filled (tolerance {1.15:g})",
-        ["strategy", "last ratio", "moves", "cycles to settle", "steady cycles", "steady moves"],
+        f"summary (ALLOT_LOAD_TOLERANCE {Settings().load_tolerance:g})",
+        ["strategy", "last ratio", "moves", "settled at cycle", "steady cycles", "steady moves"],
         left=["strategy"],
     )
     for phase in phases:

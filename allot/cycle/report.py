@@ -38,12 +38,6 @@ def moves_by_node(plan: Plan) -> dict[str, dict[str, int]]:
     return dict(sorted(counts.items()))
 
 
-def pins_ignored(plan: Plan) -> dict[str, str]:
-    """``{bucket: node}`` for every pin the plan could not keep (its node is not live)."""
-    ignored = getattr(plan.stats, "pins_ignored", None) or {}
-    return {str(bucket): str(node) for bucket, node in dict(ignored).items()}
-
-
 @dataclass
 class CycleReport:
     """What one cycle did, JSON-able (the Celery task returns :meth:`to_json`).
@@ -55,8 +49,9 @@ class CycleReport:
     why SQL fell behind (None while it keeps up), ``worker`` which process ran the cycle
     (``host:pid``, its lock identifier), ``membership`` the version of ``{root}/nodes`` its
     last round read (or later). ``load_ratio_before``/``load_ratio_after``: the largest load
-    of a live node over its fair share, before and after the plan (None when the strategy
-    measured no load); ``pins_ignored``: pins to nodes that are not live (placed as if unpinned).
+    of a live node over its fair share, before and after the plan (None when the cycle read no
+    load: a strategy other than ``load``); ``pins_ignored``: the pins the plan could not keep,
+    ``{"bucket","node","reason"}`` (the node is not live: the bucket is placed as if unpinned).
     """
 
     outcome: CycleOutcome
@@ -75,7 +70,7 @@ class CycleReport:
     spread_after: float = 0
     load_ratio_before: float | None = None
     load_ratio_after: float | None = None
-    pins_ignored: dict[str, str] = field(default_factory=dict)
+    pins_ignored: list[dict[str, Any]] = field(default_factory=list)
     buckets: dict[str, int] = field(default_factory=dict)
     next_deadline: float | None = None
     recovered: list[str] = field(default_factory=list)
@@ -112,6 +107,7 @@ class CycleReport:
         """
         stats = planned.stats
         classes = seen.classes
+        measured = seen.measured.load
         return cls(
             outcome=outcome,
             trigger=trigger,
@@ -134,9 +130,9 @@ class CycleReport:
             foreign=seen.members.ignored(),
             warnings=list(stats.warnings) + list(seen.measured.problems),
             reason=reason,
-            load_ratio_before=getattr(stats, "load_ratio_before", None),
-            load_ratio_after=getattr(stats, "load_ratio_after", None),
-            pins_ignored=pins_ignored(planned),
+            load_ratio_before=None if measured is None else stats.load_ratio_before,
+            load_ratio_after=None if measured is None else stats.load_ratio_after,
+            pins_ignored=[pin.to_json() for pin in stats.pins_ignored],
         )
 
     def to_json(self) -> dict[str, Any]:
