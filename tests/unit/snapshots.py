@@ -86,3 +86,38 @@ def suspect_buckets(snapshot: dict[str, Any]) -> dict[str, list[int]]:
         for key in snapshot["nodes"]
         if state_of(snapshot, key) == "suspect"
     }
+
+
+LOADS = [0.0, 0.001, 0.25, 1.0, 1.0, 2.0, 3.5, 10.0, 60.0, 1000.0]  # seconds; repeats are likely
+TOLERANCES = [1.0, 1.05, 1.15, 1.15, 2.0]
+PIN_NODES = [*KEYS, *GHOSTS, "elsewhere@h"]  # live, suspect, offline, listed only, unknown
+
+
+@st.composite
+def load_snapshots(draw: st.DrawFn, limit: bool = False, measured: bool = True) -> dict[str, Any]:
+    """A valid snapshot (:func:`snapshots`) with the measured-work fields: loads on most
+    buckets (or none at all), a few pins to any node key, a tolerance and a load-move budget.
+
+    ``measured=False`` leaves ``load`` out. Bytes decide per bucket whether it has a load and
+    a pin, as in :func:`snapshots`, to keep generation cheap.
+    """
+    snapshot = draw(snapshots(limit=limit))
+    count = snapshot["bucket_count"]
+    if measured and draw(st.integers(0, 7)):  # one snapshot in eight has no load at all
+        values = draw(st.binary(min_size=count, max_size=count))
+        snapshot["load"] = {
+            str(bucket): LOADS[byte % len(LOADS)]
+            for bucket, byte in enumerate(values, start=1)
+            if byte >= 32  # about one bucket in eight is unmeasured
+        }
+    marks = draw(st.binary(min_size=count, max_size=count))
+    pins = {
+        str(bucket): PIN_NODES[byte % len(PIN_NODES)]
+        for bucket, byte in enumerate(marks, start=1)
+        if byte < 24  # about one bucket in ten is pinned
+    }
+    if pins:
+        snapshot["pins"] = pins
+    snapshot["tolerance"] = draw(st.sampled_from(TOLERANCES))
+    snapshot["max_load_moves"] = draw(st.integers(0, 12))
+    return snapshot
