@@ -27,7 +27,7 @@ from allot.testing.processes import allot_env
 from allot.testing.servers import ServerProcess, free_port
 from allot.zk.load import publish_load
 from allot.zk.paths import ZkPaths
-from allot.zk.pins import remove_pin, set_pin
+from allot.zk.pins import set_pin
 from models.engine import session_factory
 from tests.cli import allot
 from tests.e2e.browser import chromium
@@ -157,7 +157,6 @@ def test_after_a_cycle_under_strategy_load_status_shows_its_ratios_and_the_new_s
     cluster.settings = cluster.settings.model_copy(
         update={"strategy": "load", "load_tolerance": TOLERANCE}
     )
-    remove_pin(cluster.client, ZkPaths(cluster.settings.zk_root), loaded.stray)  # heavy's only
 
     # When a cycle moves buckets for load
     report = cluster.cycle().run()
@@ -165,6 +164,9 @@ def test_after_a_cycle_under_strategy_load_status_shows_its_ratios_and_the_new_s
     assert report.load_ratio_before == pytest.approx(1.5)
     assert report.load_ratio_after is not None
     assert report.load_ratio_after <= TOLERANCE
+    assert [(pin["bucket"], pin["node"]) for pin in report.pins_ignored] == [
+        (loaded.stray, "gone@h")
+    ]
 
     # Then status shows the last cycle's ratios, and now that ratio for the cluster
     env = loaded.env | {"ALLOT_STRATEGY": "load"}
@@ -173,6 +175,12 @@ def test_after_a_cycle_under_strategy_load_status_shows_its_ratios_and_the_new_s
     state = json.loads(result.stdout)
     assert state["load"]["ratio"] == pytest.approx(report.load_ratio_after, abs=1e-3)
     assert state["load"]["strategy"] == "load"
+    assert {pin["bucket"]: pin["live"] for pin in state["pins"]} == {
+        loaded.heavy: True,
+        loaded.stray: False,
+    }
+    heaviest = state["load"]["heaviest"][0]
+    assert (heaviest["bucket"], heaviest["owner"]) == (loaded.heavy, "a@h")  # kept by its pin
     people = allot("status", env=env | {"COLUMNS": "80"})
     assert people.returncode == 0, people.stderr
     text = " ".join(" ".join(fits_80_columns(people.stdout)).split())
