@@ -20,6 +20,7 @@ ratio of the bucket counts).
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -65,8 +66,7 @@ class LoadSpread:
     def heaviest(self, count: int = HEAVIEST) -> list[tuple[int, float]]:
         """The ``count`` measured buckets with the most load, heaviest first (ties: lower id
         first), as ``(bucket, seconds)``; unmeasured buckets are never listed."""
-        ranked = sorted(self.measured.items(), key=lambda item: (-item[1], item[0]))
-        return ranked[:count]
+        return heapq.nsmallest(count, self.measured.items(), key=lambda item: (-item[1], item[0]))
 
 
 def load_spread(
