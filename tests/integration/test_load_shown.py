@@ -222,6 +222,26 @@ def test_without_measured_load_status_says_so_and_has_no_ratio(cluster: Cluster)
     assert [(n["load"], n["share"], n["ratio"]) for n in state["nodes"]] == [(0.0, 0.0, None)]
 
 
+def test_status_lists_what_it_could_not_read_of_the_load_and_the_pins(loaded: Loaded) -> None:
+    # Given a load znode that is not JSON and pins that are not JSON
+    client, paths = loaded.cluster.client, ZkPaths(loaded.cluster.settings.zk_root)
+    client.create(paths.load_of("odd@h"), b"{not json", ephemeral=True)
+    client.set(paths.pins, b"[1, 2")
+
+    state = json.loads(run(loaded, "status", "--format", "json"))
+    lines = fits_80_columns(run(loaded, "status"))
+
+    # Then the rest is shown, and each unreadable part is named once
+    assert state["load"]["ratio"] == 1.5
+    assert state["pins"] == []
+    assert len(state["load"]["problems"]) == 1
+    assert "load/odd@h: not JSON" in state["load"]["problems"][0]
+    assert state["pins_problem"].startswith("pins are not JSON")
+    ignored = [line for line in lines if line.startswith("ignored: ")]
+    assert [line.split()[1] for line in ignored] == ["load/odd@h:", "pins"]
+    assert "pins: none" in lines
+
+
 def test_the_bucket_map_has_each_buckets_load_and_pin(loaded: Loaded) -> None:
     cluster = loaded.cluster
     settings = cluster.settings.model_copy(update={"load_tolerance": TOLERANCE})
