@@ -71,8 +71,7 @@ class Settings(BaseSettings):
         1.0, gt=0, description="This worker's capacity weight; buckets are shared in proportion."
     )
     strategy: str = Field(
-        "balanced",
-        description="Planner strategy: `balanced`, `amoro`, `hrw` or `load` (measured work).",
+        "balanced", description="Planner strategy: `balanced`, `amoro`, `hrw` or `load`."
     )
     task_modules: str = Field(
         "",

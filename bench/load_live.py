@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allot.cycle import AssignmentCycle
 from allot.cycle.report import CycleReport
-from allot.settings import Settings
 from allot.testing.cluster import QUICK_START, LocalCluster
 from allot.zk.load import read_load
 from allot.zk.paths import ZkPaths
@@ -174,7 +173,7 @@ def report_text(args: argparse.Namespace, phases: list[Phase], settled_at: int |
         left=["strategy"],
     )
     summary = make_table(
-        f"summary (ALLOT_LOAD_TOLERANCE {Settings().load_tolerance:g})",
+        f"summary (ALLOT_LOAD_TOLERANCE {phases[0].cycle.settings.load_tolerance:g})",
         ["strategy", "last ratio", "moves", "settled at cycle", "steady cycles", "steady moves"],
         left=["strategy"],
     )
