@@ -12,9 +12,10 @@ Public API:
 - :func:`get_strategy`, :func:`strategy_names` — the strategies by name.
 
 Modules: :mod:`.model` (typed values), :mod:`.parse` (JSON to snapshot), :mod:`.problem`
-(node-state rules, quotas, minimum moves), :mod:`.balance` (exact shares, quotas, the balance
-test, spread), :mod:`.core` (the shared planning pipeline), :mod:`.strategies` (``balanced``,
-``amoro``, ``hrw``).
+(node-state rules, pins, quotas, minimum moves), :mod:`.balance` (exact shares, quotas, the
+balance test, spread), :mod:`.loads` (bucket loads, load shares, the load ratio), :mod:`.core`
+(the shared planning pipeline), :mod:`.strategies` (``balanced``, ``amoro``, ``hrw``,
+``load``).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def node_loads(result: dict[str, Any], load: dict[str, float]) -> dict[str, floa
 
 
 # Three equal nodes; a holds two buckets of 4 s, b and c two of 1 s each: total 12, share 4.
-HOT = {
+HOT: dict[str, Any] = {
     "bucket_count": 6,
     "nodes": {"a": {}, "b": {}, "c": {}},
     "assignments": {"a": [1, 2], "b": [3, 4], "c": [5, 6]},
@@ -87,6 +87,43 @@ def test_the_plan_of_a_cut_plan_continues_and_then_stays_at_rest() -> None:
     assert second["stats"]["moves"] == 2
     assert second["stats"]["load_ratio_after"] == 1
     assert third["moves"] == []
+
+
+def test_a_node_whose_share_is_a_bucket_keeps_one_so_the_next_plan_need_not_refill_it() -> None:
+    snapshot = {
+        "bucket_count": 5,
+        "nodes": {"a": {"weight": 4.0}, "c": {"weight": 1.0}},
+        "assignments": {"a": [1, 2, 3, 4], "c": [5]},
+        "load": loads(b1=0, b2=0, b3=0, b4=0, b5=1),
+    }
+
+    result = plan_from_json(snapshot, "load")
+    again = plan_from_json({**snapshot, "assignments": result["assignments"]}, "load")
+
+    # c's share is one bucket: it swaps its heavy bucket for an idle one rather than giving it
+    # away and being refilled by the next plan as an empty node
+    assert result["assignments"] == {"a": [1, 2, 3, 5], "c": [4]}
+    assert result["stats"]["load_ratio_after"] == 1.25  # the optimum: 1 s on a share of 0.8
+    assert again["moves"] == []
+
+
+def test_a_swap_counts_two_moves_against_max_load_moves() -> None:
+    snapshot = {
+        "bucket_count": 6,
+        "nodes": {"a": {"weight": 4.0}, "c": {}, "d": {}},
+        "assignments": {"a": [1, 2, 3, 4], "c": [5], "d": [6]},
+        "load": loads(b1=0, b2=0, b3=0, b4=0, b5=1, b6=1),
+        "max_load_moves": 3,
+    }
+
+    result = plan_from_json(snapshot, "load")
+    unlimited = plan_from_json({**snapshot, "max_load_moves": 4}, "load")
+
+    # c and d each keep one bucket (a share of one): each sheds its busy bucket by a swap
+    assert result["stats"]["moves"] == 2
+    assert result["stats"]["load_ratio_after"] == 3  # d still carries 1 s on a share of 1/3
+    assert unlimited["stats"]["moves"] == 4
+    assert unlimited["stats"]["load_ratio_after"] == 1.5  # the optimum: both on a
 
 
 def test_orphans_are_placed_heaviest_first_on_the_node_with_the_most_room() -> None:

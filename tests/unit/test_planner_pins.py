@@ -14,7 +14,7 @@ from allot.planner import plan_from_json, strategy_names
 
 
 def owner(result: dict[str, Any], bucket: int) -> str:
-    return next(key for key, buckets in result["assignments"].items() if bucket in buckets)
+    return str(next(key for key, buckets in result["assignments"].items() if bucket in buckets))
 
 
 @pytest.mark.parametrize("strategy", strategy_names())
@@ -94,8 +94,9 @@ def test_a_pin_to_a_node_that_is_not_live_is_ignored_and_reported(
 
     assert result["assignments"] == unpinned["assignments"]
     assert result["stats"]["pins_ignored"] == [{"bucket": 2, "node": node, "reason": reason}]
-    assert f"1 pin(s) ignored until they can be kept: bucket 2 -> {node} ({reason})" in (
-        result["stats"]["warnings"]
+    assert (
+        f"1 pin(s) ignored until they can be kept: bucket 2 -> {node} ({reason})"
+        in (result["stats"]["warnings"])
     )
 
 

@@ -1,63 +1,31 @@
 """``load``: balance the measured load of the buckets against the nodes' weights.
 
-DESIGN.md, "Assignment by measured work". Node ``n``'s load share is ``w_n / sum(w)`` of
-``T'``, the load not held by suspects; the load ratio is the largest ``load_n / share_n`` over
-the live nodes (:mod:`allot.planner.loads`). Pinned buckets count in their node's load and never
-move (:class:`~allot.planner.problem.Problem` keeps them out of ``held``).
+DESIGN.md, "Assignment by measured work"; the argument, with the proofs, is
+``docs/load-balancing.md``. Node ``n``'s load share is ``w_n / sum(w)`` of ``T'``, the load not
+held by suspects; the load ratio ``R`` is the largest ``load_n / share_n`` over the live nodes
+(:mod:`allot.planner.loads`). Pinned buckets count in their node's load and never move.
 
-**Equal loads** (nothing measured, or every bucket the same): the plan is ``balanced``'s, move
-for move. The load is then the bucket count, and ``balanced`` is the count balance allot
-promises.
+- **Equal loads** (nothing measured, or every bucket the same): ``balanced``'s plan.
+- **Membership** (phase 1): every orphan is placed and every empty node (no movable bucket,
+  though its count share is at least one bucket beyond its pins) receives ``balanced``'s quota,
+  the buckets chosen by load: donors by highest ratio, each giving the bucket closest to what
+  the empty nodes still lack per bucket; placement heaviest first on the node with most room.
+- **Load** (phase 2): while ``R > tolerance * LB`` (``LB``, :meth:`_State.floor`, a lower bound
+  of the optimum, 1 unless one bucket outweighs a share) and within ``max_load_moves`` (a swap
+  counts two): the move or swap from a node at ratio ``R`` that cuts ``R`` most per bucket, taken
+  only if both nodes end below ``R``. A node whose count share is a bucket beyond its pins keeps
+  one movable bucket (it swaps instead), so phase 1 never refills it.
 
-Otherwise, in two phases:
+Guarantees (a heuristic: the optimum is NP-hard): phase 1 moves at most ``balanced``'s ``M*``,
+phase 2 at most ``max_load_moves``; phase 2 never raises ``R``; at rest, planning the result
+again moves nothing (sums by ``math.fsum``, every step lowers the sorted ratios
+lexicographically), and ``R <= max(tolerance * OPT, OPT + l_max / share_min)``
+(``tests/unit/test_planner_load_exact.py`` checks it against a MILP solver).
 
-1. **Membership** (no tolerance, no load budget). Every orphan is placed, and every *empty*
-   live node (no movable bucket, though its share of the buckets is at least one more than its
-   pins: ``floor(s_n) - pins_n >= 1``) receives ``balanced``'s quota of buckets. The count is
-   ``balanced``'s (never more than ``M*``); *which* buckets is chosen by load: the donors are
-   the other nodes, the one with the highest load ratio first, each giving the bucket closest
-   to the load the empty nodes still lack per bucket they still lack; then the orphans and the
-   given buckets are placed heaviest first, each on the node with the most room
-   (``share_n - load_n``), the empty nodes until their quota is met, the others only with
-   orphans left over.
-2. **Load**, only while the ratio exceeds ``tolerance``, at most ``max_load_moves`` bucket moves
-   (a swap counts two): one step at a time, the best move of one bucket from a node at the
-   highest ratio to another node, or swap of a bucket there with a lighter one elsewhere; the
-   best step cuts the overall ratio most per bucket moved (ties: the most for the pair of nodes,
-   then a move before a swap, then node keys and bucket ids). A step is taken only if both
-   nodes end below the old highest ratio. A node whose share is at least one bucket beyond its
-   pins never gives its last movable bucket away (so phase 1 never has to refill it).
-
-**No flapping.** Node loads are summed with ``math.fsum`` (the same buckets give the same load
-in any order), and the plan is a function of the assignment alone. At rest -- no orphan, no
-empty node to serve, and the ratio at most ``tolerance`` or no step that helps -- phase 1 has
-nothing to do, and phase 2 does not start or finds no step, so planning the plan's own result
-again moves nothing. Every step of phase 2 lowers the sorted vector of node ratios
-lexicographically, so a run of plans cannot cycle: a plan that stopped at ``max_load_moves``
-continues next time, and stops.
-
-**What is optimal, what is a heuristic.** Balancing load is makespan scheduling on machines of
-different speeds (``Q||Cmax``), NP-hard: the strategy is a heuristic and does not promise the
-smallest ratio, nor the fewest moves that reach the tolerance. What it guarantees:
-
-- phase 1 moves at most ``balanced``'s ``M*``; phase 2 at most ``max_load_moves``;
-- the ratio never rises in phase 2, and a plan that ends at rest (not stopped by the budget)
-  has ratio ``<= max(tolerance, OPT + l_max / share_min)``, where ``OPT`` is the smallest ratio
-  any assignment with the same pins reaches, ``l_max`` the largest bucket load and
-  ``share_min`` the smallest load share: at rest, moving the lightest loaded bucket of the
-  busiest node ``m`` to the least loaded node ``k`` (ratio ``<= 1``: the ratios average to at
-  most 1 weighted by share) does not help, so ``R <= 1 + l_b / share_k``; or ``m`` keeps its
-  one movable bucket ``b``, and ``R = (pins_m + l_b) / share_m <= OPT + l_b / share_m``;
-- with equal loads, ``balanced``'s plan: ratio ``<= 1 + 1 / s_min`` (one bucket over the
-  smallest count share).
-
-``tests/unit/test_planner_load_exact.py`` checks that bound, and that an exact MILP solution is
-never worse, on small random instances; ``bench/load.py`` prints the gap to the optimum.
-
-Cost: ``O(B log B)`` for phase 1, ``O(N log N + N log b + 32 b log b)`` per step of phase 2
-(``b`` the most buckets one node holds): a move is sought with every node, a swap with the 32
-nodes of lowest joint ratio with the busiest one (:data:`SWAP_TARGETS`), skipping a node that
-cannot beat the best step found so far.
+Cost: ``O(B log B)`` for phase 1; per step of phase 2 ``O(N log N + N log b + 32 b log b)``
+(``b`` the most buckets on one node): moves are sought with every node, swaps with the 32 nodes
+of lowest joint ratio with the busiest one (:data:`SWAP_TARGETS`), skipping a node that cannot
+beat the best step found so far.
 """
 
 from __future__ import annotations
