@@ -216,17 +216,22 @@ class WorkerNode:
         work.start()
         return work
 
-    def _start_load(self, client: KazooClient) -> LoadReporter:
+    def _start_load(self, client: KazooClient) -> LoadReporter | None:
         """Publish the seconds this node's table work takes per bucket (:mod:`allot.work.load`)
-        every ``ALLOT_LOAD_PUBLISH_INTERVAL``, for strategy ``load``."""
+        every ``ALLOT_LOAD_PUBLISH_INTERVAL``, for strategy ``load``. A failure here is logged
+        and the node serves on, unmeasured (its buckets count as the mean)."""
         settings = self.settings
-        reporter = LoadReporter(
-            share_node_load(settings.bucket_count),  # made at worker_init, shared
-            LoadPublisher(client, self.paths, self.key),
-            window=settings.load_window,
-            interval=settings.load_publish_interval,
-        )
-        reporter.start()
+        try:
+            reporter = LoadReporter(
+                share_node_load(settings.bucket_count),  # made at worker_init, shared
+                LoadPublisher(client, self.paths, self.key),
+                window=settings.load_window,
+                interval=settings.load_publish_interval,
+            )
+            reporter.start()
+        except Exception:
+            log.exception("node %s does not publish its load", self.key)
+            return None
         return reporter
 
     def _displaced(self, why: str) -> None:
