@@ -1,7 +1,8 @@
 """The bucket map: a page showing, at a glance, which node holds each bucket.
 
-The buckets as a grid coloured by owner, the buckets of a suspect node and unowned buckets
-marked; each node's load against its weighted share; the last cycles and their moves. The page
+The buckets as a grid coloured by owner, shaded by their measured load (the heaviest darkest),
+pinned buckets, the buckets of a suspect node and unowned buckets marked; each node's buckets
+and load against its weighted shares; the last cycles and their moves. The page
 (``/map``) polls ``/map.json`` every two seconds, so a join or a failover shows as it happens.
 Both are served by a worker's metrics server (:func:`allot.metrics.serve_metrics`) behind the
 credentials of Flower (``FLOWER_BASIC_AUTH``, ``user:password`` pairs separated by commas):
@@ -28,8 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from allot.cycle.observe import observe
 from allot.errors import ZooKeeperUnavailable
+from allot.inspect.load import load_spread, rounded
 from allot.settings import Settings
+from allot.zk.load import read_load
 from allot.zk.paths import ZkPaths
+from allot.zk.pins import read_pins
 from models.base import utcnow
 from models.schema import Plan as PlanRow
 
@@ -43,9 +47,14 @@ def bucket_map(
     client: KazooClient, sessions: sessionmaker[Session], settings: Settings
 ) -> dict[str, Any]:
     """The picture the page draws: ``buckets`` (one entry per bucket id: ``owner`` or None,
-    ``state`` of the owner or ``unowned``), ``nodes`` (``node_key``, ``state``, ``weight``,
-    ``buckets``, ``share``: the buckets its weight entitles it to among the live nodes),
-    ``cycles`` (the last plans, newest first), ``epoch`` and ``at``.
+    ``state`` of the owner or ``unowned``, ``load``: its measured seconds over the load window
+    or None when unmeasured, ``pinned``: the node it is pinned to or None), ``nodes``
+    (``node_key``, ``state``, ``weight``, ``buckets``, ``share``: the buckets its weight
+    entitles it to among the live nodes, ``load`` in seconds, and for live nodes
+    ``load_share`` and ``ratio``, as ``allot status`` has them), ``load`` (``ratio``,
+    ``tolerance``, ``strategy``, ``window``, ``measured`` buckets, ``mean``: what an unmeasured
+    bucket counts as, ``max``: the largest measured bucket load, 0 without any), ``cycles``
+    (the last plans, newest first), ``epoch`` and ``at``.
 
     Raises:
         ZooKeeperUnavailable: this process's ZooKeeper session is not connected.
@@ -65,6 +74,12 @@ def bucket_map(
     owner = {bucket: key for key, held in seen.held.items() for bucket in held}
     weights = {key: float(weight) for key, weight in classes.live.items()}
     total = sum(weights.values())
+    paths = ZkPaths(settings.zk_root)
+    measured = client.retry(read_load, client, paths, settings.bucket_count)
+    pins = read_pins(client, paths, settings.bucket_count).by_bucket
+    load = load_spread(
+        settings.bucket_count, measured.by_bucket, seen.held, weights, classes.suspect
+    )
     nodes = [
         {
             "node_key": key,
@@ -74,6 +89,9 @@ def bucket_map(
             "share": round(settings.bucket_count * weights[key] / total, 2)
             if key in weights and total
             else 0.0,
+            "load": round(load.nodes[key].load, 3),
+            "load_share": rounded(load.nodes[key].share),
+            "ratio": rounded(load.nodes[key].ratio),
         }
         for key in sorted(set(weights) | set(seen.held))
     ]
@@ -82,6 +100,8 @@ def bucket_map(
             "id": bucket,
             "owner": owner.get(bucket),
             "state": classes.state_of(owner[bucket]).value if bucket in owner else "unowned",
+            "load": rounded(load.measured.get(bucket)),
+            "pinned": pins.get(bucket),
         }
         for bucket in range(1, settings.bucket_count + 1)
     ]
@@ -105,6 +125,15 @@ def bucket_map(
         "at": utcnow().isoformat(timespec="seconds"),
         "nodes": nodes,
         "buckets": buckets,
+        "load": {
+            "ratio": rounded(load.ratio),
+            "tolerance": settings.load_tolerance,
+            "strategy": settings.strategy,
+            "window": settings.load_window,
+            "measured": len(load.measured),
+            "mean": round(load.mean, 3),
+            "max": round(max(load.measured.values(), default=0.0), 3),
+        },
         "cycles": cycles,
     }
 

@@ -22,6 +22,11 @@ as the trigger duty does: cut off from ZooKeeper past its session while still sc
 on serving ``allot_up{source="zookeeper"} 0`` and its SQL families beside the new holder's
 until it reconnects; the ZooKeeper families (buckets, nodes, backlog) are never served twice.
 
+The load gauges read the measured load with :func:`allot.zk.load.read_load` (one listing and
+one ``multiRead``) and spread it over the nodes as ``allot status`` does
+(:mod:`allot.inspect.load`); ``allot_bucket_load`` has series for the :data:`LOADED_BUCKETS`
+heaviest measured buckets only, so its cardinality stays bounded whatever the bucket count.
+
 Failure modes (nothing ever raises out of :meth:`ClusterCollector.collect`):
     ZooKeeper SUSPENDED or LOST (the client is not connected): nothing is read (a read would
     wait for the connection and hold the scrape), ``allot_up{source="zookeeper"}`` is 0 and the
@@ -60,10 +65,12 @@ from allot.cycle.mirror import mirrored_epoch
 from allot.cycle.observe import observe
 from allot.errors import AllotError, ZooKeeperUnavailable
 from allot.inspect.backlog import bucket_backlog
+from allot.inspect.load import load_spread
 from allot.planner.balance import spread
 from allot.planner.problem import Problem
 from allot.settings import Settings
 from allot.zk.leases import read_leases
+from allot.zk.load import read_load
 from allot.zk.paths import ZkPaths
 from models.base import utcnow
 from models.schema import Plan as PlanRow
@@ -77,6 +84,9 @@ EXPECTED_ERRORS = (KazooException, AllotError, SQLAlchemyError, RedisError, OSEr
 """What an unreachable or refusing server raises: logged in one line, without a traceback."""
 OPEN_PLANS = (PlanStatus.GENERATED, PlanStatus.APPLYING)
 """The plan statuses ``allot_plans`` counts: the ones a plan leaves (the others only grow)."""
+LOADED_BUCKETS = 20
+"""``allot_bucket_load`` has a series for this many buckets at most: the measured ones with the
+most load, so 16,384 buckets never mean 16,384 series."""
 
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "allot_cluster_reporter": (
@@ -120,6 +130,16 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "Messages waiting in the queues of the buckets each node holds (Redis).",
         ("node",),
     ),
+    "allot_node_load": (
+        "Seconds of table work in the buckets each live node holds, over ALLOT_LOAD_WINDOW "
+        "(a bucket nobody measured counts as the mean of the measured ones).",
+        ("node",),
+    ),
+    "allot_bucket_load": (
+        f"Seconds of table work of a bucket over ALLOT_LOAD_WINDOW, for the {LOADED_BUCKETS} "
+        "measured buckets with the most load only.",
+        ("bucket",),
+    ),
 }
 
 
@@ -156,6 +176,8 @@ class ZooKeeperView:
     spread: float
     epoch: int
     membership: int
+    node_load: Mapping[str, float] = field(default_factory=dict)
+    bucket_load: tuple[tuple[int, float], ...] = ()
 
     def families(self) -> Iterator[Metric]:
         """The ZooKeeper families of :data:`FAMILIES`."""
@@ -174,6 +196,12 @@ class ZooKeeperView:
         yield gauge("allot_spread", self.spread)
         yield gauge("allot_epoch", self.epoch)
         yield gauge("allot_membership_size", self.membership)
+        node_load, bucket_load = family("allot_node_load"), family("allot_bucket_load")
+        for key, seconds in self.node_load.items():
+            node_load.add_metric([key], seconds)
+        for bucket, seconds in self.bucket_load:
+            bucket_load.add_metric([str(bucket)], seconds)
+        yield from (node_load, bucket_load)
 
     def backlog(self, per_bucket: Mapping[int, int]) -> GaugeMetricFamily:
         """``allot_bucket_queue_backlog``: ``per_bucket`` summed over each node's buckets."""
@@ -233,6 +261,10 @@ def read_zookeeper(
     owned = {bucket for node in nodes for bucket in node.buckets}
     leases = client.retry(read_leases, client, paths)
     problem = Problem.from_snapshot(planner_snapshot(classes, held, settings.bucket_count))
+    measured = client.retry(read_load, client, paths, settings.bucket_count)
+    load = load_spread(
+        settings.bucket_count, measured.by_bucket, held, classes.live, classes.suspect
+    )
     return ZooKeeperView(
         nodes=nodes,
         unowned=max(settings.bucket_count - len(owned), 0),
@@ -240,6 +272,8 @@ def read_zookeeper(
         spread=0.0 if problem.share is None else spread(problem.share, problem.counts()),
         epoch=seen.snapshot.version.epoch,
         membership=len(live),
+        node_load={key: load.nodes[key].load for key in classes.live},
+        bucket_load=tuple(load.heaviest(LOADED_BUCKETS)),
     )
 
 

@@ -19,8 +19,8 @@ from tests.e2e.conftest import START
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 CELL = re.compile(
-    r'<div class="bucket (?P<state>[a-z]+)"[^>]*title="bucket (?P<id>\d+): (?P<who>[^"]*)"'
-)
+    r'<div class="bucket (?P<state>[a-z]+)"[^>]*title="bucket (?P<id>\d+): (?P<who>[^"\n]*)'
+)  # the title's first line: its load and pin, when known, are on the next lines
 
 
 def rendered(url: str, tmp_path: Path) -> dict[int, tuple[str, str]]:

@@ -92,6 +92,12 @@ def test_prometheus_sees_the_assignment_of_zookeeper_through_a_join_and_a_kill(
         "sql": 1.0,
         "redis": 1.0,
     }
+    # every live node has a load (no table work runs here: 0 s), no bucket has one
+    assert by_label(prometheus.address, "max without(instance) (allot_node_load)", "node") == {
+        cluster.key("node1"): 0.0,
+        cluster.key("node2"): 0.0,
+    }
+    assert by_label(prometheus.address, "count(allot_bucket_load) or vector(0)", "") == {"": 0.0}
 
     # When a node joins
     worker_with_metrics(cluster, "node3", ports["node3"])

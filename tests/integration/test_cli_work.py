@@ -383,7 +383,7 @@ def test_nodes_show_the_tables_and_the_backlog_of_their_buckets(work: Work) -> N
 
     assert set(nodes) == {"a@h", "b@h"}
     for node in nodes.values():
-        assert set(node) == NODE_KEYS | {"tables", "backlog"}
+        assert set(node) == NODE_KEYS | {"tables", "backlog", "load", "share", "ratio"}
     a, b = nodes["a@h"], nodes["b@h"]
     assert (a["state"], a["buckets"], a["tables"], a["backlog"]) == ("live", 2, 4, 3)
     assert (b["state"], b["buckets"], b["tables"], b["backlog"]) == ("live", 1, 1, 2)

@@ -43,6 +43,7 @@ from allot.testing.servers import ServerProcess, free_port, start_zookeeper
 from allot.testing.zookeeper import expire_session
 from allot.work import bucket_queue
 from allot.zk.client import connect
+from allot.zk.load import publish_load
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from allot.zk.triggers import TriggerDuty
@@ -148,6 +149,10 @@ def test_a_scrape_shows_what_zookeeper_holds(cluster: Cluster, redis: Redis) -> 
         cluster.client.create(paths.lease(bucket), lease, ephemeral=True, makepath=True)
     redis.rpush(bucket_queue(settings.cluster, assignment["b@h"][0]), "m1", "m2", "m3")
     record_runs(cluster.engine, "demo.compact", ["committed", "committed", "fenced"])
+    # and each node's load published for its first bucket: 4 s on a, 2 s on b (mean 3 s)
+    first = {key: buckets[0] for key, buckets in assignment.items()}
+    publish_load(cluster.nodes["a@h"], paths, "a@h", 3600, {first["a@h"]: 4.0})
+    publish_load(cluster.nodes["b@h"], paths, "b@h", 3600, {first["b@h"]: 2.0})
     sessions = session_factory(cluster.engine)
 
     # When Prometheus scrapes the endpoint
@@ -171,6 +176,15 @@ def test_a_scrape_shows_what_zookeeper_holds(cluster: Cluster, redis: Redis) -> 
     assert by(scraped, "allot_plans", "status") == {"generated": 0, "applying": 0}
     assert "allot_table_task_runs" not in scraped  # the history is never counted whole
     assert by(scraped, "allot_bucket_queue_backlog", "node") == {"a@h": 0, "b@h": 3}
+    # unmeasured buckets count as the mean; only measured buckets have a series
+    assert by(scraped, "allot_node_load", "node") == {
+        "a@h": 4.0 + 3.0 * (len(assignment["a@h"]) - 1),
+        "b@h": 2.0 + 3.0 * (len(assignment["b@h"]) - 1),
+    }
+    assert by(scraped, "allot_bucket_load", "bucket") == {
+        str(first["a@h"]): 4.0,
+        str(first["b@h"]): 2.0,
+    }
 
 
 def reporters(scrapes: dict[str, Scrape]) -> list[str]:

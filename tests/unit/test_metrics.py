@@ -169,6 +169,28 @@ def test_zookeeper_families_carry_every_node_and_state() -> None:
     }
 
 
+def test_load_families_carry_each_live_nodes_load_and_the_buckets_given() -> None:
+    view = ZooKeeperView(
+        nodes=(NodeView("a@h", NodeState.LIVE, 1.0, (1, 2)),),
+        unowned=0,
+        without_lease=0,
+        spread=0.0,
+        epoch=1,
+        membership=1,
+        node_load={"a@h": 12.5, "b@h": 0.0},
+        bucket_load=((2, 10.0), (1, 2.5)),
+    )
+
+    got = samples(list(view.families()))
+
+    assert {key: v for key, v in got.items() if key[0].endswith("_load")} == {
+        ("allot_node_load", (("node", "a@h"),)): 12.5,
+        ("allot_node_load", (("node", "b@h"),)): 0.0,
+        ("allot_bucket_load", (("bucket", "2"),)): 10.0,
+        ("allot_bucket_load", (("bucket", "1"),)): 2.5,
+    }
+
+
 def test_sql_families_list_every_open_plan_status_and_no_history_count() -> None:
     view = SqlView(epoch=4, plans={"applying": 1})
 
