@@ -21,12 +21,13 @@ balance test, spread), :mod:`.loads` (bucket loads, load shares, the load ratio)
 from __future__ import annotations
 
 from allot.planner.core import plan, plan_from_json
-from allot.planner.model import Move, NodeInfo, NodeState, Plan, PlanStats, Snapshot
+from allot.planner.model import IgnoredPin, Move, NodeInfo, NodeState, Plan, PlanStats, Snapshot
 from allot.planner.parse import snapshot_from_json
 from allot.planner.strategies import DEFAULT_STRATEGY, get_strategy, strategy_names
 
 __all__ = [
     "DEFAULT_STRATEGY",
+    "IgnoredPin",
     "Move",
     "NodeInfo",
     "NodeState",
