@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from allot.cycle.observe import Observation
@@ -48,7 +49,11 @@ class CycleReport:
     foreign writer made unplannable, ``foreign`` which ``nodes/`` children were ignored, ``sql``
     why SQL fell behind (None while it keeps up), ``worker`` which process ran the cycle
     (``host:pid``, its lock identifier), ``membership`` the version of ``{root}/nodes`` its
-    last round read (or later).
+    last round read. ``next_deadline`` is in seconds from the round's clock,
+    ``next_deadline_at`` the same moment as an ISO time (when the first suspect node turns
+    offline). ``steps`` is where the cycle's time went, in ms per step (``lock``, ``recover``,
+    ``settle``, ``read``, ``plan``, ``records``, ``zookeeper``, ``sql``, ``finish``; summed
+    over rounds).
     """
 
     outcome: CycleOutcome
@@ -67,6 +72,7 @@ class CycleReport:
     spread_after: float = 0
     buckets: dict[str, int] = field(default_factory=dict)
     next_deadline: float | None = None
+    next_deadline_at: str | None = None
     recovered: list[str] = field(default_factory=list)
     corrupt: dict[str, str] = field(default_factory=dict)
     repaired: dict[str, str] = field(default_factory=dict)
@@ -80,6 +86,7 @@ class CycleReport:
     started_at: str | None = None
     finished_at: str | None = None
     duration_ms: float = 0
+    steps: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_round(
@@ -118,6 +125,12 @@ class CycleReport:
             spread_after=stats.spread_after,
             buckets={key: len(buckets) for key, buckets in planned.assignments.items()},
             next_deadline=classes.next_deadline,
+            next_deadline_at=(
+                None
+                if classes.next_deadline is None
+                else (seen.now + dt.timedelta(seconds=classes.next_deadline)).isoformat()
+            ),
+            membership=seen.members.version,
             corrupt=dict(seen.snapshot.corrupt),
             repaired=dict(seen.repairs),
             foreign=seen.members.ignored(),
@@ -128,7 +141,8 @@ class CycleReport:
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON-able dict (what Flower shows and ``allot status`` prints);
         the outcome is its plain string."""
-        data = asdict(self)
+        # shallow: every field is JSON-able already (a deep copy costs ~20 ms at 1,000 nodes)
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
         data["outcome"] = str(self.outcome)
         return data
 

@@ -9,6 +9,7 @@ node's :class:`NodeAssignment` (decoded by :func:`decode_node`) and the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,18 @@ def decode_node(
     """
     if assignments is None:
         raise ValueError("the assignments znode is missing")
-    buckets = decode_buckets(assignments[0])
+    buckets = _decoded_buckets(assignments[0])
     last_update = None if updated is None else decode_time(updated[0])
     return NodeAssignment(key, buckets, last_update)
+
+
+DECODE_CACHE = 8192
+"""Distinct ``assignments`` contents whose decoding is remembered (a fleet's worth): a cycle
+re-reads every node's list, and most lists are the bytes decoded the cycle before."""
+
+
+@functools.lru_cache(maxsize=DECODE_CACHE)
+def _decoded_buckets(data: bytes | None) -> tuple[int, ...]:
+    """:func:`~allot.zk.codec.decode_buckets`, remembered by content (bad data is not
+    remembered: it raises every time)."""
+    return decode_buckets(data)
