@@ -48,6 +48,7 @@ Failure modes (each has a test in tests/integration/test_cycle.py or test_faults
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -59,7 +60,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.interfaces import IAsyncResult
 from sqlalchemy.orm import Session, sessionmaker
 
 from allot.cycle import plans
@@ -74,7 +76,7 @@ from allot.errors import (
     StaleAssignment,
     ZooKeeperUnavailable,
 )
-from allot.generation import allocate_generation, zk_generation
+from allot.generation import allocate_generation, decode_generation, zk_generation
 from allot.planner import Plan, plan
 from allot.settings import Settings
 from allot.zk.departures import write_departures
@@ -175,6 +177,7 @@ class AssignmentCycle:
         self.clock = clock or utcnow
         self.hooks = hooks or CycleHooks()
         self._published = False
+        self._pending_generation: IAsyncResult | None = None
 
     # -- public ------------------------------------------------------------------------------
 
@@ -251,6 +254,9 @@ class AssignmentCycle:
         try:
             section.started, section.started_at = time.perf_counter(), self.clock().isoformat()
             section.guard = guard
+            # asked now, answered while the cycle reads: the first SQL write (after ZooKeeper's
+            # transaction, on the failover's path) then waits for no round trip
+            self._pending_generation = self.client.get_async(self.paths.generation)
             section.sql = FencedSql(self.sessions, guard, self.clock, self._generation)
             section.lap("lock")
             try:
@@ -467,6 +473,10 @@ class AssignmentCycle:
     def _generation(self) -> int:
         """This ZooKeeper's generation, allocated in SQL when it has none (rebuilt): the first
         half of the holder's SQL fence (:mod:`allot.cycle.fence`). Called under the lock."""
+        pending, self._pending_generation = self._pending_generation, None
+        if pending is not None:
+            with contextlib.suppress(NoNodeError, ValueError):  # none yet, or unreadable:
+                return decode_generation(pending.get()[0])  # the full path says which
         return zk_generation(self.client, self.paths, self._allocate_generation)
 
     def _allocate_generation(self) -> int:

@@ -51,8 +51,8 @@ def repair_holdings(
     """
     listed = sum(len(buckets) for buckets in held.values())
     distinct: set[int] = set().union(*held.values())
-    in_range = not distinct or (min(distinct) >= 1 and max(distinct) <= bucket_count)
-    if len(distinct) == listed and in_range:
+    all_in_range = not distinct or (min(distinct) >= 1 and max(distinct) <= bucket_count)
+    if len(distinct) == listed and all_in_range:
         return Repair({key: sorted(buckets) for key, buckets in held.items()})  # nothing to do
     lease_holders = lease_holders or {}
     dropped: dict[str, list[str]] = {}

@@ -6,6 +6,9 @@ can be injected at exact points (a crash between steps, a session expiring mid-c
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from sqlalchemy import select
 
@@ -17,6 +20,7 @@ from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
 from models import Node, Plan
 from models.engine import session_factory
+from models.schema import MirrorState
 from tests.cli import allot
 from tests.integration.conftest import GRACE, Cluster, sizes
 
@@ -335,3 +339,72 @@ def test_status_survives_an_unreadable_last_cycle(cluster: Cluster) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "last cycle: unreadable" in result.stdout
+
+
+def test_a_cycle_that_moves_nothing_writes_nothing(cluster: Cluster) -> None:
+    # Given an applied assignment, mirrored in SQL
+    for key in ("a@h", "b@h"):
+        cluster.join(key)
+    cluster.cycle().run("beat")
+    root = ZkPaths(cluster.settings.zk_root)
+
+    def written() -> tuple[object, ...]:
+        times = [cluster.client.exists(root.last_update_time(k)).mzxid for k in ("a@h", "b@h")]
+        with cluster.engine.connect() as connection:
+            fence = connection.execute(select(MirrorState.updated_at)).scalar_one()
+            seen = sorted(connection.execute(select(Node.last_seen)).scalars())
+        return (cluster.client.exists(root.assignment_version).mzxid, times, fence, seen)
+
+    before = written()
+
+    # When cycles run with nothing to move (the times were written less than half an
+    # assign_interval ago; SQL mirrors ZooKeeper's epoch and every node's state)
+    reports = [cluster.cycle().run("beat") for _ in range(3)]
+
+    # Then they read and compare and stop: no ZooKeeper write, no SQL transaction
+    assert [r.outcome for r in reports] == ["unchanged"] * 3
+    assert written() == before
+    assert {"read", "plan", "zookeeper", "sql"} <= set(reports[-1].steps)
+    cluster.assert_consistent()
+
+
+def test_a_node_turning_suspect_is_still_recorded_when_nothing_moves(cluster: Cluster) -> None:
+    # Given an applied assignment
+    for key in ("a@h", "b@h"):
+        cluster.join(key)
+    cluster.cycle().run("beat")
+    # When b's session ends (it keeps its buckets for the grace period: nothing moves)
+    cluster.leave("b@h")
+    report = cluster.cycle().run("membership")
+    # Then SQL records b suspect all the same
+    assert (report.outcome, report.suspect) == ("unchanged", ["b@h"])
+    with cluster.engine.connect() as connection:
+        states = dict(connection.execute(select(Node.node_key, Node.state)).all())
+    assert states == {"a@h": "live", "b@h": "suspect"}
+
+
+def test_a_burst_of_joins_is_planned_in_one_round(cluster: Cluster) -> None:
+    # Given a node, and the membership version a trigger saw when the next node joined
+    cluster.join("a@h")
+    cluster.cycle().run("membership")
+    sent_for = cluster.client.exists(ZkPaths(cluster.settings.zk_root).nodes).cversion + 1
+    cluster.join("n0@h")
+    keys = [f"n{index}@h" for index in range(1, 8)]
+
+    def join_the_rest() -> None:
+        for key in keys:  # one every ~50-100 ms: well inside the settle window between joins
+            cluster.join(key)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=join_the_rest)
+    thread.start()
+    try:
+        # When the membership cycle sent for the first join runs while the others join
+        report = cluster.cycle().run("membership", membership=sent_for)
+    finally:
+        thread.join(30)
+    # Then it waited for membership to settle and planned every node in one round
+    assert (report.outcome, report.rounds) == ("applied", 1)
+    assert report.live == sorted(["a@h", "n0@h", *keys])
+    assert report.steps["settle"] > 0
+    cluster.assert_consistent()
