@@ -75,14 +75,16 @@ class Observation:
     @property
     def sql_in_step(self) -> bool:
         """True when SQL was read and already says what this observation would make it say:
-        it mirrors ZooKeeper's epoch, records the plan ``assignment-version`` names as applied
-        at that epoch, and records every node's state. Then a cycle that moves nothing writes
+        nothing but allot's plans wrote ZooKeeper's assignment since ``assignment-version``,
+        SQL mirrors that epoch, records the plan it names as applied at that epoch, and
+        records every node's state. Then a cycle that moves nothing writes
         nothing to SQL: SQL's owners change only in the transaction that records the plan and
         raises the epoch (an epoch re-published from SQL's own names an older plan, so SQL's
         owners are compared then)."""
         version = self.snapshot.version
         return (
             self.sql_problem is None
+            and self.snapshot.written_by_allot
             and self.sql_epoch == version.epoch
             and self.sql_plan_epoch == version.epoch
             and node_rows_match(self.sql_nodes, self.node_observations())

@@ -44,6 +44,17 @@ class AllAssignments:
     corrupt: Mapping[str, str] = field(default_factory=dict)
     invalid: Mapping[str, str] = field(default_factory=dict)
     present: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    newest_write: int = 0
+    """The newest transaction that changed a node's bucket list or the set of entries (the
+    largest ``mzxid`` of the ``assignments`` znodes and the subtree's ``pzxid``)."""
+
+    @property
+    def written_by_allot(self) -> bool:
+        """True when no bucket list or entry changed after ``assignment-version`` was last
+        written: allot writes both in one transaction, so the subtree is what the plan that
+        ``assignment-version`` names left (a writer that bypasses the version, e.g. a hand
+        edit, makes this False)."""
+        return self.version.mzxid > 0 and self.newest_write <= self.version.mzxid
 
     def buckets_by_node(self) -> dict[str, list[int]]:
         """``{node_key: [bucket, ...]}`` of the readable nodes, the planner's ``assignments``."""

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from allot.cycle import AssignmentCycle, CycleHooks, plans
 from allot.testing.zookeeper import expire_session
 from allot.zk.client import connect
+from allot.zk.codec import encode_buckets
 from allot.zk.lock import AssignmentLock
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
@@ -408,3 +409,21 @@ def test_a_burst_of_joins_is_planned_in_one_round(cluster: Cluster) -> None:
     assert report.live == sorted(["a@h", "n0@h", *keys])
     assert report.steps["settle"] > 0
     cluster.assert_consistent()
+
+
+def test_a_hand_edit_that_bypasses_the_version_is_still_mirrored(cluster: Cluster) -> None:
+    # Given an applied assignment, mirrored in SQL
+    for key in ("a@h", "b@h"):
+        cluster.join(key)
+    cluster.cycle().run("beat")
+    held = cluster.zk_assignment()
+    a, b = held["a@h"][0], held["b@h"][0]
+    # When a foreign writer swaps one bucket of a with one of b, leaving assignment-version be
+    root = ZkPaths(cluster.settings.zk_root)
+    cluster.client.set(root.assignments("a@h"), encode_buckets([b, *held["a@h"][1:]]))
+    cluster.client.set(root.assignments("b@h"), encode_buckets([a, *held["b@h"][1:]]))
+    report = cluster.cycle().run("beat")
+    # Then nothing moves (the counts are balanced), and SQL is brought to what ZooKeeper holds
+    # although SQL's epoch and plan match assignment-version
+    assert report.outcome == "unchanged"
+    assert sizes(cluster.assert_consistent()) == {"a@h": 50, "b@h": 50}
