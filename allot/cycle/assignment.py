@@ -305,7 +305,8 @@ class AssignmentCycle:
             self.client, self.paths, section.result.to_json(), wait=not self._published
         )
         self._published = True
-        log.info(report.headline())
+        steps = " ".join(f"{name}={ms:g}" for name, ms in report.steps.items())
+        log.info("%s [%.0f ms: %s]", report.headline(), report.duration_ms, steps)
         return report
 
     def _round(self, section: LockedSection, dry_run: bool, max_moves: int | None) -> CycleReport:
