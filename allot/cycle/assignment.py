@@ -81,7 +81,7 @@ from allot.planner import Plan, plan
 from allot.settings import Settings
 from allot.zk.departures import write_departures
 from allot.zk.epoch import republish_epoch
-from allot.zk.last_cycle import publish_last_cycle
+from allot.zk.last_cycle import publish_as_holder, publish_last_cycle
 from allot.zk.lock import AssignmentLock, LockGuard
 from allot.zk.paths import ZkPaths
 from allot.zk.store import AssignmentStore
@@ -176,7 +176,6 @@ class AssignmentCycle:
         self.lock = AssignmentLock(client, self.paths, f"{socket.gethostname()}:{os.getpid()}")
         self.clock = clock or utcnow
         self.hooks = hooks or CycleHooks()
-        self._published = False
         self._pending_generation: IAsyncResult | None = None
 
     # -- public ------------------------------------------------------------------------------
@@ -299,12 +298,10 @@ class AssignmentCycle:
         report.duration_ms = round((time.perf_counter() - section.started) * 1000, 1)
         section.report = report
         section.lap("finish")
-        # not waited for after this instance's first (a reader after the lock's release
-        # sees it all the same: allot.zk.last_cycle)
-        publish_last_cycle(
-            self.client, self.paths, section.result.to_json(), wait=not self._published
-        )
-        self._published = True
+        # fenced: the cycle's last write proves it held the lock to the end (LockLost: aborted)
+        guard = section.guard
+        assert guard is not None
+        publish_as_holder(self.client, self.paths, section.result.to_json(), guard)
         steps = " ".join(f"{name}={ms:g}" for name, ms in report.steps.items())
         log.info("%s [%.0f ms: %s]", report.headline(), report.duration_ms, steps)
         return report

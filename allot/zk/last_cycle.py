@@ -1,14 +1,15 @@
 """``{root}/last-cycle``: the last assignment cycle's report (JSON), for ``allot status`` and as
 one more witness of the epoch (:mod:`allot.cycle.report` builds it).
 
-Failure modes: publishing is a plain, unfenced write and best effort (a ZooKeeper error is
-logged, never raised; the next cycle writes it again). Reads retry through ``client.retry``
+Failure modes: a cycle publishes its report fenced, in a transaction that checks its lock znode
+(:func:`publish_as_holder`: a holder whose session ended publishes nothing and aborts);
+:func:`publish_last_cycle` is a plain write, best effort (a ZooKeeper error is logged, never
+raised; the next cycle writes it again). Reads retry through ``client.retry``
 while SUSPENDED; a report that is not JSON reads as a stand-in with outcome ``unreadable``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -18,29 +19,20 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionLoss, KazooException, NoNodeError
 from kazoo.interfaces import IAsyncResult
 
+from allot.errors import StaleAssignment
+from allot.zk.apply import commit_as_holder
+from allot.zk.batch import Op
+from allot.zk.lock import LockGuard
 from allot.zk.paths import ZkPaths
 
 log = logging.getLogger(__name__)
 
 
-def publish_last_cycle(
-    client: KazooClient, paths: ZkPaths, report: Mapping[str, Any], *, wait: bool = True
-) -> None:
+def publish_last_cycle(client: KazooClient, paths: ZkPaths, report: Mapping[str, Any]) -> None:
     """Write a cycle's JSON report to ``{root}/last-cycle`` (best effort: a ZooKeeper error
-    is logged, never raised; the next cycle writes it again).
-
-    ``wait=False`` sends the write without waiting for its answer: one session's requests
-    are answered in order, so whatever the caller sends next (the lock's release) lands after
-    it, and a reader that sees the lock released sees this report (a missing znode is created
-    when the answer says so, after what the caller sent meanwhile).
-    """
-    data = json.dumps(report, separators=(",", ":")).encode()
+    is logged, never raised; the next cycle writes it again)."""
+    data = _encoded(report)
     try:
-        if not wait:
-            client.set_async(paths.last_cycle, data).rawlink(
-                functools.partial(_answered, client, paths.last_cycle, data)
-            )
-            return
         try:
             client.set(paths.last_cycle, data)
         except NoNodeError:
@@ -49,21 +41,27 @@ def publish_last_cycle(
         log.warning("could not publish the cycle report: %s", exc)
 
 
-def _answered(client: KazooClient, path: str, data: bytes, result: IAsyncResult) -> None:
-    """On kazoo's thread: create a missing znode (not waited for either), log a failure."""
+def publish_as_holder(
+    client: KazooClient, paths: ZkPaths, report: Mapping[str, Any], guard: LockGuard
+) -> None:
+    """Write a cycle's report in one transaction that ``check``s the holder's lock znode: the
+    last thing a cycle writes, and its proof that it still held the lock (a holder frozen past
+    its session publishes nothing: the cycle ends ``aborted``).
+
+    Raises:
+        LockLost: the guard tripped or the lock znode is gone; nothing written.
+        ApplyOutcomeUnknown, AccessDenied: see :func:`allot.zk.apply.commit_ops`.
+    """
+    data = _encoded(report)
     try:
-        result.get()
-    except NoNodeError:
-        client.create_async(path, data, makepath=True).rawlink(_logged)
-    except KazooException as exc:
-        log.warning("could not publish the cycle report: %s", exc)
+        commit_as_holder(client, Op("set", paths.last_cycle, data), guard, "the cycle report")
+    except StaleAssignment:  # the first report of this root
+        write = Op("create", paths.last_cycle, data)
+        commit_as_holder(client, write, guard, "the cycle report")
 
 
-def _logged(result: IAsyncResult) -> None:
-    try:
-        result.get()
-    except KazooException as exc:
-        log.warning("could not publish the cycle report: %s", exc)
+def _encoded(report: Mapping[str, Any]) -> bytes:
+    return json.dumps(report, separators=(",", ":")).encode()
 
 
 def read_last_cycle(client: KazooClient, paths: ZkPaths) -> dict[str, Any] | None:

@@ -15,9 +15,10 @@ from sqlalchemy import select
 from allot.cycle import AssignmentCycle, CycleHooks, plans
 from allot.testing.zookeeper import expire_session
 from allot.zk.client import connect
-from allot.zk.codec import encode_buckets
+from allot.zk.codec import MemberInfo, encode_buckets
 from allot.zk.lock import AssignmentLock
 from allot.zk.paths import ZkPaths
+from allot.zk.registration import NodeRegistration
 from allot.zk.store import AssignmentStore
 from models import Node, Plan
 from models.engine import session_factory
@@ -391,17 +392,24 @@ def test_a_burst_of_joins_is_planned_in_one_round(cluster: Cluster) -> None:
     sent_for = cluster.client.exists(ZkPaths(cluster.settings.zk_root).nodes).cversion + 1
     cluster.join("n0@h")
     keys = [f"n{index}@h" for index in range(1, 8)]
+    sessions = {key: connect(cluster.settings) for key in keys}  # opened before the burst
 
     def join_the_rest() -> None:
-        for key in keys:  # one every ~50-100 ms: well inside the settle window between joins
-            cluster.join(key)
+        for key in keys:  # one every ~50 ms: well inside the settle window between joins
+            info = MemberInfo(key, "host", 1, 1.0, 0)
+            NodeRegistration(sessions[key], ZkPaths(cluster.settings.zk_root), info).register()
+            cluster.nodes[key] = sessions[key]  # closed with the cluster
             time.sleep(0.05)
 
+    settings = cluster.settings.model_copy(update={"membership_settle": 0.5})
+    cycle = AssignmentCycle(
+        cluster.client, session_factory(cluster.engine), settings, clock=cluster.clock
+    )
     thread = threading.Thread(target=join_the_rest)
     thread.start()
     try:
         # When the membership cycle sent for the first join runs while the others join
-        report = cluster.cycle().run("membership", membership=sent_for)
+        report = cycle.run("membership", membership=sent_for)
     finally:
         thread.join(30)
     # Then it waited for membership to settle and planned every node in one round
