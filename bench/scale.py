@@ -93,7 +93,16 @@ def watches_per_session(address: str) -> dict[str, int]:
 
 
 def at_rest(address: str, window: float) -> dict[str, float]:
-    """Per-session cost at rest: requests per second over ``window`` s, and watches."""
+    """Per-session cost at rest: requests per second over ``window`` s, and watches; taken
+    once the number of watches has stopped changing (members still queueing for the
+    trigger duty after the burst are not at rest yet)."""
+    last, deadline = -1, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        total = sum(watches_per_session(address).values())
+        if total == last:
+            break
+        last = total
+        time.sleep(2)
     first = received_per_session(address)
     time.sleep(window)
     second = received_per_session(address)
@@ -192,7 +201,11 @@ def main() -> None:
             time.sleep(3)  # let retries that were already queued run, so they are counted
             cycles = cycles_logged(cluster) - before
             tasks = tasks_received(cluster) - received
-            storm = [line for line in applied_cycles(cluster) if " 2 live " not in line]
+            storm = cluster.wait_for(  # logged once its SQL mirror is done, after ZooKeeper
+                lambda: [line for line in applied_cycles(cluster) if " 2 live " not in line],
+                "the burst cycle's log line",
+                120,
+            )
             rest = at_rest(cluster.settings.zk_hosts, args.window)
             durations = steady_cycles(cluster, args.cycles)
         finally:
