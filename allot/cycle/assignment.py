@@ -4,18 +4,21 @@ One cycle, under the ZooKeeper lock ``{root}/locks/assign``:
 
 1. take the lock (``lock_timeout`` 0: a held lock means "skipped");
 2. finish or fail any plan a crashed cycle left ``applying`` (``assignment-version`` names the
-   last applied plan);
+   last applied plan; a plain SQL read when there is none);
 3. read membership and the stored assignment, classify live / suspect / offline
-   (:func:`allot.cycle.observe.observe`, shared with ``allot status``);
+   (:func:`allot.cycle.observe.observe`, shared with ``allot status``); a membership cycle
+   that finds membership still changing first waits for it to settle (:meth:`_settle`);
 4. plan (:mod:`allot.planner`); if nothing moves, refresh ``last-update-time`` of the live
-   nodes, make SQL's bucket owners match ZooKeeper's (a no-op unless a crash left them behind)
-   and stop;
+   nodes when it is half an ``assign_interval`` old, make SQL match ZooKeeper unless it does
+   already (:attr:`~allot.cycle.observe.Observation.sql_in_step`) and stop: a quiet cycle
+   reads, compares and writes nothing but its report;
 5. apply the plan to ZooKeeper in one fenced transaction, then record and mirror it to
    ``plan`` / ``bucket`` / ``node`` in one SQL transaction (nothing in SQL before ZooKeeper:
    the failover's path is the ZooKeeper transaction; a stored plan applied by hand is set
    ``applying`` first, and recovery settles it if its cycle stops);
-6. return a :class:`~allot.cycle.report.CycleReport`
-   (:meth:`~allot.cycle.report.CycleReport.from_round`).
+6. publish the report to ``{root}/last-cycle`` fenced on the lock znode (the cycle's last
+   write: a holder that lost its session ends ``aborted``) and return it, with where the time
+   went (``steps``).
 
 Steps 1 and 2 and the ``aborted`` outcome are one context manager. The holder's SQL fence is
 the pair (ZooKeeper generation, lock token), the generation read from ``{root}/generation``
