@@ -64,6 +64,15 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a departed node keeps its buckets (suspect) before they move.",
     )
+    membership_settle: float = Field(
+        0.2,
+        ge=0,
+        description=(
+            "Seconds membership must stay unchanged before a membership cycle that finds it "
+            "still changing plans (at most ten times this in all; 0: never wait). A single "
+            "join or death is not delayed."
+        ),
+    )
     node_key: str | None = Field(
         None, description="This worker's node key; unset means the Celery worker hostname."
     )

@@ -10,13 +10,20 @@ a worker node does). It measures:
 - how many cycles the burst of joins costs (cycles that planned, not skipped retries);
 - the convergence time: from the last join until ZooKeeper shows every member holding its
   share (polled every 50 ms);
-- a steady-state cycle's time at that size, run in this process.
+- where the burst's applying cycle spent its time (the workers log each cycle's steps, ms);
+- a steady-state cycle's time at that size, run in this process;
+- what each session costs ZooKeeper at rest, from the server's four-letter words: requests
+  per second per session (``cons``, two samples ``--window`` seconds apart) and watches per
+  session (``wchc``), so that a node's cost can be compared across fleet sizes
+  (``--members 100`` against ``--members 1000``).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +56,80 @@ def cycles_logged(cluster: LocalCluster) -> int:
     ) + cluster.count_in_logs("cycle aborted")
 
 
+def four_letter(address: str, word: str) -> str:
+    """The answer of ZooKeeper at ``host:port`` to a four-letter word (it must be whitelisted:
+    allot.testing.servers whitelists ``cons`` and ``wchc``)."""
+    host, port = address.split(",")[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(word.encode())
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def received_per_session(address: str) -> dict[str, int]:
+    """``{session id: requests received}`` of every connection (``cons``)."""
+    found = {}
+    for line in four_letter(address, "cons").splitlines():
+        session = re.search(r"sid=(0x[0-9a-f]+)", line)
+        received = re.search(r"recved=(\d+)", line)
+        if session and received:
+            found[session.group(1)] = int(received.group(1))
+    return found
+
+
+def watches_per_session(address: str) -> dict[str, int]:
+    """``{session id: watches it holds}`` (``wchc``; sessions holding none are absent)."""
+    found: dict[str, int] = {}
+    session = None
+    for line in four_letter(address, "wchc").splitlines():
+        if line.startswith("0x"):
+            session = line.strip()
+            found[session] = 0
+        elif line.strip().startswith("/") and session is not None:
+            found[session] += 1
+    return found
+
+
+def at_rest(address: str, window: float) -> dict[str, float]:
+    """Per-session cost at rest: requests per second over ``window`` s, and watches; taken
+    once the number of watches has stopped changing (members still queueing for the
+    trigger duty after the burst are not at rest yet)."""
+    last, deadline = -1, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        total = sum(watches_per_session(address).values())
+        if total == last:
+            break
+        last = total
+        time.sleep(2)
+    first = received_per_session(address)
+    time.sleep(window)
+    second = received_per_session(address)
+    rates = [(second[k] - first[k]) / window for k in second if k in first]
+    watches = watches_per_session(address)
+    counts = [watches.get(k, 0) for k in second]
+    return {
+        "sessions": len(second),
+        "rate_median": statistics.median(rates),
+        "rate_max": max(rates),
+        "rate_total": sum(rates),
+        "watches_median": statistics.median(counts),
+        "watches_max": max(counts),
+        "watches_total": sum(watches.values()),
+    }
+
+
+def applied_cycles(cluster: LocalCluster) -> list[str]:
+    """The log lines of the applying cycles the workers ran: headline, time and steps (ms)."""
+    return [
+        line[line.index("cycle applied") :]
+        for process in cluster.group.started
+        for line in process.output().splitlines()
+        if "cycle applied (" in line
+    ]
+
+
 def tasks_received(cluster: LocalCluster) -> int:
     """``allot.assign`` messages the workers received (skipped retries included)."""
     return cluster.count_in_logs("allot.assign[", " received")
@@ -63,6 +144,9 @@ def main() -> None:
         "--no-duty", action="store_true",
         help="members only register (no trigger duty): the cost of the joins alone",
     )  # fmt: skip
+    parser.add_argument(
+        "--window", type=float, default=10.0, help="seconds between the two `cons` samples"
+    )
     parser.add_argument("--record", action="store_true", help="write bench/RESULTS.md")
     args = parser.parse_args()
     console = Console(width=120, record=True, file=io.StringIO() if args.record else None)
@@ -117,6 +201,12 @@ def main() -> None:
             time.sleep(3)  # let retries that were already queued run, so they are counted
             cycles = cycles_logged(cluster) - before
             tasks = tasks_received(cluster) - received
+            storm = cluster.wait_for(  # logged once its SQL mirror is done, after ZooKeeper
+                lambda: [line for line in applied_cycles(cluster) if " 2 live " not in line],
+                "the burst cycle's log line",
+                120,
+            )
+            rest = at_rest(cluster.settings.zk_hosts, args.window)
             durations = steady_cycles(cluster, args.cycles)
         finally:
             for process in members:
@@ -141,7 +231,16 @@ def main() -> None:
                   "yes" if converged <= 2 else "NO")  # fmt: skip
     table.add_row(f"steady-state cycle, median of {len(durations)} (ms)",
                   f"{statistics.median(durations):.0f}", "", "")  # fmt: skip
+    table.add_row(f"ZooKeeper sessions at rest ({rest['sessions']})", "", "", "")
+    table.add_row("  requests/s per session, median / max",
+                  f"{rest['rate_median']:.2f} / {rest['rate_max']:.2f}", "", "")  # fmt: skip
+    table.add_row("  requests/s, all sessions", f"{rest['rate_total']:.0f}", "", "")
+    table.add_row("  watches per session, median / max",
+                  f"{rest['watches_median']:g} / {rest['watches_max']:g}", "", "")  # fmt: skip
+    table.add_row("  watches, all sessions", f"{rest['watches_total']}", "", "")
     console.print(table)
+    for line in storm:
+        console.print(f"burst: {line}")
     if args.record:
         text = console.export_text()  # clears the buffer: export once
         record_section(

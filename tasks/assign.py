@@ -9,6 +9,7 @@ dies mid-task leaves the message for another worker.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -21,8 +22,11 @@ from tasks.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
-# A grace-period follow-up runs this long after the deadline, so the node is surely offline.
-GRACE_MARGIN = 0.1
+# A grace-period follow-up is due this long after the deadline (an absolute time, taken from the
+# clock of the cycle that saw the node go), so the node is offline when it runs. Workers' clocks
+# that disagree by more than this make it run early: it then finds the node still suspect and
+# schedules itself again for the deadline, by its own clock.
+GRACE_MARGIN = 0.02
 # Event-driven cycles (not beat ticks) that are skipped, aborted or fail retry once a second,
 # this many times.
 EVENT_TRIGGERS = ("membership", "grace")
@@ -30,11 +34,14 @@ EVENT_ATTEMPTS = 30
 
 
 def _follow_up(report: CycleReport) -> None:
-    """Schedule one cycle for the end of a grace period this cycle started."""
-    if report.departed and report.next_deadline is not None:
-        countdown = report.next_deadline + GRACE_MARGIN
-        assign.apply_async(kwargs={"trigger": "grace"}, countdown=countdown)
-        log.info("grace period of %s ends in %.1f s: cycle scheduled", report.departed, countdown)
+    """Schedule one cycle for the end of a grace period this cycle started (or, for a grace
+    cycle, the next one still running), due at the deadline itself: the time this cycle took
+    is not added to the wait."""
+    if report.next_deadline_at is None or not (report.departed or report.trigger == "grace"):
+        return
+    due = dt.datetime.fromisoformat(report.next_deadline_at) + dt.timedelta(seconds=GRACE_MARGIN)
+    assign.apply_async(kwargs={"trigger": "grace"}, eta=due)
+    log.info("grace period of %s ends at %s: cycle scheduled", report.suspect, due.isoformat())
 
 
 @app.task(name="allot.assign", acks_late=True)
@@ -55,7 +62,7 @@ def assign(
         reason = f"a finished cycle already saw membership version {membership}"
         return CycleReport(CycleOutcome.SKIPPED, trigger, reason=reason).to_json()
     try:
-        report = runtime.cycle.run(trigger)
+        report = runtime.cycle.run(trigger, membership=membership)
     except Exception:
         record_failed_cycle(trigger)
         _retry_event(trigger, attempt, "failed", membership)

@@ -211,12 +211,21 @@ class FencedSql:
     def recover(self, read_version: Callable[[], AssignmentVersion]) -> list[str]:
         """Finish or fail plans a crashed or frozen cycle left ``applying``; return their ids.
 
-        The cycle's first fenced transaction: from its commit on, no older holder writes SQL.
-        A plan is failed only by a holder with a larger ``(generation, token)`` than the one
-        that recorded it (else :class:`~allot.errors.Superseded`), that is once the recorder's
-        lock znode is gone and its ZooKeeper transaction can no longer commit, or once its
-        ZooKeeper was replaced by a rebuilt one (where the plan never was: it is failed).
+        A plain read first: with no plan ``applying`` (the usual case) nothing is written and no
+        fence is taken. Otherwise the cycle's first fenced transaction settles them: from its
+        commit on, no older holder writes SQL. A plan is failed only by a holder with a larger
+        ``(generation, token)`` than the one that recorded it (else
+        :class:`~allot.errors.Superseded`), that is once the recorder's lock znode is gone and
+        its ZooKeeper transaction can no longer commit, or once its ZooKeeper was replaced by a
+        rebuilt one (where the plan never was: it is failed).
         """
+        try:  # a plain read first: a cycle with nothing to settle takes no fence, writes nothing
+            with self.sessions() as session:
+                if not plans.plans_in_status(session, PlanStatus.APPLYING):
+                    return []
+        except SQL_UNAVAILABLE as exc:
+            self._unavailable(exc)
+            return []
 
         def settle(session: Session) -> list[str]:
             stuck = [row.plan_id for row in plans.plans_in_status(session, PlanStatus.APPLYING)]
@@ -244,9 +253,9 @@ class FencedSql:
         status: PlanStatus,
         max_moves: int | None,
     ) -> bool:
-        """Record ``planned`` in ``status``; False when SQL is unavailable (an ``applying``
-        plan goes on unrecorded and is recorded with its mirror). The node states are recorded
-        with the mirror (:meth:`finish`), off the failover's path."""
+        """Record ``planned`` in ``status`` (a dry run's ``generated`` plan); False when SQL
+        is unavailable. A plan a cycle applies is recorded with its mirror (:meth:`finish`),
+        after ZooKeeper, off the failover's path."""
 
         def record(session: Session) -> bool:
             plans.record_plan(
@@ -272,12 +281,18 @@ class FencedSql:
         epochs: tuple[int, int],
         max_moves: int | None,
     ) -> None:
-        """Mirror a plan that reached ZooKeeper (``epochs``: its base and new epoch): mark it
-        ``applied`` and make ``bucket`` / ``node`` say what ZooKeeper says. A plan another
-        cycle already settled is left alone (the assignment may have moved on since)."""
+        """Mirror a plan that reached ZooKeeper (``epochs``: its base and new epoch) in one
+        transaction: record it ``applied`` (and, first, the plan it was based on when SQL
+        missed that one: ``catch-up``), make ``bucket`` / ``node`` say what ZooKeeper says. A
+        stored plan another cycle already settled is left alone (the assignment may have
+        moved on since)."""
         base_epoch, epoch = epochs
 
         def mirror_plan(session: Session) -> None:
+            # the plan this one was based on reached ZooKeeper but not SQL (its cycle stopped
+            # in between, or SQL was down): recorded first, so the history misses no plan
+            version = seen.snapshot.version
+            plans.record_missed(session, version.plan_id, version.epoch, seen.held)
             if not plans.finish_applying(
                 session,
                 planned,
@@ -300,7 +315,12 @@ class FencedSql:
 
     def catch_up(self, seen: Observation) -> None:
         """Bring SQL's bucket owners and node states to what ZooKeeper holds (``seen``),
-        recording an applied plan SQL missed while it was unavailable."""
+        recording an applied plan SQL missed while it was unavailable. Writes nothing when
+        ``seen`` found SQL in step already (:attr:`~allot.cycle.observe.Observation.sql_in_step`:
+        the steady state)."""
+        if seen.sql_in_step:
+            self.guard.check()  # a holder that lost its session still ends `aborted`
+            return
         version = seen.snapshot.version
 
         def mirror_zookeeper(session: Session) -> int:

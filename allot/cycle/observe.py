@@ -33,10 +33,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from allot.cycle import mirror
 from allot.cycle.classify import Classification, classify
 from allot.cycle.measured import Measured
-from allot.cycle.mirror import SQL_UNAVAILABLE, NodeObservation
+from allot.cycle.mirror import SQL_UNAVAILABLE, NodeObservation, RecordedNode, node_rows_match
 from allot.cycle.repair import repair_holdings
-from allot.zk.departures import Departures, read_departures
-from allot.zk.last_cycle import read_last_cycle
+from allot.zk.departures import Departures, departures_from, departures_path
+from allot.zk.last_cycle import last_cycle_from
 from allot.zk.members import Members, read_members
 from allot.zk.paths import ZkPaths
 from allot.zk.snapshot import AllAssignments
@@ -71,6 +71,27 @@ class Observation:
     epoch_floor: int
     sql_problem: str | None = None
     measured: Measured = field(default_factory=Measured)
+    sql_epoch: int = 0
+    sql_nodes: Mapping[str, RecordedNode] = field(default_factory=dict)
+    sql_plan_epoch: int | None = None
+
+    @property
+    def sql_in_step(self) -> bool:
+        """True when SQL was read and already says what this observation would make it say:
+        nothing but allot's plans wrote ZooKeeper's assignment since ``assignment-version``,
+        SQL mirrors that epoch, records the plan it names as applied at that epoch, and
+        records every node's state. Then a cycle that moves nothing writes
+        nothing to SQL: SQL's owners change only in the transaction that records the plan and
+        raises the epoch (an epoch re-published from SQL's own names an older plan, so SQL's
+        owners are compared then)."""
+        version = self.snapshot.version
+        return (
+            self.sql_problem is None
+            and self.snapshot.written_by_allot
+            and self.sql_epoch == version.epoch
+            and self.sql_plan_epoch == version.epoch
+            and node_rows_match(self.sql_nodes, self.node_observations())
+        )
 
     def departure_times(self) -> dict[str, int]:
         """The departures map this observation implies (epoch ms): every node gone but still
@@ -118,16 +139,22 @@ def observe(
         AccessDenied: ZooKeeper refused reading the assignment.
         kazoo.exceptions.KazooException: ZooKeeper could not be read.
     """
+    # the small reads go out first and are answered while the subtree is read (one session's
+    # requests are answered in order): a handful of round trips whatever the fleet's size
+    pending_nodes = client.get_children_async(paths.nodes, include_data=True)
+    pending_departures = client.get_async(departures_path(paths))
+    pending_published = client.get_async(paths.last_cycle)
     snapshot = AssignmentStore(client, paths).read_all()
-    members = read_members(client, paths)
-    departures = read_departures(client, paths)
-    published = read_last_cycle(client, paths) or {}
-    recorded: set[str] = set()
-    sql_epoch, sql_problem = 0, None
+    members = read_members(client, paths, pending_nodes)
+    departures = departures_from(client, paths, pending_departures)
+    published = last_cycle_from(client, paths, pending_published) or {}
+    recorded: dict[str, RecordedNode] = {}
+    sql_epoch, sql_plan_epoch, sql_problem = 0, None, None
     try:
         with sessions() as session:
-            recorded = mirror.present_nodes(session)
+            recorded = mirror.recorded_nodes(session)
             sql_epoch = mirror.mirrored_epoch(session)
+            sql_plan_epoch = mirror.applied_epoch(session, snapshot.version.plan_id)
     except SQL_UNAVAILABLE as exc:
         sql_problem = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
     repaired = repair_holdings(snapshot.buckets_by_node(), bucket_count, members.live)
@@ -156,6 +183,9 @@ def observe(
         departures,
         floor,
         sql_problem,
+        sql_epoch,
+        recorded,
+        sql_plan_epoch,
     )
 
 

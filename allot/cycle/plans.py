@@ -1,9 +1,12 @@
 """Plans in SQL: every plan allot makes is recorded, with its moves and what became of it.
 
 Statuses are :class:`~models.states.PlanStatus` (DESIGN.md): ``generated`` (a dry run,
-waiting to be applied by hand), ``applying`` (recorded before the ZooKeeper transaction; a crash
-leaves it here and the next cycle finishes or fails it), ``applied``, ``rejected`` (refused,
-e.g. stale), ``failed``.
+waiting to be applied by hand), ``applying`` (a stored plan being applied by hand, set before
+its ZooKeeper transaction; a crash leaves it here and the next cycle finishes or fails it),
+``applied``, ``rejected`` (refused, e.g. stale), ``failed``. A plan a cycle makes and applies
+at once is recorded only after its ZooKeeper transaction committed, straight as ``applied``
+(off the failover's path); if its cycle stops before SQL, the next cycle that writes SQL
+records it from ZooKeeper (:func:`record_missed`, trigger ``catch-up``).
 
 Functions take a :class:`~sqlalchemy.orm.Session` and leave the commit to the caller.
 :func:`prune_plans` deletes old plans in bounded batches (:mod:`allot.history` runs it).

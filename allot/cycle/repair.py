@@ -49,18 +49,30 @@ def repair_holdings(
         live: the live node keys.
         lease_holders: ``{bucket: node_key}`` of the buckets' leases, when known.
     """
+    listed = sum(len(buckets) for buckets in held.values())
+    distinct: set[int] = set().union(*held.values())
+    all_in_range = not distinct or (min(distinct) >= 1 and max(distinct) <= bucket_count)
+    if len(distinct) == listed and all_in_range:
+        return Repair({key: sorted(buckets) for key, buckets in held.items()})  # nothing to do
     lease_holders = lease_holders or {}
     dropped: dict[str, list[str]] = {}
-    listers: dict[int, list[str]] = {}
+    owner: dict[int, str] = {}  # the first lister of every bucket
+    listers: dict[int, list[str]] = {}  # every lister of the buckets listed more than once
     for key in sorted(held):
-        out_of_range = sorted({b for b in held[key] if not 1 <= b <= bucket_count})
-        if out_of_range:
+        in_range = {b for b in held[key] if 1 <= b <= bucket_count}
+        if len(in_range) != len(set(held[key])):
+            out_of_range = sorted({b for b in held[key] if not 1 <= b <= bucket_count})
             dropped.setdefault(key, []).append(
                 f"bucket id(s) {format_ids(out_of_range)} out of range 1..{bucket_count}"
             )
-        for bucket in sorted({b for b in held[key] if 1 <= b <= bucket_count}):
-            listers.setdefault(bucket, []).append(key)
+        for bucket in in_range:
+            first = owner.setdefault(bucket, key)
+            if first != key:
+                listers.setdefault(bucket, [first]).append(key)
     kept: dict[str, list[int]] = {key: [] for key in held}
+    for bucket, key in owner.items():
+        if bucket not in listers:
+            kept[key].append(bucket)
     lost: dict[tuple[str, str], list[int]] = {}
     for bucket, keys in sorted(listers.items()):
         winner = min(keys, key=lambda k: (lease_holders.get(bucket) != k, k not in live, k))
@@ -68,6 +80,8 @@ def repair_holdings(
         for key in keys:
             if key != winner:
                 lost.setdefault((key, winner), []).append(bucket)
+    for buckets in kept.values():
+        buckets.sort()
     for (key, winner), buckets in sorted(lost.items()):
         dropped.setdefault(key, []).append(
             f"bucket(s) {format_ids(buckets)} also listed by {winner}"

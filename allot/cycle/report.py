@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from allot.cycle.observe import Observation
@@ -48,10 +49,15 @@ class CycleReport:
     foreign writer made unplannable, ``foreign`` which ``nodes/`` children were ignored, ``sql``
     why SQL fell behind (None while it keeps up), ``worker`` which process ran the cycle
     (``host:pid``, its lock identifier), ``membership`` the version of ``{root}/nodes`` its
-    last round read (or later). ``load_ratio_before``/``load_ratio_after``: the largest load
-    of a live node over its fair share, before and after the plan (None when the cycle read no
-    load: a strategy other than ``load``); ``pins_ignored``: the pins the plan could not keep,
+    last round read. ``load_ratio_before``/``load_ratio_after``: the largest load of a live
+    node over its fair share, before and after the plan (None when the cycle read no load: a
+    strategy other than ``load``); ``pins_ignored``: the pins the plan could not keep,
     ``{"bucket","node","reason"}`` (the node is not live: the bucket is placed as if unpinned).
+    ``next_deadline`` is in seconds from the round's clock,
+    ``next_deadline_at`` the same moment as an ISO time (when the first suspect node turns
+    offline). ``steps`` is where the cycle's time went, in ms per step (``lock``, ``recover``,
+    ``settle``, ``read``, ``plan``, ``records``, ``zookeeper``, ``sql``, ``finish``; summed
+    over rounds).
     """
 
     outcome: CycleOutcome
@@ -73,6 +79,7 @@ class CycleReport:
     pins_ignored: list[dict[str, Any]] = field(default_factory=list)
     buckets: dict[str, int] = field(default_factory=dict)
     next_deadline: float | None = None
+    next_deadline_at: str | None = None
     recovered: list[str] = field(default_factory=list)
     corrupt: dict[str, str] = field(default_factory=dict)
     repaired: dict[str, str] = field(default_factory=dict)
@@ -86,6 +93,7 @@ class CycleReport:
     started_at: str | None = None
     finished_at: str | None = None
     duration_ms: float = 0
+    steps: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_round(
@@ -125,6 +133,12 @@ class CycleReport:
             spread_after=stats.spread_after,
             buckets={key: len(buckets) for key, buckets in planned.assignments.items()},
             next_deadline=classes.next_deadline,
+            next_deadline_at=(
+                None
+                if classes.next_deadline is None
+                else (seen.now + dt.timedelta(seconds=classes.next_deadline)).isoformat()
+            ),
+            membership=seen.members.version,
             corrupt=dict(seen.snapshot.corrupt),
             repaired=dict(seen.repairs),
             foreign=seen.members.ignored(),
@@ -138,7 +152,8 @@ class CycleReport:
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON-able dict (what Flower shows and ``allot status`` prints);
         the outcome is its plain string."""
-        data = asdict(self)
+        # shallow: every field is JSON-able already (a deep copy costs ~20 ms at 1,000 nodes)
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
         data["outcome"] = str(self.outcome)
         return data
 

@@ -205,7 +205,7 @@ def start_zookeeper(
                 "minSessionTimeout=1000",
                 "maxSessionTimeout=60000",
                 "admin.enableServer=false",
-                "4lw.commands.whitelist=ruok,srvr,stat,mntr,cons",
+                "4lw.commands.whitelist=ruok,srvr,stat,mntr,cons,wchs,wchc",
                 "autopurge.purgeInterval=1",
                 "",
             ]

@@ -173,7 +173,7 @@ def apply_plan(
         return ApplyResult(plan_id, base.epoch, base.epoch, base.applied_at, (), (), ())
     if guard is not None:
         guard.check()
-    ensure_layout(client, paths)
+    _ensure_layout(client, paths)
     now = clock()
     steps = plan_steps(
         client.default_acl,
@@ -342,6 +342,16 @@ def commit_as_holder(client: KazooClient, write: Op, guard: LockGuard, what: str
     if position == 0:
         raise LockLost(f"{what} not written: the assignment lock znode is gone")
     raise StaleAssignment(f"{what} changed since it was read ({type(error).__name__})")
+
+
+def _ensure_layout(client: KazooClient, paths: ZkPaths) -> None:
+    """:func:`~allot.zk.client.ensure_layout`, after one pipelined look (one round trip, not
+    one per znode, on the failover's path) that finds the layout there as it usually is."""
+    parts = paths.root.strip("/").split("/")
+    wanted = ["/" + "/".join(parts[:i]) for i in range(1, len(parts))] + list(paths.containers)
+    pending = [client.exists_async(path) for path in wanted]
+    if any(result.get() is None for result in pending):
+        ensure_layout(client, paths)
 
 
 def _children_of(client: KazooClient, paths: ZkPaths, keys: Iterable[str]) -> dict[str, list[str]]:

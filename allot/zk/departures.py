@@ -26,7 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import ConnectionLoss, NoNodeError
+from kazoo.interfaces import IAsyncResult
+from kazoo.protocol.states import ZnodeStat
 
 from allot.errors import InvalidNodeKey
 from allot.names import validate_node_key
@@ -82,6 +84,23 @@ def read_departures(client: KazooClient, paths: ZkPaths) -> Departures:
         data, stat = client.retry(client.get, departures_path(paths))
     except NoNodeError:
         return Departures()
+    return _decoded(paths, data, stat)
+
+
+def departures_from(client: KazooClient, paths: ZkPaths, pending: IAsyncResult) -> Departures:
+    """The departures a ``client.get_async(departures_path(paths))`` sent earlier read (sent
+    early so it shares a round trip with other reads); read again, retried, when the
+    connection broke meanwhile."""
+    try:
+        data, stat = pending.get()
+    except NoNodeError:
+        return Departures()
+    except ConnectionLoss:
+        return read_departures(client, paths)
+    return _decoded(paths, data, stat)
+
+
+def _decoded(paths: ZkPaths, data: bytes, stat: ZnodeStat) -> Departures:
     try:
         return Departures(decode_departures(data), stat.version)
     except ValueError as exc:

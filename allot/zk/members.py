@@ -10,12 +10,14 @@ reported in :attr:`Members.invalid`. A foreign znode never gets buckets.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
+from kazoo.interfaces import IAsyncResult
 from kazoo.recipe.watchers import ChildrenWatch
 
 from allot.names import split_node_keys
@@ -52,25 +54,40 @@ class Members:
     live: Mapping[str, LiveNode]
     invalid: Mapping[str, str] = field(default_factory=dict)
     foreign: Mapping[str, str] = field(default_factory=dict)
+    version: int = -1
+    """The ``cversion`` of ``nodes/`` this read listed (-1: no ``nodes/`` znode)."""
 
     def ignored(self) -> dict[str, str]:
         """Every child that is not a live allot node, with the reason (for reports)."""
         return {**self.invalid, **self.foreign}
 
 
-def read_members(client: KazooClient, paths: ZkPaths) -> Members:
+def read_members(
+    client: KazooClient, paths: ZkPaths, pending: IAsyncResult | None = None
+) -> Members:
     """The live nodes under ``paths.nodes`` (one ``multiRead``; retried on connection loss).
+
+    ``pending``: a ``client.get_children_async(paths.nodes, include_data=True)`` sent earlier,
+    so the listing shares a round trip with other reads (used once; a retry lists again).
 
     Failure modes: SUSPENDED: retried through ``client.retry`` until it gives up
     (``RetryFailedError``); a znode that vanishes between listing and reading is simply not
     live; malformed info and invalid names are reported, never raised.
     """
-    return client.retry(_read_members, client, paths)  # type: ignore[no-any-return]
+    sent = [pending]
+
+    def attempt() -> Members:
+        listing = sent.pop() if sent else None
+        return _read_members(client, paths, listing)
+
+    return client.retry(attempt)  # type: ignore[no-any-return]
 
 
-def _read_members(client: KazooClient, paths: ZkPaths) -> Members:
+def _read_members(client: KazooClient, paths: ZkPaths, pending: IAsyncResult | None) -> Members:
     try:
-        children = client.get_children(paths.nodes)
+        if pending is None:
+            pending = client.get_children_async(paths.nodes, include_data=True)
+        children, parent = pending.get()
     except NoNodeError:
         return Members({})
     keys, invalid = split_node_keys(children)
@@ -81,7 +98,7 @@ def _read_members(client: KazooClient, paths: ZkPaths) -> Members:
             continue  # gone between listing and reading: not live
         data, stat = found
         try:
-            info = decode_member_info(data)
+            info = _decoded_info(data)
         except ValueError as exc:
             foreign[key] = f"not an allot member ({exc})"
             continue
@@ -91,7 +108,14 @@ def _read_members(client: KazooClient, paths: ZkPaths) -> Members:
         live[key] = LiveNode(key, info, stat.ephemeralOwner, stat.ctime)
     for key, reason in foreign.items():
         log.warning("ignoring %s: %s", paths.node(key), reason)
-    return Members(live, invalid, foreign)
+    return Members(live, invalid, foreign, parent.cversion)
+
+
+@functools.lru_cache(maxsize=8192)
+def _decoded_info(data: bytes) -> MemberInfo:
+    """:func:`~allot.zk.codec.decode_member_info`, remembered by content (a fleet's worth):
+    a cycle re-reads every member, and a member's record never changes while it lives."""
+    return decode_member_info(data)
 
 
 class MembershipWatch:

@@ -9,6 +9,7 @@ node's :class:`NodeAssignment` (decoded by :func:`decode_node`) and the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,17 @@ class AllAssignments:
     corrupt: Mapping[str, str] = field(default_factory=dict)
     invalid: Mapping[str, str] = field(default_factory=dict)
     present: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    newest_write: int = 0
+    """The newest transaction that changed a node's bucket list or the set of entries (the
+    largest ``mzxid`` of the ``assignments`` znodes and the subtree's ``pzxid``)."""
+
+    @property
+    def written_by_allot(self) -> bool:
+        """True when no bucket list or entry changed after ``assignment-version`` was last
+        written: allot writes both in one transaction, so the subtree is what the plan that
+        ``assignment-version`` names left (a writer that bypasses the version, e.g. a hand
+        edit, makes this False)."""
+        return self.version.mzxid > 0 and self.newest_write <= self.version.mzxid
 
     def buckets_by_node(self) -> dict[str, list[int]]:
         """``{node_key: [bucket, ...]}`` of the readable nodes, the planner's ``assignments``."""
@@ -59,6 +71,18 @@ def decode_node(
     """
     if assignments is None:
         raise ValueError("the assignments znode is missing")
-    buckets = decode_buckets(assignments[0])
+    buckets = _decoded_buckets(assignments[0])
     last_update = None if updated is None else decode_time(updated[0])
     return NodeAssignment(key, buckets, last_update)
+
+
+DECODE_CACHE = 8192
+"""Distinct ``assignments`` contents whose decoding is remembered (a fleet's worth): a cycle
+re-reads every node's list, and most lists are the bytes decoded the cycle before."""
+
+
+@functools.lru_cache(maxsize=DECODE_CACHE)
+def _decoded_buckets(data: bytes | None) -> tuple[int, ...]:
+    """:func:`~allot.zk.codec.decode_buckets`, remembered by content (bad data is not
+    remembered: it raises every time)."""
+    return decode_buckets(data)

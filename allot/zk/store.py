@@ -97,9 +97,12 @@ class AssignmentStore:
     def _read_all(self) -> AllAssignments:
         version_result = self.client.get_async(self.paths.assignment_version)
         try:
-            children = self.client.get_children(self.paths.bucket_assignments)
+            children, parent = self.client.get_children(
+                self.paths.bucket_assignments, include_data=True
+            )
+            newest = parent.pzxid
         except NoNodeError:
-            children = []
+            children, newest = [], 0
         keys, invalid = split_node_keys(children)
         for child, reason in invalid.items():
             log.warning("ignoring %s/%s: %s", self.paths.bucket_assignments, child, reason)
@@ -118,7 +121,7 @@ class AssignmentStore:
         version = (
             AssignmentVersion()
             if found_version is None
-            else version_from(found_version[0], found_version[1].version)
+            else version_from(found_version[0], found_version[1].version, found_version[1].mzxid)
         )
         nodes: dict[str, NodeAssignment] = {}
         corrupt: dict[str, str] = {}
@@ -127,6 +130,8 @@ class AssignmentStore:
             assignments, updated = found[2 * index], found[2 * index + 1]
             if assignments is None and updated is None and not self._entry_exists(key):
                 continue  # deleted between the listing and the read (an apply or a leave)
+            if assignments is not None:
+                newest = max(newest, assignments[1].mzxid)
             present[key] = frozenset(
                 name
                 for name, value in ((ASSIGNMENTS, assignments), (LAST_UPDATE_TIME, updated))
@@ -137,7 +142,7 @@ class AssignmentStore:
             except ValueError as exc:
                 log.error("assignment of node %s is corrupt: %s", key, exc)
                 corrupt[key] = str(exc)
-        return AllAssignments(nodes, version, corrupt, invalid, present)
+        return AllAssignments(nodes, version, corrupt, invalid, present, newest)
 
     def read(self, node_key: str) -> NodeAssignment | None:
         """One node's assignment, or None when it has no entry.

@@ -107,11 +107,11 @@ class TriggerDuty:
         return False
 
     def _run(self) -> None:
-        ensure_layout(self.client, self.paths)
         while not self._stopped.is_set():
             self._lost.clear()
             lock = self._lock = Lock(self.client, self.paths.trigger_lock, self.identifier)
             try:
+                ensure_layout(self.client, self.paths)  # in the try: a lost session retries
                 if not lock.acquire():
                     continue
             except CancelledError:

@@ -41,6 +41,9 @@ class AssignmentVersion:
     zversion: int = -1
     pending: Mapping[str, Any] | None = None
     problem: str | None = None
+    mzxid: int = 0
+    """The transaction that last wrote the znode (0 when absent or unknown): every allot
+    write of the assignment writes it in the same transaction."""
 
     @property
     def exists(self) -> bool:
@@ -48,9 +51,10 @@ class AssignmentVersion:
         return self.zversion >= 0
 
 
-def version_from(data: bytes | None, zversion: int) -> AssignmentVersion:
-    """Decode ``assignment-version`` read at data version ``zversion``; a malformed record is
-    logged and reported in ``problem`` (never raised)."""
+def version_from(data: bytes | None, zversion: int, mzxid: int = 0) -> AssignmentVersion:
+    """Decode ``assignment-version`` read at data version ``zversion`` (last written by
+    transaction ``mzxid``); a malformed record is logged and reported in ``problem`` (never
+    raised)."""
     try:
         record = decode_version(data)
     except ValueError as exc:
@@ -58,9 +62,11 @@ def version_from(data: bytes | None, zversion: int) -> AssignmentVersion:
         # Every allot write to the znode raises its data version and raises the epoch by at
         # most one, so the lost epoch was <= zversion + 1: taking that as the current epoch
         # keeps the next one above every epoch published before.
-        return AssignmentVersion(epoch=zversion + 1, zversion=zversion, problem=str(exc))
+        return AssignmentVersion(
+            epoch=zversion + 1, zversion=zversion, problem=str(exc), mzxid=mzxid
+        )
     return AssignmentVersion(
-        record.epoch, record.plan_id, record.applied_at, zversion, record.pending
+        record.epoch, record.plan_id, record.applied_at, zversion, record.pending, mzxid=mzxid
     )
 
 

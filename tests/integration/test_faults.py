@@ -131,7 +131,7 @@ def test_a_frozen_holder_never_fails_the_plan_of_the_holder_after_it(cluster: Cl
         assert took_lock.wait(30)
         # When its session expires while frozen and the next holder records its plan
         expire_session(stale_client, cluster.settings.zk_hosts)
-        hooks = CycleHooks(after_plan_recorded=between_record_and_apply)
+        hooks = CycleHooks(before_zookeeper=between_record_and_apply)
         outcomes["newer"] = str(cluster.cycle(hooks).run("membership").outcome)
     finally:
         recorded.set()
