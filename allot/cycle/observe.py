@@ -70,10 +70,10 @@ class Observation:
     departures: Departures
     epoch_floor: int
     sql_problem: str | None = None
-    measured: Measured = field(default_factory=Measured)
     sql_epoch: int = 0
     sql_nodes: Mapping[str, RecordedNode] = field(default_factory=dict)
     sql_plan_epoch: int | None = None
+    measured: Measured = field(default_factory=Measured)
 
     @property
     def sql_in_step(self) -> bool:
