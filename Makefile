@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 0
 
 .PHONY: help venv services lint typecheck pytest test run bench clean
 
@@ -34,7 +34,7 @@ typecheck: venv ## mypy (strict) on the packages, the tests and the benchmarks
 	$(BIN)/mypy
 
 pytest: venv services ## Run the test suite (real servers, PYTEST_WORKERS processes); PYTEST_ARGS passes options
-	@$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); status=$$?; \
+	@$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; \
 	exit $$status
 

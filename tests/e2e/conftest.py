@@ -20,6 +20,16 @@ OFFLINE_TIMEOUT = 2.0
 START = 60.0  # seconds allowed for workers to start and a cycle to settle
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the end-to-end tests one after another in one xdist process (``--dist loadgroup``):
+    each starts a cluster of real processes, and two at once on two cores starve each other's
+    timeouts; the integration and unit tests share the other process."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
     """Start processes with ``processes.worker(...)``, ``.flower(...)``, ``.start(...)``; all

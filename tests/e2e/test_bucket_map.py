@@ -34,6 +34,9 @@ def test_the_bucket_map_shows_owners_and_a_failover_as_it_happens(
 ) -> None:
     user, password = "operator", secrets.token_urlsafe(12)
     cluster.env["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
+    # A grace period wide enough for a few renders of the page (one Chromium run each, seconds
+    # on a busy machine), so the suspect state cannot pass between two looks
+    cluster.env["ALLOT_NODE_OFFLINE_TIMEOUT"] = "10"
     ports = {name: free_port() for name in ("node1", "node2")}
     cluster.worker("node1", ALLOT_METRICS_PORT=str(ports["node1"]))
     cluster.wait_for(lambda: cluster.settled([100]), "node1 holding every bucket", START)

@@ -183,7 +183,7 @@ def test_make_run_brings_up_the_cluster_and_ctrl_c_stops_everything(
                 return found if found and all(row[0] != "running" for row in found) else None
 
             [(run_status, ran_on, owner)] = processes.wait_for(
-                run_of_flower_call, "the table task sent through Flower", timeout=30
+                run_of_flower_call, "the table task sent through Flower", timeout=90
             )
             assert (run_status, ran_on) == ("committed", owner)
             # an unregistered table is refused in the sender: nothing is sent
