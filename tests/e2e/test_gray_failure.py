@@ -126,9 +126,7 @@ def test_a_worker_cut_from_the_broker_steps_aside_and_comes_back(
     cluster.worker("w2")
     cluster.worker("w3")
     key = cluster.key("w1")
-    cluster.wait_for(
-        lambda: len(cluster.zk()) == 3 and served_by_owners(cluster), "three serving", START
-    )
+    cluster.wait_for(lambda: served_by_owners(cluster, 3), "three serving", START)
     w1_buckets = set(cluster.zk()[key])
 
     # Given table tasks flowing to every table, when w1's route to Redis (not ZooKeeper) is cut
@@ -162,7 +160,7 @@ def test_a_worker_cut_from_the_broker_steps_aside_and_comes_back(
     # When the route is healed, w1 comes back and is given buckets by the normal cycle
     w1_space.heal(redis_address)
     healed = time.monotonic()
-    cluster.wait_for(lambda: len(cluster.zk()) == 3 and served_by_owners(cluster), "back", RETURN)
+    cluster.wait_for(lambda: served_by_owners(cluster, 3), "back", RETURN)
     print(f"w1 serving again {time.monotonic() - healed:.1f} s after the heal")
     assert "is back" in w1.output()
 
@@ -187,9 +185,7 @@ def test_no_node_steps_aside_when_the_broker_is_cut_from_all(
     redis_address = lab.addresses[1]
     spaces = [lab.namespace(), lab.namespace()]
     workers = [worker_in(cluster, space, f"w{i}") for i, space in enumerate(spaces, 1)]
-    cluster.wait_for(
-        lambda: len(cluster.zk()) == 2 and served_by_owners(cluster), "two serving", START
-    )
+    cluster.wait_for(lambda: served_by_owners(cluster, 2), "two serving", START)
     before = cluster.zk()
 
     # When both lose their route to Redis for longer than the step-aside limit

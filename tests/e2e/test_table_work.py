@@ -51,9 +51,17 @@ def fences(engine: Engine) -> dict[int, str]:
         return {row[0]: row[1] for row in rows}
 
 
-def served_by_owners(cluster: LocalCluster) -> dict[str, list[int]] | None:
-    """The assignment once every bucket's fence names its ZooKeeper owner, else None."""
+def served_by_owners(
+    cluster: LocalCluster, nodes: int | None = None
+) -> dict[str, list[int]] | None:
+    """The assignment once every bucket's fence names its ZooKeeper owner, else None.
+
+    With ``nodes``, also wait until that many nodes hold buckets: a node started a moment after
+    another may not have joined yet when the first takes every bucket.
+    """
     zk = cluster.zk()
+    if nodes is not None and len(zk) != nodes:
+        return None
     owners = {bucket: node for node, buckets in zk.items() for bucket in buckets}
     if len(owners) != 100 or fences(cluster.engine) != owners:
         return None
@@ -144,17 +152,17 @@ def test_messages_follow_their_buckets_through_join_stop_and_kill(
     cluster = work_cluster
     node1 = cluster.worker("node1")
     cluster.worker("node2")
-    cluster.wait_for(lambda: served_by_owners(cluster), "both nodes serving", START)
+    cluster.wait_for(lambda: served_by_owners(cluster, 2), "both nodes serving", START)
 
     # While messages flow, a node joins (rebalance) and one stops cleanly
     ids = tmp_path / "sent.txt"
     sender = send(cluster, ids, count=200, rate=15, seconds=0.05)
     time.sleep(3)
     cluster.worker("node3")
-    cluster.wait_for(lambda: len(cluster.zk()) == 3 and served_by_owners(cluster), "join", START)
+    cluster.wait_for(lambda: served_by_owners(cluster, 3), "join", START)
     time.sleep(2)
     cluster.processes["node2"].stop()
-    cluster.wait_for(lambda: len(cluster.zk()) == 2 and served_by_owners(cluster), "stop", START)
+    cluster.wait_for(lambda: served_by_owners(cluster, 2), "stop", START)
     sender.popen.wait(60)
     before = ids.read_text().split()
     cluster.wait_for(lambda: len(committed(cluster.engine)) >= len(before), "the first sends", 90)
@@ -166,7 +174,7 @@ def test_messages_follow_their_buckets_through_join_stop_and_kill(
     node1.kill()
     after = tmp_path / "sent-after-kill.txt"
     sender = send(cluster, after, count=100, rate=15, seconds=0.05, name="sender-after-kill")
-    cluster.wait_for(lambda: len(cluster.zk()) == 1 and served_by_owners(cluster), "kill", START)
+    cluster.wait_for(lambda: served_by_owners(cluster, 1), "kill", START)
     sender.popen.wait(60)
     sent = ids.read_text().split() + after.read_text().split()
     assert len(sent) == 300
@@ -291,7 +299,7 @@ def test_a_killed_workers_taken_messages_run_on_the_new_owner_before_the_redeliv
     cluster.env["ALLOT_REDELIVERY_TIMEOUT"] = "300"  # the default: kombu gives back after 5 min
     cluster.worker("node1")
     cluster.worker("node2")
-    cluster.wait_for(lambda: served_by_owners(cluster), "both nodes serving", START)
+    cluster.wait_for(lambda: served_by_owners(cluster, 2), "both nodes serving", START)
     node1, node2 = cluster.key("node1"), cluster.key("node2")
 
     # Given node1 running a task of one of its buckets, another one of it sent behind it
@@ -384,7 +392,7 @@ def test_a_redis_restart_loses_no_message_and_queues_still_follow_the_buckets(
         cluster.env["ALLOT_BROKER_URL"] = f"redis://{redis.address}/0"
         cluster.worker("node1")
         cluster.worker("node2")
-        cluster.wait_for(lambda: served_by_owners(cluster), "both nodes serving", START)
+        cluster.wait_for(lambda: served_by_owners(cluster, 2), "both nodes serving", START)
         # Given each worker (one pool process) busy with a long task, so neither is taking
         # messages from Redis (kombu's Redis transport loses a message popped in the instant
         # Redis goes down, before the worker recorded it as unacknowledged: a documented
@@ -407,9 +415,7 @@ def test_a_redis_restart_loses_no_message_and_queues_still_follow_the_buckets(
         redis = start_redis(tmp_path / "redis", port=redis.port, appendonly=True)
         # and a node joins after the reconnect, so queues switch on the new connections
         cluster.worker("node3")
-        cluster.wait_for(
-            lambda: len(cluster.zk()) == 3 and served_by_owners(cluster), "join", START
-        )
+        cluster.wait_for(lambda: served_by_owners(cluster, 3), "join", START)
 
         # Then every message commits once, on the owner of its bucket
         assert_each_committed_once(cluster, sent)

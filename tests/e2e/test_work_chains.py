@@ -193,7 +193,7 @@ def test_workflows_held_by_a_node_whose_buckets_move_run_each_step_and_link_once
     # gives them away at the handoff timeout still holding their messages, node2 gives those
     # back to the queues, and node1 sends its copies back when they fall due
     cluster.worker("node2")
-    cluster.wait_for(lambda: len(cluster.zk()) == 2 and served_by_owners(cluster), "join", START)
+    cluster.wait_for(lambda: served_by_owners(cluster, 2), "join", START)
     assert time.monotonic() < due, "node2 took its buckets after the workflows fell due"
 
     # Then, once no copy of any message is left, every step committed once on its bucket's
@@ -215,7 +215,7 @@ def test_a_message_sent_back_reaches_the_owner_with_its_workflow_priority_and_ex
     cluster = chain_cluster
     cluster.worker("node1")
     cluster.worker("node2")
-    cluster.wait_for(lambda: served_by_owners(cluster), "both nodes serving", START)
+    cluster.wait_for(lambda: served_by_owners(cluster, 2), "both nodes serving", START)
     served = leases(cluster.engine)
     node1_bucket = next(b for b, (node, _) in served.items() if node == cluster.key("node1"))
     wrong_queue = bucket_queue(cluster.settings.cluster, node1_bucket)
