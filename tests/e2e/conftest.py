@@ -21,12 +21,14 @@ START = 60.0  # seconds allowed for workers to start and a cycle to settle
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the end-to-end tests one after another in one xdist process (``--dist loadgroup``):
-    each starts a cluster of real processes, and two at once on two cores starve each other's
-    timeouts; the integration and unit tests share the other process."""
+    """Mark the end-to-end tests ``e2e``: ``make pytest`` runs them after the others, one after
+    another, because each starts a cluster of real processes whose timeouts assume the machine
+    is not also running other tests. Run under xdist anyway, they stay together in one process
+    (``--dist loadgroup``)."""
     here = Path(__file__).parent
     for item in items:
         if here in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
             item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
