@@ -23,7 +23,7 @@ from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess, free_port
 from allot.testing.zookeeper import CountingClient, Request, expire_session
 from allot.work.fence import hold_fence, read_fence
-from allot.work.leases import BucketWork, Recheck, ZkSession
+from allot.work.leases import SWEEP_LEASES, BucketWork, Recheck, ZkSession
 from allot.work.queues import bucket_queue
 from allot.work.redelivery import bucket_restorer
 from allot.zk.paths import ZkPaths
@@ -117,6 +117,7 @@ def start_node(zookeeper: ServerProcess, paths: ZkPaths, migrated: Engine) -> It
         restore: Callable[[frozenset[int]], int] | None = None,
         queues: Queues | None = None,
         client: KazooClient | None = None,
+        sweep_leases: int = SWEEP_LEASES,
     ) -> Node:
         if client is None:
             client = KazooClient(hosts=zookeeper.address, timeout=4)
@@ -133,6 +134,7 @@ def start_node(zookeeper: ServerProcess, paths: ZkPaths, migrated: Engine) -> It
             handoff_timeout=handoff_timeout,
             restore=restore,
             reread_seconds=REREAD,
+            sweep_leases=sweep_leases,
         )
         work.start()
         node = Node(key, client, work, queues)
@@ -627,3 +629,38 @@ def test_a_reconnect_reads_only_the_leases_the_node_holds_or_waits_for(
     assert not [request for request in seen if request.kind.startswith("GetChildren")]
     assert a.queues.serving == {1, 2}
     assert 3 not in a.work.held
+
+
+def test_the_re_reads_sweep_the_held_leases_a_slice_at_a_time_and_find_a_lost_watch(
+    start_node, store: AssignmentStore, paths: ZkPaths, zookeeper: ServerProcess
+) -> None:
+    # Given a@h holding twelve leases, reading at most five again per re-read (one a second)
+    held = set(range(1, 13))
+    store.save("a@h", sorted(held))
+    recorded = CountingClient(hosts=zookeeper.address, timeout=4)
+    a = start_node("a@h", client=recorded, sweep_leases=5)
+    a.wait_serving(held)
+    a.wait_passes()
+
+    # When nothing changes for 2.5 s (two or three re-reads, at least a second apart)
+    start = len(recorded.requests)
+    time.sleep(2.5)
+
+    # Then a@h read no more than three slices of its leases, not all twelve at every re-read
+    reads = [
+        request
+        for request in recorded.since(start)
+        if request.kind == "Exists" and lease_paths([request], paths)
+    ]
+    assert 0 < len(reads) <= 15
+
+    # When the watch on bucket 7's lease is lost without a reconnect (kazoo forgets it) and
+    # another session replaces the lease
+    recorded._data_watchers.pop(paths.lease(7), None)
+    store.client.delete(paths.lease(7))
+    store.client.create(paths.lease(7), b"{}", ephemeral=True)
+
+    # Then the sweep finds it within ceil(12 / 5) = 3 re-reads, and the queue stops
+    wait_for(lambda: 7 not in a.queues.serving, "a@h to stop serving bucket 7", 3 * REREAD + 3)
+    assert 7 not in a.work.held
+    assert a.queues.serving == held - {7}
