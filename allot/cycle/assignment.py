@@ -357,6 +357,7 @@ class AssignmentCycle:
         (and the load for strategy ``load``), then plan (with ``strategy``, default the
         configured one); ``section`` gets the two steps' times."""
         settings, strategy = self.settings, strategy or self.settings.strategy
+        pending_pins = self.client.get_async(self.paths.pins)  # answered while observe reads
         seen = observe(
             self.client,
             self.paths,
@@ -366,7 +367,11 @@ class AssignmentCycle:
             bucket_count=settings.bucket_count,
         )
         measured = read_measured(
-            self.client, self.paths, bucket_count=settings.bucket_count, strategy=strategy
+            self.client,
+            self.paths,
+            bucket_count=settings.bucket_count,
+            strategy=strategy,
+            pending_pins=pending_pins,
         )
         seen = replace(seen, measured=measured)
         if section is not None:

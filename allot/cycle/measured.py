@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
+from kazoo.interfaces import IAsyncResult
 
 from allot.zk.load import read_load
 from allot.zk.paths import ZkPaths
@@ -40,14 +41,20 @@ class Measured:
 
 
 def read_measured(
-    client: KazooClient, paths: ZkPaths, *, bucket_count: int, strategy: str
+    client: KazooClient,
+    paths: ZkPaths,
+    *,
+    bucket_count: int,
+    strategy: str,
+    pending_pins: IAsyncResult | None = None,
 ) -> Measured:
     """The pins, and the load when ``strategy`` is ``load`` (see the module docstring).
+    ``pending_pins``: a ``client.get_async(paths.pins)`` sent with the cycle's other reads.
 
     Raises:
         kazoo.exceptions.KazooException: ZooKeeper could not be read.
     """
-    pins = read_pins(client, paths, bucket_count)
+    pins = read_pins(client, paths, bucket_count, pending_pins)
     problems = [] if pins.problem is None else [pins.problem]
     load = None
     if strategy == LOAD_STRATEGY:

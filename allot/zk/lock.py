@@ -12,14 +12,14 @@ before the commit: a holder whose session ended cannot commit anything.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, LockTimeout, NoAuthError
+from kazoo.exceptions import KazooException, LockTimeout, NoAuthError, NoNodeError
+from kazoo.interfaces import IAsyncResult
 from kazoo.recipe.lock import Lock
 
 from allot.errors import AccessDenied, LockLost, ZooKeeperUnavailable
@@ -77,22 +77,49 @@ class LockGuard:
         lock_node: str,
         interruptions: _Interruptions,
         baseline: int,
-        token: int = 0,
+        token: int | IAsyncResult = 0,
     ) -> None:
         self.client = client
         self.lock_node = lock_node
         """Full path of this holder's ephemeral lock znode (fence it inside transactions)."""
-        self.token = token
+        self._token = token
+        self.session_id: int = client.client_id[0]
+        self._interruptions = interruptions
+        self._baseline = baseline
+        self._released = False
+
+    @property
+    def token(self) -> int:
         """This holder's fencing token: the ``czxid`` of its lock znode. ZooKeeper's
         transaction ids only grow, and a holder's znode is created before it can hold the
         lock, which it gets only after every earlier holder's znode is gone: a later holder
         of one ZooKeeper always has a larger token. A ZooKeeper rebuilt from scratch counts
         again from zero, so SQL's fence (:func:`allot.cycle.fence.claim`) pairs the token with
-        the ZooKeeper's generation (:mod:`allot.generation`)."""
-        self.session_id: int = client.client_id[0]
-        self._interruptions = interruptions
-        self._baseline = baseline
-        self._released = False
+        the ZooKeeper's generation (:mod:`allot.generation`).
+
+        The lock znode's ``exists`` is sent when the lock is taken and answered while the cycle
+        reads; only a fenced SQL write (never a quiet cycle) waits for it here, at most
+        :data:`CONFIRM_TIMEOUT` s.
+
+        Raises:
+            LockLost: the lock znode is gone or not this session's, or ZooKeeper did not
+                answer in time.
+        """
+        if isinstance(self._token, int):
+            return self._token
+        try:
+            stat = self._token.get(timeout=CONFIRM_TIMEOUT)
+        except self.client.handler.timeout_exception:
+            raise LockLost(
+                f"ZooKeeper did not give the assignment lock's token within {CONFIRM_TIMEOUT:g} "
+                "s: stopping without writing"
+            ) from None
+        except KazooException as exc:
+            raise LockLost(f"the assignment lock's token could not be read ({exc!r})") from None
+        if stat is None or stat.ephemeralOwner != self.session_id:
+            raise LockLost("the assignment lock znode is gone: stopping without writing")
+        self._token = int(stat.czxid)
+        return self._token
 
     def problem(self) -> str | None:
         """Why the lock can no longer be trusted, or None while it can."""
@@ -203,12 +230,26 @@ class AssignmentLock:
             raise ZooKeeperUnavailable(
                 f"cannot take the assignment lock: ZooKeeper connection is {self.client.state}"
             )
-        if not self._layout_ready:
-            ensure_layout(self.client, self.paths)
-            self._layout_ready = True
+        for attempt in (1, 2):
+            if not self._layout_ready:
+                ensure_layout(self.client, self.paths)
+                self.client.ensure_path(self.paths.assign_lock)
+                self._layout_ready = True
+            try:
+                return self._acquire(timeout)
+            except NoNodeError:
+                # the lock's parent was deleted since the layout was made (a root wiped by
+                # hand): make the layout again, once
+                self._layout_ready = False
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _acquire(self, timeout: float | None) -> LockGuard | None:
         interruptions = _Interruptions(self.client)
         baseline = interruptions.count
         lock = Lock(self.client, self.paths.assign_lock, self.identifier)
+        lock.assured_path = True  # made above, once: skip the recipe's `exists` round trip
         try:
             if timeout == 0:
                 got = lock.acquire(blocking=False)
@@ -228,20 +269,12 @@ class AssignmentLock:
             interruptions.close()
             return None
         node = f"{lock.path}/{lock.node}"
-        try:
-            stat = self.client.exists(node)
-        except BaseException:
-            stat = None
-            raise
-        finally:
-            if stat is None:  # the session ended or broke right after taking the lock
-                interruptions.close()
-                with contextlib.suppress(KazooException):
-                    lock.release()
-        if stat is None:
-            return None
+        # the token (the znode's czxid) is asked now and read when a fenced write needs it: a
+        # session that ended right after taking the lock is caught there, by the guard's
+        # checks, and by the lock-znode check inside every ZooKeeper transaction
+        pending = self.client.exists_async(node)
         self._lock, self._interruptions = lock, interruptions
-        self._guard = LockGuard(self.client, node, interruptions, baseline, stat.czxid)
+        self._guard = LockGuard(self.client, node, interruptions, baseline, pending)
         return self._guard
 
     def release(self) -> None:

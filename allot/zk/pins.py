@@ -18,12 +18,14 @@ persistent, so pins outlive every session.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, ConnectionLoss, NodeExistsError, NoNodeError
+from kazoo.interfaces import IAsyncResult
 
 from allot.errors import InvalidInput, InvalidNodeKey
 from allot.names import validate_node_key
@@ -79,15 +81,26 @@ def encode_pins(pins: dict[int, str]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
-def read_pins(client: KazooClient, paths: ZkPaths, bucket_count: int | None = None) -> Pins:
+def read_pins(
+    client: KazooClient,
+    paths: ZkPaths,
+    bucket_count: int | None = None,
+    pending: IAsyncResult | None = None,
+) -> Pins:
     """The pins in ``{root}/pins`` (no znode: none). With ``bucket_count``, pins of buckets
-    outside ``1..bucket_count`` are reported and left out.
+    outside ``1..bucket_count`` are reported and left out. ``pending``: a
+    ``client.get_async(paths.pins)`` sent earlier, so the read shares a round trip with others
+    (a connection lost meanwhile reads again).
 
     Raises:
         kazoo.exceptions.KazooException: ZooKeeper could not be read.
     """
     try:
-        data, stat = client.retry(client.get, paths.pins)
+        found = None
+        if pending is not None:
+            with contextlib.suppress(ConnectionLoss):  # read again below
+                found = pending.get()
+        data, stat = found or client.retry(client.get, paths.pins)
     except NoNodeError:
         return Pins({})
     pins = decode_pins(data, bucket_count)

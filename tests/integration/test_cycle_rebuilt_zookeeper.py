@@ -113,7 +113,7 @@ def test_a_holder_of_the_old_generation_is_superseded_once_the_rebuilt_one_wrote
     old_lock = AssignmentLock(zk_connect(), ZkPaths(old_root), "old-holder")
     guard = old_lock.acquire()
     assert guard is not None
-    guard.token = OLD_TOKEN
+    guard._token = OLD_TOKEN  # as if its lock znode had that czxid
     with cluster.engine.begin() as connection:
         connection.execute(update(FenceGeneration).values(generation=OLD_GENERATION))
     old = FencedSql(session_factory(cluster.engine), guard, cluster.clock, lambda: OLD_GENERATION)
