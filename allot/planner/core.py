@@ -75,8 +75,10 @@ def plan(snapshot: Snapshot, strategy: str = DEFAULT_STRATEGY) -> Plan:
         balanced=not unplaced and problem.is_balanced(after),
         unplaced=unplaced,
         warnings=_warnings(problem, proposed, moves, unplaced),
-        load_ratio_before=load_ratio(loads, weights, problem.holdings, total),
-        load_ratio_after=load_ratio(loads, weights, assignments, total),
+        load_ratio_before=load_ratio(
+            loads, weights, problem.holdings, total, equal=problem.equal_loads
+        ),
+        load_ratio_after=load_ratio(loads, weights, assignments, total, equal=problem.equal_loads),
         pins_ignored=problem.pins_ignored,
     )
     ordered = tuple(sorted(moves, key=lambda move: move.bucket))

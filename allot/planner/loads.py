@@ -18,7 +18,7 @@ exact).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 EQUAL_LOAD = 1.0
 """The load of every bucket when nothing is measured."""
@@ -66,17 +66,25 @@ def ratio_of(load: float, share: float) -> float:
 def load_ratio(
     loads: Sequence[float],
     weights: Mapping[str, float],
-    held: Mapping[str, Iterable[int]],
+    held: Mapping[str, Collection[int]],
     total: float,
+    *,
+    equal: bool = False,
 ) -> float:
     """The largest ``load_n / share_n`` over the nodes of ``weights``.
 
     ``held`` gives the buckets of each node (missing: none), ``total`` is ``T'``, the load the
-    nodes share. 1.0 when ``total`` is 0, 0.0 when ``weights`` is empty.
+    nodes share. 1.0 when ``total`` is 0, 0.0 when ``weights`` is empty. ``equal``: every
+    bucket has the load ``loads[1]``, so a node's load is that times its bucket count (the
+    same float :func:`load_of` sums: one correctly rounded product), without a pass over its
+    buckets.
     """
     if not weights:
         return 0.0
     if total <= 0:
         return 1.0
     shares = load_shares(weights, total)
+    if equal and len(loads) > 1:
+        each = loads[1]
+        return max(ratio_of(each * len(held.get(key, ())), shares[key]) for key in weights)
     return max(ratio_of(load_of(loads, held.get(key, ())), shares[key]) for key in weights)

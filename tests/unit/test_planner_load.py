@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from allot.planner import plan_from_json, strategy_names
+from allot.planner.loads import load_ratio
 from tests.cli import allot
 
 
@@ -266,3 +269,25 @@ def test_cli_plan_refuses_a_negative_load_in_one_line() -> None:
     assert result.stderr.strip().splitlines() == [
         "error: invalid snapshot: load of bucket 1 is -2; loads must be finite and >= 0"
     ]
+
+
+@given(
+    each=st.floats(min_value=1e-6, max_value=1e6, allow_nan=False),
+    counts=st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=8),
+    weights=st.lists(st.floats(min_value=0.1, max_value=10), min_size=8, max_size=8),
+)
+def test_the_ratio_of_equal_loads_from_counts_is_the_ratio_summed_bucket_by_bucket(
+    each: float, counts: list[int], weights: list[float]
+) -> None:
+    # Given buckets of one load dealt to nodes in runs of the given sizes
+    buckets = sum(counts)
+    loads = (0.0, *([each] * buckets))
+    held, start = {}, 1
+    for index, count in enumerate(counts):
+        held[f"n{index}@h"] = list(range(start, start + count))
+        start += count
+    node_weights = {key: weights[index] for index, key in enumerate(held)}
+    total = each * buckets
+    # Then counting buckets gives exactly the float that summing their loads gives
+    summed = load_ratio(loads, node_weights, held, total)
+    assert load_ratio(loads, node_weights, held, total, equal=True) == summed
