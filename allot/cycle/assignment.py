@@ -116,8 +116,9 @@ class CycleHooks:
 class LockedSection:
     """The body's side of :meth:`AssignmentCycle._locked`: ``guard`` (None: the body must not
     run, ``report`` says why), the plans recovery settled, when the lock was taken
-    (``perf_counter`` and ISO time), the holder's fenced SQL side (``sql``) and the
-    ``report`` the body sets."""
+    (``perf_counter`` and ISO time), the holder's fenced SQL side (``sql``), the
+    ``report`` the body sets, and whether the body released the lock with its last write
+    (``released``)."""
 
     trigger: str
     worker: str = ""
@@ -128,6 +129,7 @@ class LockedSection:
     started: float = 0.0
     started_at: str | None = None
     steps: dict[str, float] = field(default_factory=dict)
+    released: bool = False
     _lap: float = 0.0
 
     def lap(self, step: str) -> None:
@@ -275,7 +277,7 @@ class AssignmentCycle:
             except (CoordinationError, KazooException) as exc:
                 section.abort(exc)
         finally:
-            self.lock.release()
+            self.lock.release(deleted=section.released)
 
     # -- steps 3 to 6 ------------------------------------------------------------------------
 
@@ -302,10 +304,12 @@ class AssignmentCycle:
         report.duration_ms = round((time.perf_counter() - section.started) * 1000, 1)
         section.report = report
         section.lap("finish")
-        # fenced: the cycle's last write proves it held the lock to the end (LockLost: aborted)
+        # fenced: the cycle's last write proves it held the lock to the end (LockLost: aborted);
+        # the same transaction releases the lock
         guard = section.guard
         assert guard is not None
-        publish_as_holder(self.client, self.paths, section.result.to_json(), guard)
+        publish_as_holder(self.client, self.paths, section.result.to_json(), guard, release=True)
+        section.released = True
         steps = " ".join(f"{name}={ms:g}" for name, ms in report.steps.items())
         log.info("%s [%.0f ms: %s]", report.headline(), report.duration_ms, steps)
         return report

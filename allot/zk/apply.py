@@ -324,9 +324,13 @@ def commit_ops(
     return results, size
 
 
-def commit_as_holder(client: KazooClient, write: Op, guard: LockGuard, what: str) -> None:
+def commit_as_holder(
+    client: KazooClient, write: Op, guard: LockGuard, what: str, *, release: bool = False
+) -> None:
     """Commit ``write`` in one transaction that first ``check``s the holder's lock znode, so
-    a holder whose session ended writes nothing and a concurrent writer makes it fail.
+    a holder whose session ended writes nothing and a concurrent writer makes it fail. With
+    ``release``, the same transaction then deletes the lock znode: the write and the release
+    land together or not at all (one round trip fewer than a write, then a release).
 
     Raises:
         LockLost: the guard tripped or the lock znode is gone; nothing written.
@@ -334,12 +338,14 @@ def commit_as_holder(client: KazooClient, write: Op, guard: LockGuard, what: str
         ApplyOutcomeUnknown, AccessDenied: see :func:`commit_ops`.
     """
     ops = [Op("check", guard.lock_node), write]
+    if release:
+        ops.append(Op("delete", guard.lock_node))
     results, _ = commit_ops(client, ops, guard, DEFAULT_MAX_REQUEST_BYTES, f"writing {what}")
     failure = first_failure(results)
     if failure is None:
         return
     position, error = failure
-    if position == 0:
+    if position != 1:
         raise LockLost(f"{what} not written: the assignment lock znode is gone")
     raise StaleAssignment(f"{what} changed since it was read ({type(error).__name__})")
 

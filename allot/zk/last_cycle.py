@@ -42,22 +42,29 @@ def publish_last_cycle(client: KazooClient, paths: ZkPaths, report: Mapping[str,
 
 
 def publish_as_holder(
-    client: KazooClient, paths: ZkPaths, report: Mapping[str, Any], guard: LockGuard
+    client: KazooClient,
+    paths: ZkPaths,
+    report: Mapping[str, Any],
+    guard: LockGuard,
+    *,
+    release: bool = False,
 ) -> None:
     """Write a cycle's report in one transaction that ``check``s the holder's lock znode: the
     last thing a cycle writes, and its proof that it still held the lock (a holder frozen past
-    its session publishes nothing: the cycle ends ``aborted``).
+    its session publishes nothing: the cycle ends ``aborted``). With ``release``, the same
+    transaction deletes the lock znode: the lock is released as the report lands.
 
     Raises:
         LockLost: the guard tripped or the lock znode is gone; nothing written.
         ApplyOutcomeUnknown, AccessDenied: see :func:`allot.zk.apply.commit_ops`.
     """
     data = _encoded(report)
+    what = "the cycle report"
     try:
-        commit_as_holder(client, Op("set", paths.last_cycle, data), guard, "the cycle report")
+        commit_as_holder(client, Op("set", paths.last_cycle, data), guard, what, release=release)
     except StaleAssignment:  # the first report of this root
         write = Op("create", paths.last_cycle, data)
-        commit_as_holder(client, write, guard, "the cycle report")
+        commit_as_holder(client, write, guard, what, release=release)
 
 
 def _encoded(report: Mapping[str, Any]) -> bytes:

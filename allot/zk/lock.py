@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -230,13 +231,13 @@ class AssignmentLock:
             raise ZooKeeperUnavailable(
                 f"cannot take the assignment lock: ZooKeeper connection is {self.client.state}"
             )
+        deadline = None if not timeout else time.monotonic() + timeout
         for attempt in (1, 2):
             if not self._layout_ready:
-                ensure_layout(self.client, self.paths)
-                self.client.ensure_path(self.paths.assign_lock)
-                self._layout_ready = True
+                self._make_layout()
+            left = timeout if deadline is None else max(0.001, deadline - time.monotonic())
             try:
-                return self._acquire(timeout)
+                return self._acquire(left)
             except NoNodeError:
                 # the lock's parent was deleted since the layout was made (a root wiped by
                 # hand): make the layout again, once
@@ -244,6 +245,18 @@ class AssignmentLock:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _make_layout(self) -> None:
+        """The root's layout and the lock's directory, once per process (the recipe is then
+        told the directory exists)."""
+        ensure_layout(self.client, self.paths)
+        try:
+            self.client.ensure_path(self.paths.assign_lock)
+        except NoAuthError:
+            raise AccessDenied(
+                "ZooKeeper refused the assignment lock: check ALLOT_ZK_AUTH"
+            ) from None
+        self._layout_ready = True
 
     def _acquire(self, timeout: float | None) -> LockGuard | None:
         interruptions = _Interruptions(self.client)
@@ -277,16 +290,18 @@ class AssignmentLock:
         self._guard = LockGuard(self.client, node, interruptions, baseline, pending)
         return self._guard
 
-    def release(self) -> None:
+    def release(self, *, deleted: bool = False) -> None:
         """Release the lock if held. Never raises for connection problems: a lock znode that
-        cannot be deleted now disappears with the session."""
+        cannot be deleted now disappears with the session. ``deleted``: the holder's last
+        transaction deleted the lock znode already (:func:`allot.zk.apply.commit_as_holder`
+        with ``release``); only the local state is dropped."""
         lock, guard, interruptions = self._lock, self._guard, self._interruptions
         self._lock = self._guard = self._interruptions = None
         if guard is not None:
             guard._release()
         if interruptions is not None:
             interruptions.close()
-        if lock is not None:
+        if lock is not None and not deleted:
             try:
                 lock.release()
             except KazooException as exc:
