@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,13 @@ REREAD_SECONDS = 5.0
 """How often the loop reads the node's assignment and its fences, checks a slice of its held
 leases (:data:`SWEEP_LEASES`) and tries again to take the leases it waits for, even when no
 watch fired."""
+
+TAKE_BATCH = 500
+"""Lease takes in flight at once (each a small transaction): a node given thousands of buckets
+takes them in a few round trips."""
+
+FENCE_BATCH = 200
+"""SQL fences written per transaction after the leases were taken."""
 
 SWEEP_LEASES = 200
 """Held leases read again per re-read when their watch did not fire: a safety net against a
@@ -562,13 +569,16 @@ class BucketWork:
             self._on_handoff(max(now - entry.since, 0.0))
 
     def _take_assigned(self, assigned: frozenset[int], version: int) -> None:
-        """Step 1: take the lease of every assigned bucket not held, but those waited for."""
+        """Step 1: take the lease of every assigned bucket not held, but those waited for;
+        :data:`TAKE_BATCH` takes in flight at a time (a node given thousands of buckets
+        takes them in a few round trips, not two round trips each)."""
         self._waiting &= assigned
-        epoch: int | None = None
-        for bucket in sorted(assigned - self._buckets.keys() - self._waiting):
-            if epoch is None:
-                epoch = self._epoch()
-            self._take(bucket, version, epoch)
+        wanted = sorted(assigned - self._buckets.keys() - self._waiting)
+        if not wanted or version < 0:
+            return  # version -1: no assignment znode, nothing assigned (and -1 matches any)
+        epoch = self._epoch()
+        for start in range(0, len(wanted), TAKE_BATCH):
+            self._take(wanted[start : start + TAKE_BATCH], version, epoch)
 
     def _give_back(self, fenced: frozenset[int]) -> None:
         """After step 2: the unacknowledged messages of the buckets just ``fenced`` under a new
@@ -623,28 +633,42 @@ class BucketWork:
         except (NoNodeError, ValueError):
             return 0
 
-    def _take(self, bucket: int, version: int, epoch: int) -> None:
-        if version < 0:
-            return  # no assignment znode: nothing is assigned (and -1 would match any version)
-        path = self.paths.lease(bucket)
-        transaction = self.client.transaction()
-        transaction.check(self.paths.assignments(self.node_key), version)
-        transaction.create(path, encode_lease(LeaseRecord(self.node_key, epoch)), ephemeral=True)
-        self._in_doubt.add(bucket)  # until the reply says what happened
-        results = transaction.commit()
-        if any(isinstance(result, NodeExistsError) for result in results):
+    def _take(self, buckets: Sequence[int], version: int, epoch: int) -> None:
+        """Take the leases of ``buckets``: one transaction each (the node's assignment
+        version checked, the ephemeral lease created), all in flight together, then one
+        ``exists`` each (the token, and the lease's watch), all in flight together. Every
+        bucket is *in doubt* from its send until its reply is read: a ZooKeeper error here
+        leaves the unread ones in doubt, for the next pass's check."""
+        sent = []
+        for bucket in buckets:
+            transaction = self.client.transaction()
+            transaction.check(self.paths.assignments(self.node_key), version)
+            lease = encode_lease(LeaseRecord(self.node_key, epoch))
+            transaction.create(self.paths.lease(bucket), lease, ephemeral=True)
+            self._in_doubt.add(bucket)  # until the reply says what happened
+            sent.append((bucket, transaction.commit_async()))
+        created = []
+        for bucket, pending in sent:
+            results = pending.get()
+            if any(isinstance(result, NodeExistsError) for result in results):
+                self._in_doubt.discard(bucket)
+                self._adopt_or_clear(bucket)
+            elif any(isinstance(result, Exception) for result in results):
+                self._in_doubt.discard(bucket)  # the assignment changed: its watch brings it
+            else:
+                created.append(bucket)
+        looks = [
+            (bucket, self.client.exists_async(self.paths.lease(bucket), watch=self._on_lease))
+            for bucket in created
+        ]
+        session = self.client.client_id[0]
+        for bucket, pending in looks:
+            stat = pending.get()
             self._in_doubt.discard(bucket)
-            self._adopt_or_clear(bucket)
-            return
-        if any(isinstance(result, Exception) for result in results):
-            self._in_doubt.discard(bucket)
-            return  # the assignment changed under us: its watch brings the new one
-        stat = self.client.exists(path, watch=self._on_lease)
-        self._in_doubt.discard(bucket)
-        if stat is None or stat.ephemeralOwner != self.client.client_id[0]:
-            return
-        self._enter(bucket, Phase.TAKEN, token=stat.czxid)
-        log.info("took the lease of bucket %d (token %d)", bucket, stat.czxid)
+            if stat is None or stat.ephemeralOwner != session:
+                continue
+            self._enter(bucket, Phase.TAKEN, token=stat.czxid)
+            log.info("took the lease of bucket %d (token %d)", bucket, stat.czxid)
 
     def _adopt_or_clear(self, bucket: int) -> None:
         """The lease exists: ours from before (adopt it), another session's (wait for its
@@ -681,8 +705,32 @@ class BucketWork:
         except ValueError as exc:
             log.error("%s: %s; fencing no bucket until it is fixed", self.paths.generation, exc)
             return
-        for bucket in taken:
-            self._fence(bucket, generation)
+        for start in range(0, len(taken), FENCE_BATCH):
+            self._fence_many(taken[start : start + FENCE_BATCH], generation)
+
+    def _fence_many(self, buckets: Sequence[int], generation: int) -> None:
+        """Step 2 for ``buckets`` in one SQL transaction; if it fails (a row held by a stuck
+        commit, SQL down, a racing insert), bucket by bucket, so one bucket never holds back
+        the others."""
+        try:
+            with self.sessions.begin() as session:
+                taken = {
+                    bucket: take_fence(
+                        session,
+                        bucket,
+                        self.node_key,
+                        self._buckets[bucket].token,
+                        generation=generation,
+                    )
+                    for bucket in buckets
+                }
+        except DBAPIError:
+            for bucket in buckets:
+                self._fence(bucket, generation)
+            return
+        self._sql_warned = False
+        for bucket, won in taken.items():
+            self._fenced(bucket, generation, won)
 
     def _allocate_generation(self) -> int:
         with self.sessions.begin() as session:
@@ -701,6 +749,11 @@ class BucketWork:
                 self._sql_warned = True
             return
         self._sql_warned = False
+        self._fenced(bucket, generation, taken)
+
+    def _fenced(self, bucket: int, generation: int, taken: bool) -> None:
+        """After ``bucket``'s fence write: FENCED if ``taken``, else refused (logged once)."""
+        token = self._buckets[bucket].token
         if taken:
             self._enter(bucket, Phase.FENCED, zk_generation=generation)
             self._refused.discard((bucket, token))

@@ -8,6 +8,7 @@ redis-server and kombu (the helpers of test_redelivery.py).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -16,12 +17,13 @@ from collections.abc import Callable, Iterator
 import pytest
 from kazoo.client import KazooClient
 from redis import Redis
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, event, insert, select, update
 
 from allot.errors import Fenced
 from allot.testing.polling import wait_for
 from allot.testing.servers import ServerProcess, free_port
 from allot.testing.zookeeper import CountingClient, Request, expire_session
+from allot.work import leases
 from allot.work.fence import hold_fence, read_fence
 from allot.work.leases import SWEEP_LEASES, BucketWork, Recheck, ZkSession
 from allot.work.queues import bucket_queue
@@ -283,7 +285,7 @@ def test_a_receiver_with_a_stale_view_of_its_assignment_takes_no_lease(
     b = start_node("b@h")
     b.wait_serving({7})
     stale_version = b.client.exists(paths.assignments("b@h")).version - 1
-    b.work._take(8, stale_version, epoch=0)  # the view before the last write
+    b.work._take([8], stale_version, epoch=0)  # the view before the last write
     assert b.client.exists(paths.lease(8)) is None
     assert 8 not in b.work.held
 
@@ -664,3 +666,63 @@ def test_the_re_reads_sweep_the_held_leases_a_slice_at_a_time_and_find_a_lost_wa
     wait_for(lambda: 7 not in a.queues.serving, "a@h to stop serving bucket 7", 3 * REREAD + 3)
     assert 7 not in a.work.held
     assert a.queues.serving == held - {7}
+
+
+def test_a_node_given_many_buckets_fences_them_a_batch_per_sql_transaction(
+    start_node, store: AssignmentStore, migrated: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a node assigned all 100 buckets, fencing 40 per transaction (200 in a worker),
+    # counting its SQL transactions that write a fence
+    monkeypatch.setattr(leases, "FENCE_BATCH", 40)
+    buckets = set(range(1, 101))
+    store.save("a@h", sorted(buckets))
+    writes: list[int] = []
+    numbers = itertools.count()
+
+    def begin(connection: Connection) -> None:
+        connection.info["transaction"] = next(numbers)
+
+    def count(connection: Connection, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith(("UPDATE BUCKET_LEASE", "INSERT INTO BUCKET")):
+            writes.append(connection.info["transaction"])
+
+    event.listen(migrated, "begin", begin)
+    event.listen(migrated, "before_cursor_execute", count)
+    try:
+        a = start_node("a@h")
+        a.wait_serving(buckets, timeout=60)
+    finally:
+        event.remove(migrated, "before_cursor_execute", count)
+        event.remove(migrated, "begin", begin)
+
+    # Then every bucket is fenced under its own lease, in ceil(100 / 40) = 3 transactions
+    assert {
+        bucket for bucket in buckets if fence_of(migrated, bucket) != ("a@h", a.lease_token(bucket))
+    } == set()
+    assert len(set(writes)) == 3
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_fence_row_held_by_a_stuck_commit_holds_back_only_its_own_bucket(
+    start_node, store: AssignmentStore, migrated: Engine
+) -> None:
+    # Given bucket 3's fence row held by a commit that does not finish
+    with migrated.begin() as connection:
+        connection.execute(
+            insert(BucketLease).values(bucket_id=3, node_key="gone@h", token=1, generation=0)
+        )
+    stuck = migrated.connect()
+    transaction = stuck.begin()
+    stuck.execute(select(BucketLease).where(BucketLease.bucket_id == 3).with_for_update())
+    try:
+        # When a node is assigned buckets 1 to 5
+        store.save("a@h", [1, 2, 3, 4, 5])
+        a = start_node("a@h")
+
+        # Then it serves the four others meanwhile, and bucket 3 once the commit ends
+        a.wait_serving({1, 2, 4, 5}, timeout=20)
+    finally:
+        transaction.rollback()
+        stuck.close()
+    a.wait_serving({1, 2, 3, 4, 5}, timeout=20)
+    assert fence_of(migrated, 3) == ("a@h", a.lease_token(3))
