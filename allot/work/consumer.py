@@ -51,7 +51,9 @@ class BucketQueues(bootsteps.StartStopStep):  # type: ignore[misc]
         self._lock = threading.Lock()
         self.loop_seen = 0.0
         """``time.monotonic()`` when the worker's event loop last ran a :meth:`heartbeat`
-        stamp while connected to the broker (0: never)."""
+        stamp while connected to the broker, or last added or cancelled a queue in a
+        reconcile (0: never): a reconcile of thousands of queues keeps the loop busy for
+        seconds, working, not wedged, and the stamp asked meanwhile waits behind it."""
         self._stamp_asked = 0.0
         BucketQueues.current = self
 
@@ -98,8 +100,10 @@ class BucketQueues(bootsteps.StartStopStep):  # type: ignore[misc]
         current = {name for name in selected if queue_bucket(self.cluster, name) is not None}
         for name in sorted(current - wanted):
             consumer.cancel_task_queue(name)
+            self.loop_seen = time.monotonic()
         for name in sorted(wanted - current):
             consumer.add_task_queue(name)
+            self.loop_seen = time.monotonic()
         self.applied = max(self.applied, generation)
 
 
