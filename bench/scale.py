@@ -178,8 +178,15 @@ def main() -> None:
             cluster.wait_for(
                 lambda: balanced(cluster.zk(), 2), "two workers sharing the buckets", 90
             )
-            # the storm starts from a cluster at rest: both workers hold their 8,192 leases
+            # the storm starts from a cluster at rest: both workers hold their 8,192 leases and
+            # consume their 8,192 queues (Celery adds a queue in a few ms: half a minute)
             cluster.wait_for(lambda: leases_settled(cluster), "the workers' leases", 300)
+            cluster.wait_for(
+                lambda: cluster.count_in_logs("Started consuming from") >= BUCKETS,
+                "the workers consuming their queues",
+                600,
+                interval=2,
+            )
             # what a worker holding 8,192 leases costs ZooKeeper at rest (its lease loop)
             big = at_rest(cluster.settings.zk_hosts, args.window)
             before = cycles_logged(cluster)
