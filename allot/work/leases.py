@@ -12,6 +12,8 @@ delete the lease once no message of the bucket runs here (at most
 A node watches only the leases of its own buckets, those it holds and those it waits to take
 (one ``exists`` watch each), so another node's lease changing costs it nothing, and a
 reconnect reads those leases again, never the whole ``{root}/leases``.
+Takes go out :data:`TAKE_BATCH` in flight at a time and fences :data:`FENCE_BATCH` per SQL
+transaction, so a node given thousands of buckets serves them after a few round trips.
 Each bucket is in one :class:`Phase`, the session in one :class:`Session` (the transitions are
 drawn in :class:`BucketWork`). SUSPENDED stops every queue at once and keeps the leases; LOST
 forgets them; a lease znode no session owns is foreign and deleted. The (ZooKeeper
