@@ -227,8 +227,10 @@ class WorkerNode:
         """Give every bucket up while the broker cannot be consumed from: leave the trigger
         duty (its sends go through the broker), remove the membership znode, then the
         assignment entry (in that order: a live node without an entry would be given buckets
-        again). The lease loop drains and releases each bucket as in a planned move; no other
-        node can serve one before its lease is released or this session ends.
+        again). The lease loop drains and releases each bucket as in a planned move, but
+        without waiting for the cut consumer to confirm its queue was dropped
+        (:meth:`~allot.work.leases.BucketWork.cut_from_broker`); no other node can serve one
+        before its lease is released or this session ends.
 
         Raises:
             KazooException, StaleAssignment: ZooKeeper refused; the watch tries again.
@@ -245,8 +247,15 @@ class WorkerNode:
             duty.stop()
         if self.registration is not None:
             self.registration.unregister()
-        if self.client is not None:
-            AssignmentStore(self.client, self.paths).delete(self.key)
+        if self.work is not None:  # drained buckets go without the consumer's confirmation
+            self.work.cut_from_broker(True)
+        try:
+            if self.client is not None:
+                AssignmentStore(self.client, self.paths).delete(self.key)
+        except BaseException:
+            if self.work is not None:  # still assigned here: the next try sets it again
+                self.work.cut_from_broker(False)
+            raise
 
     def _come_back(self) -> None:
         """The broker answered for ``ALLOT_BROKER_STEP_ASIDE`` s: register again and queue for
@@ -257,6 +266,8 @@ class WorkerNode:
         """
         if self.registration is None or self.client is None:
             return
+        if self.work is not None:
+            self.work.cut_from_broker(False)
         self.registration.register()
         if self.duty is None:
             self.duty = TriggerDuty(self.client, self.paths, self.key, self._request_cycle)

@@ -288,6 +288,20 @@ class BucketWork:
         """Bucket -> the token of the lease under which its messages were last given back."""
         self._assignment_lock = threading.Lock()
         self._assignment_stat: ZnodeStat | None = None
+        self.consumer_cut = False
+        """Set while the worker's consumer cannot reach the broker (:meth:`cut_from_broker`)."""
+
+    def cut_from_broker(self, cut: bool) -> None:
+        """Say whether the worker's consumer is cut from the broker (the node stepped aside,
+        :mod:`allot.work.stepaside`). While it is, a draining bucket is released as soon as no
+        message of it is taken here (running, reserved or waiting for its ETA), without waiting
+        for the consumer to confirm its queue was dropped: a consumer cut from the broker
+        cannot take a new message, and cannot confirm anything until it reconnects, so the
+        drain would otherwise wait out ``ALLOT_HANDOFF_TIMEOUT``. Should it take one after it
+        reconnects, before its queues are switched, the run's commit is refused by the fence
+        (docs/table-work.md, case 17). Safe from any thread."""
+        self.consumer_cut = cut
+        self._wake.set()
 
     # -- what it holds ------------------------------------------------------------------------
 
@@ -547,14 +561,14 @@ class BucketWork:
     def _drain(
         self, bucket: int, assigned: frozenset[int], applied: int, busy: set[int], now: float
     ) -> None:
-        """Release a DRAINING ``bucket`` if its queue's drop was ``applied`` and it is not
-        ``busy`` (read after ``applied``), or if the handoff timed out; one assigned here again
-        keeps its lease."""
+        """Release a DRAINING ``bucket`` if its queue's drop was ``applied`` (or the consumer is
+        cut from the broker: :meth:`cut_from_broker`) and it is not ``busy`` (read after
+        ``applied``), or if the handoff timed out; one assigned here again keeps its lease."""
         entry = self._buckets[bucket]
         if bucket in assigned:  # it came back before it was released: keep the lease
             self._enter(bucket, Phase.TAKEN)
             return
-        dropped = applied >= entry.generation
+        dropped = self.consumer_cut or applied >= entry.generation
         if dropped and bucket not in busy:
             self._release(bucket)
         elif now >= entry.since + self.handoff_timeout:

@@ -726,3 +726,31 @@ def test_a_fence_row_held_by_a_stuck_commit_holds_back_only_its_own_bucket(
         stuck.close()
     a.wait_serving({1, 2, 3, 4, 5}, timeout=20)
     assert fence_of(migrated, 3) == ("a@h", a.lease_token(3))
+
+
+def test_a_node_cut_from_the_broker_releases_its_idle_buckets_without_a_confirmation(
+    start_node, store: AssignmentStore, paths: ZkPaths
+) -> None:
+    # Given a@h serving buckets 1, 2 and 3, a message of bucket 2 taken, and a consumer that
+    # no longer applies a queue switch (it lost the broker: it cannot confirm a drop)
+    store.save("a@h", [1, 2, 3])
+    a = start_node("a@h", handoff_timeout=300)
+    a.wait_serving({1, 2, 3})
+    a.queues.lagging = True
+    a.queues.busy = {2}
+
+    # When the node steps aside: cut from the broker, its assignment entry deleted
+    a.work.cut_from_broker(True)
+    store.delete("a@h")
+
+    # Then the leases of the idle buckets go at once, long before the handoff timeout
+    wait_for(lambda: set(a.work.held) == {2}, "a@h to release buckets 1 and 3", 10)
+    assert store.client.exists(paths.lease(1)) is None
+    assert store.client.exists(paths.lease(3)) is None
+
+    # and the busy one only once its message ended
+    a.wait_passes(3)
+    assert set(a.work.held) == {2}
+    a.queues.busy = set()
+    wait_for(lambda: not a.work.held, "a@h to release bucket 2", 10)
+    assert store.client.exists(paths.lease(2)) is None
