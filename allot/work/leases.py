@@ -298,8 +298,9 @@ class BucketWork:
         for the consumer to confirm its queue was dropped: a consumer cut from the broker
         cannot take a new message, and cannot confirm anything until it reconnects, so the
         drain would otherwise wait out ``ALLOT_HANDOFF_TIMEOUT``. Should it take one after it
-        reconnects, before its queues are switched, the run's commit is refused by the fence
-        (docs/table-work.md, case 17). Safe from any thread."""
+        reconnects, before its queues are switched, the message finds no lease of this node
+        and goes back to its queue untouched, and a commit under an old pair is refused by the
+        fence (docs/table-work.md, case 17). Safe from any thread."""
         self.consumer_cut = cut
         self._wake.set()
 
