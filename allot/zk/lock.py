@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, LockTimeout, NoAuthError, NoNodeError
 from kazoo.interfaces import IAsyncResult
+from kazoo.protocol.states import ZnodeStat
 from kazoo.recipe.lock import Lock
 
 from allot.errors import AccessDenied, LockLost, ZooKeeperUnavailable
@@ -108,17 +109,7 @@ class LockGuard:
         """
         if isinstance(self._token, int):
             return self._token
-        try:
-            stat = self._token.get(timeout=CONFIRM_TIMEOUT)
-        except self.client.handler.timeout_exception:
-            raise LockLost(
-                f"ZooKeeper did not give the assignment lock's token within {CONFIRM_TIMEOUT:g} "
-                "s: stopping without writing"
-            ) from None
-        except KazooException as exc:
-            raise LockLost(f"the assignment lock's token could not be read ({exc!r})") from None
-        if stat is None or stat.ephemeralOwner != self.session_id:
-            raise LockLost("the assignment lock znode is gone: stopping without writing")
+        stat = self._own_stat(self._token, CONFIRM_TIMEOUT, "give the assignment lock's token")
         self._token = int(stat.czxid)
         return self._token
 
@@ -165,17 +156,28 @@ class LockGuard:
                 ZooKeeper did not answer within ``timeout``.
         """
         self.check()
+        pending = self.client.exists_async(self.lock_node)
+        self._own_stat(pending, timeout, "confirm the assignment lock")
+
+    def _own_stat(self, pending: IAsyncResult, timeout: float, what: str) -> ZnodeStat:
+        """The lock znode's stat from ``pending`` (its ``exists``), waiting at most ``timeout``
+        s, if the znode is this session's.
+
+        Raises:
+            LockLost: no answer in time (ZooKeeper did not ``what``), a ZooKeeper error, or the
+                znode gone or not this session's.
+        """
         try:
-            stat = self.client.exists_async(self.lock_node).get(timeout=timeout)
+            stat = pending.get(timeout=timeout)
         except self.client.handler.timeout_exception:
             raise LockLost(
-                f"ZooKeeper did not confirm the assignment lock within {timeout:g} s: "
-                "stopping without writing"
+                f"ZooKeeper did not {what} within {timeout:g} s: stopping without writing"
             ) from None
         except KazooException as exc:
-            raise LockLost(f"the assignment lock could not be confirmed ({exc!r})") from None
+            raise LockLost(f"ZooKeeper could not {what} ({exc!r})") from None
         if stat is None or stat.ephemeralOwner != self.session_id:
             raise LockLost("the assignment lock znode is gone: stopping without writing")
+        return stat
 
     def _release(self) -> None:
         self._released = True
